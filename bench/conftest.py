@@ -1,0 +1,42 @@
+"""Benchmark helpers: device parametrisation and a fused-vs-reference ratio table.
+
+Each benchmark sets ``benchmark.group`` to the workload and ``benchmark.extra_info["impl"]``
+to "fused" or "reference"; at the end of the run a table of reference/fused speed-ups
+per group is printed (pytest-benchmark itself prints absolute times only).
+"""
+
+import pytest
+import torch
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: CUDA benchmarks skipped"),
+    ),
+]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not getattr(session, "benchmarks", None):
+        return
+    groups: dict[str, dict[str, float]] = {}
+    for bench in session.benchmarks:
+        impl = bench.extra_info.get("impl")
+        if impl and bench.stats is not None:
+            groups.setdefault(bench.group, {})[impl] = bench.stats.median
+    rows = [(g, t) for g, t in sorted(groups.items()) if "fused" in t and "reference" in t]
+    if not rows:
+        return
+    terminalreporter.section("fused vs reference (median times)")
+    terminalreporter.write_line(f"{'group':<40} {'reference':>12} {'fused':>12} {'speed-up':>9}")
+    for group, t in rows:
+        terminalreporter.write_line(
+            f"{group:<40} {t['reference'] * 1e3:>10.3f}ms {t['fused'] * 1e3:>10.3f}ms {t['reference'] / t['fused']:>8.2f}x"
+        )

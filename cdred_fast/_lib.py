@@ -1,0 +1,76 @@
+"""Loading of the compiled op library ``cdred_fast._C`` and the build report."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+
+import torch
+
+_load_error: str | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> bool:
+    """Import the op library once. Returns False (and remembers why) when it is missing or broken."""
+    global _load_error
+    if os.environ.get("CDRED_FAST_DISABLE_EXTENSION") == "1":
+        _load_error = "disabled by CDRED_FAST_DISABLE_EXTENSION=1"
+        return False
+    try:
+        importlib.import_module("cdred_fast._C")  # runs the TORCH_LIBRARY registrations
+    except ModuleNotFoundError:
+        _load_error = (
+            "the C++ extension cdred_fast._C is not built. Install the package with "
+            "`pip install --no-build-isolation .` (torch installed first)."
+        )
+        return False
+    except ImportError as exc:  # ABI mismatch, missing symbols, ...
+        _load_error = (
+            f"cdred_fast._C failed to load against torch {torch.__version__}: {exc}. Rebuild it with "
+            "`pip install --no-build-isolation --force-reinstall --no-deps .` under the torch you use."
+        )
+        return False
+    return True
+
+
+def available() -> bool:
+    """True when the fused ops are usable in this process."""
+    return load()
+
+
+def load_error() -> str | None:
+    """Why the library is not available (None when it is)."""
+    load()
+    return _load_error
+
+
+def require() -> None:
+    """Raise a RuntimeError that says what to do when the fused ops are unavailable."""
+    if not load():
+        raise RuntimeError(f"cdred_fast fused ops are unavailable: {_load_error}")
+
+
+def build_info() -> dict:
+    """What the installed extension was compiled with.
+
+    Keys: ``torch_version`` (the torch it was built against), ``torch_version_runtime``,
+    ``cpu_kernels`` and ``cuda_kernels`` (bools), ``cuda_arch_list`` (list of str),
+    ``cuda_version`` (str or None), ``extension_loaded`` and ``load_error``.
+    """
+    info = {
+        "torch_version": None,
+        "torch_version_runtime": torch.__version__,
+        "cpu_kernels": False,
+        "cuda_kernels": False,
+        "cuda_arch_list": [],
+        "cuda_version": None,
+        "extension_loaded": load(),
+        "load_error": _load_error,
+    }
+    if info["extension_loaded"]:
+        compiled = json.loads(torch.ops.cdred_fast._build_info())
+        info.update(compiled)
+    return info

@@ -1,0 +1,64 @@
+// Every op schema of the cdred_fast namespace, defined once. The CPU and CUDA
+// implementations register themselves under their dispatch keys in the op
+// family folders (csrc/<family>/cpu.cpp, csrc/<family>/cuda.cu).
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#ifndef CDRED_TORCH_VERSION
+#define CDRED_TORCH_VERSION "unknown"
+#endif
+#ifndef CDRED_CUDA_VERSION
+#define CDRED_CUDA_VERSION "None"
+#endif
+#ifndef CDRED_CUDA_ARCHS
+#define CDRED_CUDA_ARCHS ""
+#endif
+
+namespace cdred {
+namespace {
+
+// JSON with what this binary was compiled with; read by cdred_fast.build_info().
+std::string build_info() {
+#ifdef CDRED_WITH_CUDA
+  const bool with_cuda = true;
+#else
+  const bool with_cuda = false;
+#endif
+  std::string archs = "[";
+  std::string list = CDRED_CUDA_ARCHS;
+  size_t start = 0;
+  while (with_cuda && start < list.size()) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    if (archs.size() > 1) archs += ", ";
+    archs += "\"" + list.substr(start, comma - start) + "\"";
+    start = comma + 1;
+  }
+  archs += "]";
+  const std::string cuda_version = with_cuda ? std::string("\"") + CDRED_CUDA_VERSION + "\"" : "null";
+  return std::string("{\"torch_version\": \"") + CDRED_TORCH_VERSION + "\", \"cpu_kernels\": true" +
+         ", \"cuda_kernels\": " + (with_cuda ? "true" : "false") + ", \"cuda_arch_list\": " + archs +
+         ", \"cuda_version\": " + cuda_version + "}";
+}
+
+}  // namespace
+
+TORCH_LIBRARY(cdred_fast, m) {
+  // SPEC section 2: bias-corrected moment bonus (Eq. 8) and CDRED reward (Eq. 7).
+  m.def("moment_bonus(Tensor pred, Tensor targets, float alpha, float eps) -> Tensor");
+  m.def(
+      "cdred_reward(Tensor pred_expert, Tensor pred_behavioral, Tensor targets, float alpha, float zeta, "
+      "float sigma, str g, float eps) -> Tensor");
+  m.def("_build_info() -> str", &build_info);
+}
+
+}  // namespace cdred
+
+// cdred_fast._C is imported only for its side effect: the registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "cdred_fast op library (ops live in torch.ops.cdred_fast)",
+                               -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,143 @@
+// CPU kernels for moment_bonus and cdred_reward (SPEC section 2).
+//
+// One pass over the targets: for each row the K target vectors, shifted by the
+// first, are summed and squared-summed into two length-D accumulators
+// (contiguous, vectorised loops; see reward_math.h for why shifted),
+// then one vectorised loop over D evaluates Eq. 8 for each predictor and Eq. 7.
+// Rows are split across threads with at::parallel_for. No intermediate larger
+// than 2*D accumulators per thread is allocated.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/checks.h"
+#include "reward/reward_math.h"
+
+namespace cdred {
+namespace {
+
+// Bonus of each of NPRED predictors for rows [begin, end). `sum`/`sumsq` are
+// per-thread scratch of length D. Inlined into the CPU-cloned entry points below.
+template <typename scalar_t, int NPRED>
+__attribute__((always_inline)) inline void bonus_rows(const scalar_t* const* preds, const scalar_t* targets,
+                                                      scalar_t* out, int64_t K, int64_t N, int64_t D,
+                                                      const RewardParams& p, int64_t begin, int64_t end,
+                                                      scalar_t* sum, scalar_t* sumsq) {
+  using acc_t = scalar_t;  // float accumulates in float, double in double (as the reference does)
+  const acc_t inv_k = acc_t(1) / acc_t(K);
+  const acc_t inv_d = acc_t(1) / acc_t(D);
+  const acc_t eps = acc_t(p.eps);
+  for (int64_t n = begin; n < end; ++n) {
+    // One pass over the K targets of this row: sums of t_k - t_0 and of its square.
+    const scalar_t* t0 = targets + n * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) {
+      sum[d] = 0;
+      sumsq[d] = 0;
+    }
+    for (int64_t k = 1; k < K; ++k) {
+      const scalar_t* tk = targets + (k * N + n) * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) {
+        const acc_t u = tk[d] - t0[d];
+        sum[d] += u;
+        sumsq[d] += u * u;
+      }
+    }
+    // Eq. 8 for each predictor, reduced over D.
+    acc_t distill[NPRED] = {}, root[NPRED] = {};
+    for (int i = 0; i < NPRED; ++i) {
+      const scalar_t* f = preds[i] + n * D;
+      acc_t dist_i = 0, root_i = 0;
+#pragma omp simd reduction(+ : dist_i, root_i)
+      for (int64_t d = 0; d < D; ++d) {
+        const Moments<acc_t> m = moments_from_shifted_sums<acc_t>(t0[d], sum[d], sumsq[d], inv_k, eps);
+        accumulate_coordinate<acc_t>(f[d], m, dist_i, root_i);
+      }
+      distill[i] = dist_i;
+      root[i] = root_i;
+    }
+    if constexpr (NPRED == 1) {
+      out[n] = finish_bonus<acc_t>(distill[0], root[0], inv_d, p);
+    } else {
+      out[n] = finish_reward<acc_t>(finish_bonus<acc_t>(distill[0], root[0], inv_d, p),
+                                    finish_bonus<acc_t>(distill[1], root[1], inv_d, p), p);
+    }
+  }
+}
+
+// Non-template entry points so the compiler can clone them per CPU target.
+#define CDRED_DEFINE_ROWS(NAME, T, NPRED)                                                                          \
+  CDRED_CPU_CLONES void NAME(const T* const* preds, const T* targets, T* out, int64_t K, int64_t N, int64_t D,     \
+                             const RewardParams& p, int64_t begin, int64_t end, T* sum, T* sumsq) {                \
+    bonus_rows<T, NPRED>(preds, targets, out, K, N, D, p, begin, end, sum, sumsq);                               \
+  }
+CDRED_DEFINE_ROWS(rows_f1, float, 1)
+CDRED_DEFINE_ROWS(rows_f2, float, 2)
+CDRED_DEFINE_ROWS(rows_d1, double, 1)
+CDRED_DEFINE_ROWS(rows_d2, double, 2)
+#undef CDRED_DEFINE_ROWS
+
+inline void call_rows(const float* const* preds, const float* t, float* out, int64_t K, int64_t N, int64_t D,
+                      const RewardParams& p, int64_t b, int64_t e, float* s, float* s2, int npred) {
+  npred == 1 ? rows_f1(preds, t, out, K, N, D, p, b, e, s, s2) : rows_f2(preds, t, out, K, N, D, p, b, e, s, s2);
+}
+inline void call_rows(const double* const* preds, const double* t, double* out, int64_t K, int64_t N, int64_t D,
+                      const RewardParams& p, int64_t b, int64_t e, double* s, double* s2, int npred) {
+  npred == 1 ? rows_d1(preds, t, out, K, N, D, p, b, e, s, s2) : rows_d2(preds, t, out, K, N, D, p, b, e, s, s2);
+}
+
+at::Tensor launch(const std::vector<at::Tensor>& preds_in, const at::Tensor& targets_in, const RewardParams& p) {
+  const at::Tensor targets = targets_in.contiguous();
+  std::vector<at::Tensor> preds;
+  for (const auto& t : preds_in) preds.push_back(t.contiguous());
+  const int64_t K = targets.size(0), N = targets.size(1), D = targets.size(2);
+  at::Tensor out = at::empty({N}, preds[0].options());
+  if (N == 0) return out;
+  const int npred = static_cast<int>(preds.size());
+  // Aim for ~32k target elements per task so small batches stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * D));
+  AT_DISPATCH_FLOATING_TYPES(targets.scalar_type(), "cdred_fast_reward_cpu", [&] {
+    const scalar_t* pred_ptrs[2] = {preds[0].data_ptr<scalar_t>(), preds[npred - 1].data_ptr<scalar_t>()};
+    const scalar_t* t = targets.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(2 * D);
+      call_rows(pred_ptrs, t, o, K, N, D, p, begin, end, scratch.data(), scratch.data() + D, npred);
+    });
+  });
+  return out;
+}
+
+at::Tensor moment_bonus_cpu(const at::Tensor& pred, const at::Tensor& targets, double alpha, double eps) {
+  constexpr const char* op = "cdred_fast::moment_bonus";
+  check_moment_inputs(op, {{"pred", &pred}}, targets, alpha, eps);
+  TORCH_CHECK_VALUE(targets.device().is_cpu(), op, ": CPU kernel called with tensors on ", targets.device());
+  return launch({pred}, targets, RewardParams{alpha, 0.0, 0.0, eps, 0});
+}
+
+at::Tensor cdred_reward_cpu(const at::Tensor& pred_expert, const at::Tensor& pred_behavioral,
+                            const at::Tensor& targets, double alpha, double zeta, double sigma, c10::string_view g,
+                            double eps) {
+  constexpr const char* op = "cdred_fast::cdred_reward";
+  check_moment_inputs(op, {{"pred_expert", &pred_expert}, {"pred_behavioral", &pred_behavioral}}, targets, alpha,
+                      eps);
+  check_unit_interval(op, "zeta", zeta);
+  check_nonnegative(op, "sigma", sigma);
+  const int gi = parse_g(op, std::string(g));
+  TORCH_CHECK_VALUE(targets.device().is_cpu(), op, ": CPU kernel called with tensors on ", targets.device());
+  return launch({pred_expert, pred_behavioral}, targets, RewardParams{alpha, zeta, sigma, eps, gi});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cdred_fast, CPU, m) {
+  m.impl("moment_bonus", &moment_bonus_cpu);
+  m.impl("cdred_reward", &cdred_reward_cpu);
+}
+
+}  // namespace cdred
