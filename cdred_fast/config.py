@@ -1,0 +1,384 @@
+"""CDREDConfig: every hyper-parameter of SPEC.md, its default and its validation.
+
+Defaults are the authors' released values (SPEC.md sections 1-4). The config is
+device-independent: the device is chosen when the agent is built.
+
+Helpers that turn the config into derived quantities live here too, so each
+heuristic has one home:
+
+* :meth:`CDREDConfig.discount_for` - the discount heuristic of SPEC section 1,
+* :meth:`CDREDConfig.iterations_for` - MPPI iterations (+2 when ``A >= 20``, SPEC section 4),
+* :meth:`CDREDConfig.seed_steps_for` / :attr:`CDREDConfig.buffer_capacity` (SPEC section 3),
+* :func:`resolve_impl` - which implementation the fused ops use (``"fused"`` or ``"reference"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from . import _lib
+
+G_CHOICES = ("linear", "exp")
+OBS_CHOICES = ("state", "rgb")
+KERNEL_CHOICES = ("fused", "reference")
+
+
+# --------------------------------------------------------------------------- kernel selection
+_fallback_warned: set[str] = set()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_kernels_built() -> bool:
+    return bool(_lib.build_info().get("cuda_kernels", False))
+
+
+def resolve_impl(kernels: str, device: Any = None) -> str:
+    """Map the ``kernels`` setting to the ``impl`` argument of :mod:`cdred_fast.ops`.
+
+    ``"reference"`` -> ``"reference"``. ``"fused"`` -> ``"fused"`` when the C++
+    extension is loaded (and, for a CUDA ``device``, was compiled with CUDA
+    kernels); otherwise ``"reference"``, with ONE ``RuntimeWarning`` per
+    process and reason saying why.
+    """
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    if kernels == "reference":
+        return "reference"
+    if not _lib.available():
+        reason = "not-built"
+        message = (
+            "cdred_fast: kernels='fused' was requested but the C++ extension is not built "
+            f"({_lib.load_error()}); falling back to the pure-PyTorch reference ops."
+        )
+    elif device is not None and str(device).startswith("cuda") and not _cuda_kernels_built():
+        reason = "no-cuda"
+        message = (
+            "cdred_fast: kernels='fused' was requested on a CUDA device but the extension was "
+            "built without CUDA kernels; falling back to the pure-PyTorch reference ops."
+        )
+    else:
+        return "fused"
+    if reason not in _fallback_warned:
+        _fallback_warned.add(reason)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return "reference"
+
+
+def discount_heuristic(episode_length: int, denom: float = 5.0, dmin: float = 0.95, dmax: float = 0.995) -> float:
+    """SPEC section 1: ``gamma = clip((T/denom - 1) / (T/denom), dmin, dmax)``."""
+    frac = episode_length / denom
+    return min(max((frac - 1.0) / frac, dmin), dmax)
+
+
+# --------------------------------------------------------------------------- validation helpers
+def _fail(name: str, requirement: str, value: Any, exc: type = ValueError):
+    raise exc(f"CDREDConfig.{name} must be {requirement}, got {value!r}")
+
+
+def _as_int(name: str, value: Any) -> int:
+    """Accept ints (not bools) and integral floats such as ``1e6``."""
+    if isinstance(value, bool):
+        _fail(name, "an integer", value, TypeError)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    _fail(name, "an integer", value, TypeError)
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(name, "a number", value, TypeError)
+    value = float(value)
+    if not math.isfinite(value):
+        _fail(name, "a finite number", value)
+    return value
+
+
+def _check_range(name: str, value: float, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+    if bad_lo or bad_hi:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        _fail(name, f"in {left}{lo_s}, {hi_s}{right}", value)
+
+
+# --------------------------------------------------------------------------- the config
+@dataclass
+class CDREDConfig:
+    """Every hyper-parameter of SPEC.md (sections 1-4) with the released defaults.
+
+    Build it with keywords, or from a plain dict with :meth:`from_dict`; an unknown
+    key raises ``TypeError`` listing the closest field names. Every field is
+    validated in ``__post_init__``; errors name the field and the bad value.
+    """
+
+    # ---- world model (SPEC section 1)
+    latent_dim: int = 512  # L
+    enc_dim: int = 256  # hidden width of the state encoder: MLP(obs -> [enc_dim] -> L)
+    mlp_dim: int = 512  # hidden width of dynamics, Q heads and policy: [mlp_dim, mlp_dim]
+    num_q: int = 5  # Q ensemble size
+    num_bins: int = 101  # distributional Q: bins in symlog space
+    vmin: float = -10.0
+    vmax: float = 10.0
+    dropout: float = 0.01  # after the first Linear of each Q head
+    simnorm_dim: int = 8  # SimNorm group size
+    log_std_min: float = -10.0  # policy prior log-std range
+    log_std_max: float = 2.0
+    num_channels: int = 32  # pixel encoder (not implemented yet): conv channels
+    frame_stack: int = 3  # pixel encoder: stacked RGB frames
+    image_size: int = 64  # pixel encoder: square image side
+    shift_pad: int = 3  # pixel encoder: random-shift padding
+
+    # ---- CDRED reward model (SPEC section 2)
+    num_targets: int = 5  # K random target networks
+    rnd_dim: int = 256  # D, output size of targets and predictors
+    rnd_target_hidden: tuple = (512, 512)
+    rnd_predictor_hidden: tuple = (1024, 1024, 1024)
+    alpha: float = 0.9  # distillation vs inverse-count weight in the bonus (Eq. 8)
+    zeta: float = 0.8  # expert coefficient (Eq. 7); zeta = 1 is the uncoupled RED-style reward
+    sigma: float = 1.0  # bonus scale (Eq. 7)
+    g: str = "linear"  # reward shaping g: "linear" (g(x) = x) or "exp"
+    reward_eps: float = 1e-6  # variance guard of the bonus (see cdred_fast.reference)
+
+    # ---- training (SPEC section 3)
+    batch_size: int = 256  # B sub-trajectories from EACH buffer (2B per update)
+    horizon: int = 3  # H, for both training and planning
+    rho: float = 0.5  # temporal weight rho^t
+    consistency_coef: float = 20.0
+    value_coef: float = 0.1
+    reward_coef: float = 0.1
+    lr: float = 3e-4
+    enc_lr_scale: float = 0.3
+    grad_clip_norm: float = 20.0
+    lr_step: int = 500_000  # StepLR step size, in updates
+    lr_gamma: float = 0.1  # StepLR decay factor
+    pi_lr: float = 3e-4
+    pi_eps: float = 1e-5  # Adam eps of the policy optimiser
+    entropy_coef: float = 1e-4
+    tau: float = 0.01  # Polyak rate of the target Q and of the policy's Q scale
+    discount_denom: float = 5.0
+    discount_min: float = 0.95
+    discount_max: float = 0.995
+    episode_length: Optional[int] = None  # T after action repeat; sets the discount heuristic
+    discount: Optional[float] = None  # explicit discount; overrides the heuristic when set
+
+    # ---- planning (SPEC section 4)
+    mpc: bool = True  # plan with MPPI (the paper); False acts with the policy prior (released default)
+    iterations: int = 6  # +2 when action_dim >= 20, see iterations_for()
+    num_samples: int = 512
+    num_elites: int = 64
+    num_pi_trajs: int = 24
+    temperature: float = 0.5
+    min_std: float = 0.05
+    max_std: float = 2.0
+
+    # ---- trainer (SPEC section 3, "Other released defaults")
+    task: str = "mw-reach-wall"
+    obs: str = "state"  # "state" or "rgb"
+    steps: int = 10_000_000  # total environment steps
+    seed_steps: Optional[int] = None  # None -> max(1000, 5 * episode_length)
+    buffer_size: int = 200_000  # effective capacity min(buffer_size, steps)
+    eval_freq: int = 50_000
+    eval_episodes: int = 10
+    seed: int = 1
+    num_demos: int = 100
+    save_freq: int = 0  # environment steps between checkpoints; 0 = only the final one
+    work_dir: str = "runs"
+
+    # ---- kernels
+    kernels: str = "fused"  # "fused" (falls back to "reference" with a warning) or "reference"
+
+    # ----------------------------------------------------------------- validation
+    def __post_init__(self) -> None:
+        ints_pos = (
+            "latent_dim enc_dim mlp_dim num_bins simnorm_dim num_channels frame_stack image_size "
+            "num_targets rnd_dim batch_size horizon lr_step iterations num_samples num_elites "
+            "steps buffer_size eval_freq eval_episodes num_demos"
+        ).split()
+        for name in ints_pos:
+            value = _as_int(name, getattr(self, name))
+            _check_range(name, value, lo=1)
+            setattr(self, name, value)
+        for name in ("shift_pad", "num_pi_trajs", "seed", "save_freq"):
+            value = _as_int(name, getattr(self, name))
+            _check_range(name, value, lo=0)
+            setattr(self, name, value)
+        self.num_q = _as_int("num_q", self.num_q)
+        if self.num_q < 2:
+            _fail("num_q", ">= 2 (Q_min / Q_avg pick two heads)", self.num_q)
+        for name in ("episode_length", "seed_steps"):
+            if getattr(self, name) is not None:
+                value = _as_int(name, getattr(self, name))
+                _check_range(name, value, lo=1)
+                setattr(self, name, value)
+
+        floats = {  # name: (lo, hi, lo_open, hi_open)
+            "vmin": (None, None, False, False),
+            "vmax": (None, None, False, False),
+            "dropout": (0.0, 1.0, False, True),
+            "log_std_min": (None, None, False, False),
+            "log_std_max": (None, None, False, False),
+            "alpha": (0.0, 1.0, False, False),
+            "zeta": (0.0, 1.0, False, False),
+            "sigma": (0.0, None, False, False),
+            "reward_eps": (0.0, None, False, False),
+            "rho": (0.0, 1.0, True, False),
+            "consistency_coef": (0.0, None, False, False),
+            "value_coef": (0.0, None, False, False),
+            "reward_coef": (0.0, None, False, False),
+            "lr": (0.0, None, True, False),
+            "enc_lr_scale": (0.0, None, False, False),
+            "grad_clip_norm": (0.0, None, True, False),
+            "lr_gamma": (0.0, 1.0, True, False),
+            "pi_lr": (0.0, None, True, False),
+            "pi_eps": (0.0, None, True, False),
+            "entropy_coef": (0.0, None, False, False),
+            "tau": (0.0, 1.0, False, False),
+            "discount_denom": (0.0, None, True, False),
+            "discount_min": (0.0, 1.0, False, True),
+            "discount_max": (0.0, 1.0, False, True),
+            "temperature": (0.0, None, True, False),
+            "min_std": (0.0, None, True, False),
+            "max_std": (0.0, None, True, False),
+        }
+        for name, (lo, hi, lo_open, hi_open) in floats.items():
+            value = _as_float(name, getattr(self, name))
+            _check_range(name, value, lo, hi, lo_open, hi_open)
+            setattr(self, name, value)
+        if self.discount is not None:
+            self.discount = _as_float("discount", self.discount)
+            _check_range("discount", self.discount, 0.0, 1.0, False, True)
+
+        for name in ("rnd_target_hidden", "rnd_predictor_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = (value,)
+            if not isinstance(value, (tuple, list)):
+                _fail(name, "a tuple of positive integers (hidden layer widths)", value, TypeError)
+            widths = []
+            for w in value:
+                w = _as_int(name, w)
+                if w < 1:
+                    _fail(name, "a tuple of positive integers (hidden layer widths)", value)
+                widths.append(w)
+            setattr(self, name, tuple(widths))
+
+        if not isinstance(self.mpc, bool):
+            _fail("mpc", "a bool", self.mpc, TypeError)
+        for name, choices in (("g", G_CHOICES), ("obs", OBS_CHOICES), ("kernels", KERNEL_CHOICES)):
+            if getattr(self, name) not in choices:
+                _fail(name, f"one of {choices}", getattr(self, name))
+        for name in ("task", "work_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                _fail(name, "a non-empty string", value, TypeError)
+
+        # ---- cross-field constraints
+        if self.latent_dim % self.simnorm_dim != 0:
+            _fail("latent_dim", f"a multiple of simnorm_dim = {self.simnorm_dim}", self.latent_dim)
+        if self.vmin >= self.vmax:
+            _fail("vmin", f"< vmax = {self.vmax}", self.vmin)
+        if self.log_std_min >= self.log_std_max:
+            _fail("log_std_min", f"< log_std_max = {self.log_std_max}", self.log_std_min)
+        if self.discount_min > self.discount_max:
+            _fail("discount_min", f"<= discount_max = {self.discount_max}", self.discount_min)
+        if self.min_std > self.max_std:
+            _fail("min_std", f"<= max_std = {self.max_std}", self.min_std)
+        if self.num_pi_trajs >= self.num_samples:
+            _fail("num_pi_trajs", f"< num_samples = {self.num_samples} (at least one sampled sequence)", self.num_pi_trajs)
+        if self.num_elites > self.num_samples:
+            _fail("num_elites", f"<= num_samples = {self.num_samples}", self.num_elites)
+
+    # ----------------------------------------------------------------- (de)serialisation
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CDREDConfig":
+        """Build from a plain mapping; unknown keys raise ``TypeError`` with close matches."""
+        if not isinstance(d, dict):
+            raise TypeError(f"CDREDConfig.from_dict expects a dict, got {type(d).__name__}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """Plain-type dict (tuples become lists), safe for JSON/YAML and ``torch.load(weights_only=True)``."""
+        out = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    # ----------------------------------------------------------------- derived quantities
+    def discount_for(self, episode_length: Optional[int] = None) -> float:
+        """The discount: ``cfg.discount`` if set, else the SPEC section 1 heuristic for ``T``.
+
+        ``T`` is ``episode_length`` if given, else ``cfg.episode_length``.
+        """
+        if self.discount is not None:
+            return self.discount
+        T = self.episode_length if episode_length is None else episode_length
+        if T is None:
+            raise ValueError(
+                "the discount is unknown: set CDREDConfig.episode_length (T after action repeat) "
+                "or CDREDConfig.discount"
+            )
+        T = _as_int("episode_length", T)
+        _check_range("episode_length", T, lo=1)
+        return discount_heuristic(T, self.discount_denom, self.discount_min, self.discount_max)
+
+    def iterations_for(self, action_dim: int) -> int:
+        """MPPI iterations: ``iterations`` plus 2 when ``action_dim >= 20`` (SPEC section 4)."""
+        return self.iterations + (2 if action_dim >= 20 else 0)
+
+    def seed_steps_for(self, episode_length: Optional[int] = None) -> int:
+        """``seed_steps`` if set, else ``max(1000, 5 * T)`` (SPEC section 3)."""
+        if self.seed_steps is not None:
+            return self.seed_steps
+        T = self.episode_length if episode_length is None else episode_length
+        if T is None:
+            raise ValueError("seed_steps is unknown: set CDREDConfig.seed_steps or CDREDConfig.episode_length")
+        return max(1000, 5 * int(T))
+
+    @property
+    def buffer_capacity(self) -> int:
+        """Replay capacity ``min(buffer_size, steps)`` (SPEC section 3)."""
+        return min(self.buffer_size, self.steps)
+
+    @property
+    def kernels_impl_for_reward(self) -> str:
+        """The ``impl`` the CDRED reward op uses: see :func:`resolve_impl`."""
+        return resolve_impl(self.kernels)
+
+
+# Unknown keywords: the dataclass __init__ would raise a bare TypeError; this one
+# lists the closest field names first.
+_dataclass_init = CDREDConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_with_suggestions(self, *args, **kwargs):
+    known = set(CDREDConfig.field_names())
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.5)
+            hints.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise TypeError(f"CDREDConfig got unknown field(s): {'; '.join(hints)}")
+    _dataclass_init(self, *args, **kwargs)
+
+
+CDREDConfig.__init__ = _init_with_suggestions
+
+__all__ = ["CDREDConfig", "resolve_impl", "discount_heuristic", "G_CHOICES", "OBS_CHOICES", "KERNEL_CHOICES"]

@@ -1,0 +1,247 @@
+"""Network building blocks (SPEC.md sections 0 and 1), TD-MPC2 style.
+
+* :class:`NormedLinear` - the "Block" ``Linear -> [Dropout] -> LayerNorm -> act`` (act = Mish by default).
+* :func:`mlp` - ``MLP(i -> [h1, h2, ...] -> o)``: Blocks for the hidden sizes, a last plain
+  ``Linear`` unless a last activation (e.g. :class:`SimNorm`) is given, in which case the last
+  layer is a Block with that activation.
+* :class:`SimNorm` - split into groups of ``dim`` (8) and softmax each group.
+* :func:`trunc_normal_init_`, :func:`target_init_` - the two initialisations of SPEC section 1.
+* :func:`symlog`, :func:`symexp`, :func:`two_hot`, :func:`two_hot_inv`, :func:`soft_ce` -
+  distributional regression over ``num_bins`` bins in symlog space.
+* :class:`Ensemble` - ``E`` MLPs of identical shape evaluated together with stacked weights and a
+  batched matmul (the 5 Q heads, the K CDRED targets).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+# --------------------------------------------------------------------------- blocks
+class SimNorm(nn.Module):
+    """Simplicial normalisation: view the last dim as groups of ``dim`` and softmax each group."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x = x.reshape(*shape[:-1], shape[-1] // self.dim, self.dim)
+        return F.softmax(x, dim=-1).reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class NormedLinear(nn.Linear):
+    """The SPEC "Block": ``Linear -> [Dropout] -> LayerNorm -> act`` (act defaults to Mish)."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0, act: Optional[nn.Module] = None):
+        super().__init__(in_features, out_features)
+        self.ln = nn.LayerNorm(out_features)
+        self.act = act if act is not None else nn.Mish()
+        self.dropout = nn.Dropout(dropout) if dropout else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.act(self.ln(x))
+
+
+def mlp(
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    last_act: Optional[nn.Module] = None,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """``MLP(in_dim -> hidden -> out_dim)`` of SPEC section 0.
+
+    Blocks for the hidden sizes (``dropout`` only in the first one), then a plain
+    ``Linear``, or a Block with activation ``last_act`` when one is given.
+    """
+    dims = [int(in_dim), *[int(h) for h in hidden], int(out_dim)]
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 2):
+        layers.append(NormedLinear(dims[i], dims[i + 1], dropout=dropout if i == 0 else 0.0))
+    if last_act is not None:
+        layers.append(NormedLinear(dims[-2], dims[-1], act=last_act))
+    else:
+        layers.append(nn.Linear(dims[-2], dims[-1]))
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------- initialisation
+def trunc_normal_init_(module: nn.Module) -> nn.Module:
+    """Released TD-MPC2 init: every Linear weight truncated normal (std 0.02), bias 0.
+
+    LayerNorm keeps PyTorch's default (weight 1, bias 0). Returns ``module``.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+def target_init_(net: nn.Sequential) -> nn.Sequential:
+    """CDRED random-target init (SPEC section 1): hidden Linears orthogonal (gain 1) with zero bias;
+    the last Linear keeps PyTorch's default uniform(+-1/sqrt(fan_in)) for weight and bias."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    for m in linears[:-1]:
+        nn.init.orthogonal_(m.weight, gain=1.0)
+        nn.init.zeros_(m.bias)
+    linears[-1].reset_parameters()
+    return net
+
+
+# --------------------------------------------------------------------------- symlog / two-hot
+def symlog(x: Tensor) -> Tensor:
+    """``sign(x) * log(1 + |x|)``."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: Tensor) -> Tensor:
+    """Inverse of :func:`symlog`: ``sign(x) * (exp(|x|) - 1)``."""
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+def bin_centers(num_bins: int, vmin: float, vmax: float, device=None, dtype=None) -> Tensor:
+    """The ``num_bins`` equally spaced bin centres spanning ``[vmin, vmax]`` (symlog space)."""
+    return torch.linspace(vmin, vmax, num_bins, device=device, dtype=dtype)
+
+
+def two_hot(x: Tensor, num_bins: int, vmin: float, vmax: float) -> Tensor:
+    """Two-hot encoding of SPEC section 1: ``[...] -> [..., num_bins]``.
+
+    ``symlog(x)`` clamped to ``[vmin, vmax]`` is split linearly between its two
+    neighbouring bins, so ``sum(out * bins) == clamp(symlog(x))``.
+    """
+    bin_size = (vmax - vmin) / (num_bins - 1)
+    pos = (symlog(x).clamp(vmin, vmax) - vmin) / bin_size  # in [0, num_bins - 1]
+    lower = pos.floor().clamp(0, num_bins - 2)  # left neighbour; the top value uses bins (n-2, n-1)
+    frac = (pos - lower).unsqueeze(-1)  # weight of the right neighbour, in [0, 1]
+    lower = lower.long().unsqueeze(-1)
+    out = torch.zeros(*x.shape, num_bins, device=x.device, dtype=x.dtype)
+    out.scatter_(-1, lower, 1.0 - frac)
+    out.scatter_(-1, lower + 1, frac)
+    return out
+
+
+def two_hot_inv(logits: Tensor, vmin: float, vmax: float) -> Tensor:
+    """Scalar of a distributional head: ``symexp(sum softmax(logits) * bins)``; ``[..., n] -> [...]``."""
+    bins = bin_centers(logits.shape[-1], vmin, vmax, device=logits.device, dtype=logits.dtype)
+    return symexp((F.softmax(logits, dim=-1) * bins).sum(dim=-1))
+
+
+def soft_ce(logits: Tensor, target: Tensor, vmin: float, vmax: float) -> Tensor:
+    """Cross-entropy of ``logits [..., n]`` against ``two_hot(target [...])``; returns ``[...]``."""
+    target_dist = two_hot(target, logits.shape[-1], vmin, vmax)
+    return -(target_dist * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+
+
+# --------------------------------------------------------------------------- ensemble
+class _StackedLayer(nn.Module):
+    """One layer of :class:`Ensemble`: ``E`` Linears (optionally Blocks) with stacked weights.
+
+    ``weight [E, out, in]``, ``bias [E, out]`` (nn.Linear layout per member); for a Block also the
+    LayerNorm affine ``ln_weight/ln_bias [E, out]``, the dropout rate and the activation.
+    """
+
+    def __init__(self, members: Sequence[nn.Linear]):
+        super().__init__()
+        first = members[0]
+        self.weight = nn.Parameter(torch.stack([m.weight.detach().clone() for m in members]))
+        self.bias = nn.Parameter(torch.stack([m.bias.detach().clone() for m in members]))
+        self.normed = isinstance(first, NormedLinear)
+        self.dropout_p = 0.0
+        self.act: Optional[nn.Module] = None
+        if self.normed:
+            self.ln_weight = nn.Parameter(torch.stack([m.ln.weight.detach().clone() for m in members]))
+            self.ln_bias = nn.Parameter(torch.stack([m.ln.bias.detach().clone() for m in members]))
+            self.ln_eps = first.ln.eps
+            self.dropout_p = first.dropout.p if first.dropout is not None else 0.0
+            self.act = first.act
+
+    def forward(self, x: Tensor, index: Optional[Tensor] = None) -> Tensor:
+        # x: [N, in] (shared by all members) or [E', N, in]; returns [E', N, out].
+        w, b = (self.weight, self.bias) if index is None else (self.weight[index], self.bias[index])
+        h = torch.matmul(x, w.transpose(1, 2)) + b.unsqueeze(1)  # batched matmul over members
+        if not self.normed:
+            return h
+        if self.dropout_p:
+            h = F.dropout(h, self.dropout_p, training=self.training)
+        g, beta = (self.ln_weight, self.ln_bias) if index is None else (self.ln_weight[index], self.ln_bias[index])
+        h = F.layer_norm(h, h.shape[-1:], eps=self.ln_eps) * g.unsqueeze(1) + beta.unsqueeze(1)
+        return self.act(h)
+
+
+class Ensemble(nn.Module):
+    """``E`` MLPs of identical structure (built by :func:`mlp`) evaluated as one vectorised net.
+
+    The members' parameters are copied into stacked ``nn.Parameter`` tensors at construction,
+    so initialise the members first. ``forward(x [..., in]) -> [E, ..., out]``; with
+    ``index`` (a LongTensor of member ids) only those members are evaluated.
+    """
+
+    def __init__(self, members: Sequence[nn.Sequential]):
+        super().__init__()
+        if len(members) < 1:
+            raise ValueError("Ensemble needs at least one member")
+        depth = len(members[0])
+        self.layers = nn.ModuleList()
+        for i in range(depth):
+            layer_i = [m[i] for m in members]
+            if any(type(l) is not type(layer_i[0]) or l.weight.shape != layer_i[0].weight.shape for l in layer_i):
+                raise ValueError(f"Ensemble members differ at layer {i}")
+            self.layers.append(_StackedLayer(layer_i))
+        self.size = len(members)
+        self.in_dim = members[0][0].in_features
+        self.out_dim = members[0][-1].out_features
+
+    def forward(self, x: Tensor, index: Optional[Tensor] = None) -> Tensor:
+        lead = x.shape[:-1]
+        h = x.reshape(-1, x.shape[-1])
+        for layer in self.layers:
+            h = layer(h, index)
+        return h.reshape(h.shape[0], *lead, h.shape[-1])
+
+    def member(self, k: int) -> nn.Sequential:
+        """A standalone ``nn.Sequential`` copy of member ``k`` (for inspection and tests)."""
+        layers: list[nn.Module] = []
+        for layer in self.layers:
+            out_f, in_f = layer.weight.shape[1:]
+            if layer.normed:
+                m = NormedLinear(in_f, out_f, dropout=layer.dropout_p, act=layer.act)
+                m.ln.weight.data.copy_(layer.ln_weight[k])
+                m.ln.bias.data.copy_(layer.ln_bias[k])
+            else:
+                m = nn.Linear(in_f, out_f)
+            m.weight.data.copy_(layer.weight[k])
+            m.bias.data.copy_(layer.bias[k])
+            layers.append(m)
+        ref = self.layers[0].weight
+        return nn.Sequential(*layers).to(device=ref.device, dtype=ref.dtype)
+
+
+__all__ = [
+    "SimNorm",
+    "NormedLinear",
+    "mlp",
+    "trunc_normal_init_",
+    "target_init_",
+    "symlog",
+    "symexp",
+    "bin_centers",
+    "two_hot",
+    "two_hot_inv",
+    "soft_ce",
+    "Ensemble",
+]

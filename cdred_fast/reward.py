@@ -1,0 +1,137 @@
+"""The CDRED reward model (SPEC.md section 2).
+
+``K`` random target networks ``f_k`` that are never trained, an expert predictor
+``f_phi`` and a behavioural predictor ``f_psi``, all on the same input ``x``.
+In the agent ``x = [z ; a]`` is the latent state-action pair; the module itself
+does not care what ``x`` is, so the paper's ablation with a reward on raw
+observations (``x = [s ; a]``) is a matter of building it with
+``in_dim = obs_dim + action_dim`` and feeding observations (left for later).
+
+The bonus / reward equations (Eq. 7, Eq. 8) live in :mod:`cdred_fast.reference`
+and :mod:`cdred_fast.ops`; this module only evaluates the networks and calls
+``ops.cdred_reward``. The ablations are config switches:
+
+* ``zeta = 1``: the uncoupled RED-style reward ``g(-sigma * b_phi)``;
+* ``g = "exp"``: the exponential shaping;
+* ``alpha``, ``sigma``, ``num_targets``: as in the paper's sweeps.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .config import CDREDConfig, resolve_impl
+from .layers import Ensemble, mlp, target_init_, trunc_normal_init_
+
+
+class CDREDReward(nn.Module):
+    """Targets, predictors, predictor loss (Eq. 6) and reward (Eq. 7) of SPEC section 2.
+
+    Args:
+        cfg: the config (``num_targets, rnd_dim, rnd_target_hidden, rnd_predictor_hidden,
+            alpha, zeta, sigma, g, reward_eps, kernels``).
+        in_dim: size of the input ``x`` (``latent_dim + action_dim`` in the agent).
+    """
+
+    def __init__(self, cfg: CDREDConfig, in_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.in_dim = int(in_dim)
+        self.num_targets = cfg.num_targets
+        self.out_dim = cfg.rnd_dim
+        # K fixed random targets, one vectorised module. They are parameters with
+        # requires_grad=False, so they are saved in state_dict, move with .to(),
+        # and no optimiser ever sees them.
+        targets = [target_init_(mlp(in_dim, cfg.rnd_target_hidden, cfg.rnd_dim)) for _ in range(cfg.num_targets)]
+        self.target_nets = Ensemble(targets).requires_grad_(False)
+        self.expert_predictor = trunc_normal_init_(mlp(in_dim, cfg.rnd_predictor_hidden, cfg.rnd_dim))  # f_phi
+        self.behavioral_predictor = trunc_normal_init_(mlp(in_dim, cfg.rnd_predictor_hidden, cfg.rnd_dim))  # f_psi
+
+    def predictor_parameters(self):
+        """The trainable parameters (both predictors)."""
+        yield from self.expert_predictor.parameters()
+        yield from self.behavioral_predictor.parameters()
+
+    def impl(self, device=None) -> str:
+        """The ``impl`` passed to :func:`cdred_fast.ops.cdred_reward` (see :func:`resolve_impl`)."""
+        return resolve_impl(self.cfg.kernels, device)
+
+    # ------------------------------------------------------------------ targets
+    @torch.no_grad()
+    def targets(self, x: Tensor) -> Tensor:
+        """Outputs of the K targets, constants: ``x [..., in] -> [K, ..., D]``."""
+        return self.target_nets(x)
+
+    # ------------------------------------------------------------------ Eq. 6
+    def predictor_loss(
+        self,
+        x_expert: Tensor,
+        x_behavioral: Tensor,
+        generator: Optional[torch.Generator] = None,
+        idx_expert: Optional[Tensor] = None,
+        idx_behavioral: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Per-sample predictor losses of SPEC section 2 (paper Eq. 6).
+
+        For each sample ``i`` one target index ``k_i ~ Uniform{0..K-1}`` is drawn
+        (or taken from ``idx_*``) and ``l_i = (1/D) * ||f(x_i) - f_{k_i}(x_i)||^2``,
+        with ``f = f_phi`` on the expert inputs and ``f = f_psi`` on the behavioural
+        ones. Targets are constants; the gradient reaches the predictors and, through
+        ``x``, whatever produced ``x``.
+
+        Args:
+            x_expert: ``[N_e, in]``. x_behavioral: ``[N_b, in]``.
+            generator: optional ``torch.Generator`` for the index draws.
+            idx_expert, idx_behavioral: explicit target indices ``[N_e]`` / ``[N_b]``.
+
+        Returns: ``(loss_expert [N_e], loss_behavioral [N_b])``; the caller averages
+        (and weights by ``rho^t``), then adds the two.
+        """
+        loss_expert = self._single_loss(self.expert_predictor, x_expert, generator, idx_expert)
+        loss_behavioral = self._single_loss(self.behavioral_predictor, x_behavioral, generator, idx_behavioral)
+        return loss_expert, loss_behavioral
+
+    def _single_loss(self, predictor: nn.Module, x: Tensor, generator, idx: Optional[Tensor]) -> Tensor:
+        n = x.shape[0]
+        if idx is None:
+            idx = torch.randint(self.num_targets, (n,), generator=generator, device=_gen_device(generator, x))
+        idx = idx.to(x.device).long()
+        chosen = self.targets(x)[idx, torch.arange(n, device=x.device)]  # f_{k_i}(x_i): [N, D]
+        return (predictor(x) - chosen).pow(2).mean(dim=-1)  # (1/D) ||f(x_i) - f_{k_i}(x_i)||^2
+
+    # ------------------------------------------------------------------ Eq. 7
+    @torch.no_grad()
+    def forward(self, x: Tensor, impl: Optional[str] = None) -> Tensor:
+        """CDRED reward ``R(x)`` of SPEC Eq. 7 (no gradient): ``x [..., in] -> [...]``.
+
+        ``impl`` overrides the config's kernel choice (``"fused"`` / ``"reference"``).
+        """
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])
+        cfg = self.cfg
+        r = ops.cdred_reward(
+            self.expert_predictor(flat),
+            self.behavioral_predictor(flat),
+            self.targets(flat),
+            cfg.alpha,
+            cfg.zeta,
+            cfg.sigma,
+            cfg.g,
+            cfg.reward_eps,
+            impl=impl if impl is not None else self.impl(flat.device),
+        )
+        return r.reshape(lead)
+
+    reward = forward
+
+
+def _gen_device(generator: Optional[torch.Generator], like: Tensor):
+    """Random numbers are drawn on the generator's device (moved to ``like``'s afterwards)."""
+    return generator.device if generator is not None else like.device
+
+
+__all__ = ["CDREDReward"]

@@ -1,0 +1,207 @@
+"""Reference MPPI planner (SPEC section 4): the two kernel-shaped steps by hand, and plans on toy models."""
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cdred_fast.config import CDREDConfig
+from cdred_fast.planner import MPPIPlanner, elite_update, sample_candidates
+from cdred_fast.world_model import WorldModel
+
+
+def small_cfg(**kw):
+    base = dict(
+        latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
+        rnd_predictor_hidden=(32, 32, 32), num_targets=3, num_samples=32, num_elites=4, num_pi_trajs=4,
+        episode_length=100, kernels="reference",
+    )
+    base.update(kw)
+    return CDREDConfig(**base)
+
+
+class ToyModel:
+    """Latent = step counter; reward -||a - target||^2 (+ optional z term); Q constant; fixed or random policy."""
+
+    def __init__(self, target, pi_action=None, reward_fn=None, q_fn=None):
+        self.target = torch.as_tensor(target, dtype=torch.float32)
+        self.A = self.target.numel()
+        self.pi_action = None if pi_action is None else torch.as_tensor(pi_action, dtype=torch.float32)
+        self.reward_fn = reward_fn or (lambda z, a: -((a - self.target) ** 2).sum(-1))
+        self.q_fn = q_fn or (lambda z, a: torch.zeros(z.shape[0]))
+        self.planning_depth = 0
+
+    @contextlib.contextmanager
+    def planning(self):
+        self.planning_depth += 1
+        try:
+            yield self
+        finally:
+            self.planning_depth -= 1
+
+    def pi(self, z, eps=None, generator=None):
+        n = z.shape[0]
+        if self.pi_action is None:
+            a = torch.rand(n, self.A, generator=generator) * 2 - 1
+        else:
+            a = self.pi_action.expand(n, self.A).clone()
+        return a, a, torch.zeros(n), torch.zeros(n, self.A)
+
+    def next(self, z, a):
+        return z + 1
+
+    def reward(self, z, a):
+        return self.reward_fn(z, a)
+
+    def Q(self, z, a, return_type="avg", generator=None):
+        return self.q_fn(z, a)
+
+
+# --------------------------------------------------------------------------- kernel-shaped steps
+def test_sample_candidates_by_hand():
+    g = torch.Generator().manual_seed(0)
+    mean = torch.rand(3, 2, generator=g) * 2 - 1
+    std = torch.rand(3, 2, generator=g) * 2
+    eps = torch.randn(3, 50, 2, generator=g)
+    out = sample_candidates(mean, std, eps).numpy()
+    m, s, e = mean.numpy(), std.numpy(), eps.numpy()
+    for t in range(3):
+        for n in range(50):
+            for j in range(2):
+                assert out[t, n, j] == pytest.approx(min(1.0, max(-1.0, m[t, j] + s[t, j] * e[t, n, j])), abs=1e-6)
+    assert out.min() == -1.0 and out.max() == 1.0  # clamping happened
+
+
+def test_elite_update_by_hand():
+    g = torch.Generator().manual_seed(1)
+    H, N, A, k, temp = 3, 20, 2, 5, 0.5
+    values = torch.randn(N, generator=g) * 3
+    actions = torch.rand(H, N, A, generator=g) * 2 - 1
+    mean, std, elites, w = elite_update(values, actions, k, temp, 0.05, 2.0)
+    v, acts = values.numpy().astype(np.float64), actions.numpy().astype(np.float64)
+    order = sorted(range(N), key=lambda i: -v[i])[:k]
+    score = np.array([math.exp(temp * (v[i] - v[order[0]])) for i in order])
+    score /= score.sum()
+    want_mean = np.zeros((H, A))
+    want_var = np.zeros((H, A))
+    for s, i in zip(score, order):
+        want_mean += s * acts[:, i]
+    for s, i in zip(score, order):
+        want_var += s * (acts[:, i] - want_mean) ** 2
+    np.testing.assert_allclose(w.numpy(), score, rtol=1e-5)
+    np.testing.assert_allclose(mean.numpy(), want_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), np.clip(np.sqrt(want_var), 0.05, 2.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(elites.numpy(), acts[:, order], rtol=1e-6)
+
+
+def test_elite_update_std_clamped():
+    actions = torch.zeros(2, 8, 3)  # all identical -> std 0 -> min_std
+    _, std, _, _ = elite_update(torch.arange(8.0), actions, 4, 0.5, 0.05, 2.0)
+    assert torch.allclose(std, torch.tensor(0.05))
+    actions = torch.tensor([-100.0, 100.0]).repeat(2, 1).unsqueeze(-1).expand(2, 2, 1).contiguous()
+    _, std, _, _ = elite_update(torch.zeros(2), actions, 2, 0.5, 0.05, 2.0)
+    assert torch.allclose(std, torch.tensor(2.0))
+
+
+# --------------------------------------------------------------------------- planner on toy models
+def test_estimate_value_by_hand():
+    cfg = small_cfg(horizon=3, discount=0.9)
+    c = torch.tensor([0.25, -0.5])
+    model = ToyModel([0.0, 0.0], pi_action=c, reward_fn=lambda z, a: z[:, 0] + a.sum(-1), q_fn=lambda z, a: 10 * z[:, 0] + a[:, 0])
+    planner = MPPIPlanner(cfg, model, 2)
+    z = torch.tensor([[2.0], [5.0]])
+    acts = torch.rand(3, 2, 2)
+    got = planner.estimate_value(z, acts)
+    for i in range(2):
+        want = 0.0
+        for t in range(3):
+            want += 0.9**t * (z[i, 0].item() + t + acts[t, i].sum().item())
+        want += 0.9**3 * (10 * (z[i, 0].item() + 3) + c[0].item())
+        assert got[i].item() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("num_pi_trajs", [0, 4])
+def test_plan_finds_known_optimum(num_pi_trajs):
+    target = [0.3, -0.5]
+    cfg = small_cfg(num_samples=64, num_elites=8, num_pi_trajs=num_pi_trajs, iterations=8)
+    planner = MPPIPlanner(cfg, ToyModel(target), 2)
+    a = planner.plan(torch.zeros(1), t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2,)
+    np.testing.assert_allclose(a.numpy(), target, atol=0.1)
+    # the final mean moved to the optimum at every horizon step
+    np.testing.assert_allclose(planner._prev_mean.numpy(), np.tile(target, (3, 1)), atol=0.1)
+
+
+def test_policy_trajectories_are_candidates():
+    # With one iteration, sampled candidates (std 2, clamped) almost never hit the optimum exactly;
+    # the policy prior proposes it, so the elite chosen in eval mode is exactly the prior's action.
+    target = [0.123, -0.456]
+    cfg = small_cfg(num_samples=32, num_elites=1, num_pi_trajs=4, iterations=1)
+    planner = MPPIPlanner(cfg, ToyModel(target, pi_action=target), 2)
+    a = planner.plan(torch.zeros(1), t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(a.numpy(), target, atol=1e-6)
+
+
+def test_nan_values_count_as_zero():
+    cfg = small_cfg(iterations=2)
+    model = ToyModel([0.0], reward_fn=lambda z, a: torch.where(a[:, 0] > 0, torch.nan, -1.0))
+    planner = MPPIPlanner(cfg, model, 1)
+    a = planner.plan(torch.zeros(1), t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+    # NaN (-> 0) beats -1 per step, so the plan goes to the positive half
+    assert torch.isfinite(a).all() and a.item() > 0
+
+
+def test_warm_start_and_reset():
+    cfg = small_cfg()
+    planner = MPPIPlanner(cfg, ToyModel([0.5, 0.5]), 2)
+    assert (planner.initial_mean(t0=False) == 0).all()  # no previous plan yet
+    planner.plan(torch.zeros(1), t0=True, generator=torch.Generator().manual_seed(0))
+    prev = planner._prev_mean.clone()
+    m = planner.initial_mean(t0=False)
+    torch.testing.assert_close(m[:-1], prev[1:])
+    assert (m[-1] == 0).all()
+    assert (planner.initial_mean(t0=True) == 0).all()
+    planner.reset()
+    assert (planner.initial_mean(t0=False) == 0).all()
+
+
+def test_plan_reproducible_and_noise_only_when_not_eval():
+    cfg = small_cfg()
+    planner = MPPIPlanner(cfg, ToyModel([0.2, -0.1]), 2)
+    plan = lambda seed, ev: planner.plan(torch.zeros(1), t0=True, eval_mode=ev, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(plan(1, False), plan(1, False))
+    assert not torch.allclose(plan(1, False), plan(2, False))
+    a_eval = plan(3, True)
+    a_noisy = plan(3, False)
+    assert not torch.allclose(a_eval, a_noisy)  # std_0 * eps added outside eval
+    assert (a_noisy.abs() <= 1).all()
+
+
+def test_iterations_heuristic():
+    cfg = small_cfg()
+    assert MPPIPlanner(cfg, ToyModel([0.0] * 19), 19).iterations == 6
+    assert MPPIPlanner(cfg, ToyModel([0.0] * 20), 20).iterations == 8
+
+
+def test_world_model_q_dropout_off_while_planning():
+    torch.manual_seed(0)
+    cfg = small_cfg(dropout=0.5)
+    model = WorldModel(cfg, 5, 2)
+    seen = []
+    original_q = model.Q
+
+    def spy_q(*args, **kwargs):
+        seen.append(model.Qs.training)
+        return original_q(*args, **kwargs)
+
+    model.Q = spy_q
+    model.train()  # even if someone left the model in training mode
+    planner = MPPIPlanner(cfg, model, 2)
+    z = model.encode(torch.randn(1, 5)).detach()
+    a1 = planner.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+    a2 = planner.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+    assert seen and not any(seen)
+    torch.testing.assert_close(a1, a2)
+    assert model.training  # restored
