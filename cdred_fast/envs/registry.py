@@ -1,0 +1,157 @@
+"""The task registry and :func:`make`.
+
+Every task has a :class:`TaskSpec`: its suite, the simulator's name for it, the
+action repeat and the episode length in agent steps (after the repeat). The
+paper's settings (SPEC section 5): DMControl 500 steps, Meta-World 100 steps,
+both with action repeat 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import gymnasium as gym
+
+from .wrappers import ActionRepeat, Float32Observation, TimeLimit, TremblingHand, ValidateAction
+
+__all__ = ["TaskSpec", "TASKS", "PAPER_TASKS", "known_tasks", "task_spec", "make"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How to build one task.
+
+    Attributes:
+        name: the registered name, e.g. ``"cheetah-run"`` or ``"mw-reach-wall"``.
+        suite: ``"dmcontrol"`` or ``"metaworld"``.
+        sim_name: the simulator's identifier: ``(domain, task)`` for dm_control,
+            the ``<name>-v3`` environment name for Meta-World.
+        action_repeat: simulator steps per agent step.
+        episode_length: agent steps per episode (after the repeat).
+        paper: whether the CDRED paper reports this task.
+    """
+
+    name: str
+    suite: str
+    sim_name: tuple[str, str] | str
+    action_repeat: int
+    episode_length: int
+    paper: bool = False
+
+    @property
+    def sim_steps(self) -> int:
+        """Simulator steps per episode."""
+        return self.action_repeat * self.episode_length
+
+
+def _dmc(name: str, domain: str, task: str, paper: bool = False) -> TaskSpec:
+    return TaskSpec(name, "dmcontrol", (domain, task), action_repeat=2, episode_length=500, paper=paper)
+
+
+def _mw(name: str, paper: bool = False) -> TaskSpec:
+    return TaskSpec(f"mw-{name}", "metaworld", f"{name}-v3", action_repeat=2, episode_length=100, paper=paper)
+
+
+_SPECS = [
+    # DMControl, the paper's state-based tasks
+    _dmc("cheetah-run", "cheetah", "run", paper=True),
+    _dmc("walker-run", "walker", "run", paper=True),
+    _dmc("hopper-hop", "hopper", "hop", paper=True),
+    _dmc("reacher-hard", "reacher", "hard", paper=True),
+    _dmc("humanoid-walk", "humanoid", "walk", paper=True),
+    _dmc("dog-stand", "dog", "stand", paper=True),
+    # DMControl, easier tasks for quick experiments
+    _dmc("cartpole-swingup", "cartpole", "swingup"),
+    _dmc("walker-walk", "walker", "walk"),
+    _dmc("walker-stand", "walker", "stand"),
+    _dmc("reacher-easy", "reacher", "easy"),
+    _dmc("finger-spin", "finger", "spin"),
+    _dmc("cup-catch", "ball_in_cup", "catch"),
+    # Meta-World v3, the paper's tasks
+    _mw("box-close", paper=True),
+    _mw("bin-picking", paper=True),
+    _mw("reach-wall", paper=True),
+    _mw("stick-pull", paper=True),
+    _mw("stick-push", paper=True),
+    _mw("soccer", paper=True),
+    # Meta-World v3, easy tasks with reliable scripted experts
+    _mw("reach"),
+    _mw("push"),
+    _mw("button-press"),
+    _mw("drawer-open"),
+    _mw("door-open"),
+]
+
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
+PAPER_TASKS: tuple[str, ...] = tuple(spec.name for spec in _SPECS if spec.paper)
+
+
+def known_tasks(suite: str | None = None) -> list[str]:
+    """Registered task names (of one suite when ``suite`` is given), in registry order."""
+    return [name for name, spec in TASKS.items() if suite is None or spec.suite == suite]
+
+
+def task_spec(task: str) -> TaskSpec:
+    """The :class:`TaskSpec` of ``task``; ``ValueError`` naming the closest known task otherwise."""
+    spec = TASKS.get(task)
+    if spec is None:
+        close = difflib.get_close_matches(str(task), list(TASKS), n=1, cutoff=0.0)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown task {task!r}.{hint} Known tasks: {', '.join(TASKS)}")
+    return spec
+
+
+def make(task: str, obs: str = "state", seed: int = 0, *, trembling_hand: float = 0.0) -> gym.Env:
+    """Build a registered task with the paper's settings.
+
+    Args:
+        task: a registered name (:func:`known_tasks`).
+        obs: ``"state"``; ``"rgb"`` is not implemented yet.
+        seed: seeds the simulator's initial-state/goal randomisation, the action
+            space and the trembling-hand noise. ``reset(seed=s)`` re-seeds them.
+        trembling_hand: probability of replacing an agent action by a uniformly
+            random one (the paper's robustness experiment); 0 disables it.
+
+    Returns:
+        A gymnasium environment with flat ``float32`` observations, action space
+        ``Box(-1, 1, (A,), float32)``, ``info["success"]`` (bool, always False
+        for DMControl), and episodes of exactly ``env.max_episode_steps`` agent
+        steps that end with ``truncated=True``. ``env.task``, ``env.suite`` and
+        ``env.action_repeat`` are set as well. (If you add your own wrappers
+        on top, use ``env.get_wrapper_attr("max_episode_steps")``.)
+
+    Raises:
+        ValueError: unknown task or observation type.
+        NotImplementedError: ``obs="rgb"``.
+    """
+    spec = task_spec(task)
+    if obs == "rgb":
+        raise NotImplementedError(
+            f"obs='rgb' (64x64 pixel observations) is not implemented yet for {task!r}; use obs='state'"
+        )
+    if obs != "state":
+        raise ValueError(f"unknown observation type {obs!r}: expected 'state' (or, later, 'rgb')")
+
+    if spec.suite == "dmcontrol":
+        from .dmcontrol import DMControlEnv
+
+        domain, name = spec.sim_name
+        env: gym.Env = DMControlEnv(domain, name, seed=seed)
+    elif spec.suite == "metaworld":
+        from .metaworld import MetaWorldEnv
+
+        env = MetaWorldEnv(spec.sim_name, seed=seed, max_path_length=spec.sim_steps)
+    else:  # pragma: no cover - the registry only holds the suites above
+        raise AssertionError(f"no adapter for suite {spec.suite!r}")
+
+    env = ValidateAction(env)
+    env = ActionRepeat(env, spec.action_repeat)
+    env = Float32Observation(env)
+    if trembling_hand > 0.0:
+        env = TremblingHand(env, trembling_hand, seed=seed)
+    env = TimeLimit(env, spec.episode_length)
+    env.task = spec.name
+    env.suite = spec.suite
+    env.action_repeat = spec.action_repeat
+    return env
