@@ -93,3 +93,88 @@ def cdred_reward(
     b_expert = bonus_from_moments(pred_expert, mu, b2, var, alpha, eps)  # b_phi
     b_behavioral = bonus_from_moments(pred_behavioral, mu, b2, var, alpha, eps)  # b_psi
     return zeta * apply_g(-sigma * b_expert, g) - (1.0 - zeta) * apply_g(-sigma * b_behavioral, g)
+
+
+# =============================================================================== MPPI planning
+# SPEC.md section 4 (paper Algorithm 2). Every op is batched over a leading B of
+# independent planning problems: mean/std [B, H, A], values [B, N],
+# actions [B, H, N, A], elites [B, H, k, A], weights [B, k].
+#
+# Two choices the SPEC leaves open, fixed here and matched by the kernels:
+#
+# * Ties. "keep the k best" is a stable descending sort: equal values keep the
+#   lower candidate index first (-0.0 and +0.0 are equal). The elites are
+#   returned best first; mppi_select indexes that order.
+# * Infinite values. softmax(tau * (G - max G)) is literal for finite values. An
+#   elite equal to the maximum gets the exponent 0 exactly (instead of
+#   inf - inf = NaN when the maximum is infinite, or tau * 0 with an overflowing
+#   tau), so the weights are always a valid distribution: several +inf elites
+#   share the weight equally, and all -inf elites are weighted uniformly.
+#
+# Random draws use only ``generator`` (the default generator of the device when
+# None), in this order: mppi_sample draws randn([B, H, M, A]); mppi_select draws
+# multinomial(w, 1) and then, unless eval_mode, randn([B, A]).
+
+
+def mppi_sample(mean: Tensor, std: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    """Sampled action sequences ``clamp(mean + std * eps, -1, 1)``, ``[B, H, M, A]`` (M = num_samples)."""
+    B, H, A = mean.shape
+    # eps ~ N(0, 1), one draw per sequence, step and action coordinate.
+    eps = torch.randn((B, H, num_samples, A), generator=generator, dtype=mean.dtype, device=mean.device)
+    # "sample the other N - N_pi sequences a = clamp(mean + std * eps, -1, 1)"
+    return (mean.unsqueeze(2) + std.unsqueeze(2) * eps).clamp(-1.0, 1.0)
+
+
+def mppi_elite_update(
+    values: Tensor, actions: Tensor, num_elites: int, temperature: float, min_std: float, max_std: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One MPPI refit: ``(mean [B,H,A], std [B,H,A], elite_actions [B,H,k,A], elite_weights [B,k], elite_values [B,k])``.
+
+    ``values [B, N]`` are the returns G of the N sequences ``actions [B, H, N, A]``.
+    The elites come best first (see the section comment for ties and infinities).
+    """
+    B, H, N, A = actions.shape
+    k = num_elites
+    # "NaN values count as 0" (only NaN; +-inf are kept).
+    G = torch.where(torch.isnan(values), torch.zeros_like(values), values)
+    # "keep the k best": stable descending sort, ties keep the lower index first.
+    order = torch.sort(G, dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
+    elite_values = G.gather(1, order)  # G_elite
+    elite_actions = actions.gather(2, order[:, None, :, None].expand(B, H, k, A))
+    # "w = softmax(tau * (G_elite - max G_elite))", with exponent 0 for the maxima.
+    g_max = elite_values.amax(dim=1, keepdim=True)
+    logits = torch.where(elite_values == g_max, torch.zeros_like(elite_values), temperature * (elite_values - g_max))
+    w = torch.softmax(logits, dim=1)  # [B, k]
+    w4 = w[:, None, :, None]  # broadcast over H and A
+    sum_w = w.sum(dim=1)[:, None, None]
+    # "mean = sum w * a / sum w"
+    mean = (w4 * elite_actions).sum(dim=2) / sum_w
+    # "std = sqrt(sum w * (a - mean)^2 / sum w) clamped to [min_std, max_std]"
+    var = (w4 * (elite_actions - mean.unsqueeze(2)).pow(2)).sum(dim=2) / sum_w
+    std = var.sqrt().clamp(min_std, max_std)
+    return mean, std, elite_actions, w, elite_values
+
+
+def mppi_select(
+    elite_actions: Tensor,
+    elite_weights: Tensor,
+    std: Tensor,
+    eval_mode: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The action to execute, ``[B, A]``: the first action of one elite drawn with probability w.
+
+    Draw order: first ``multinomial(elite_weights, 1)`` (one elite per problem),
+    then, only when ``eval_mode`` is False, ``eps ~ randn([B, A])``.
+    """
+    B, H, k, A = elite_actions.shape
+    # "Draw one elite sequence with probability w"
+    choice = torch.multinomial(elite_weights, 1, generator=generator)  # [B, 1]
+    # "its first action"
+    first = elite_actions[:, 0].gather(1, choice[:, :, None].expand(B, 1, A)).squeeze(1)  # [B, A]
+    # "plus std_0 * eps unless evaluating"
+    if not eval_mode:
+        eps = torch.randn((B, A), generator=generator, dtype=first.dtype, device=first.device)
+        first = first + std[:, 0] * eps
+    # "clamped to [-1, 1]"
+    return first.clamp(-1.0, 1.0)

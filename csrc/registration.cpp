@@ -51,6 +51,18 @@ TORCH_LIBRARY(cdred_fast, m) {
   m.def(
       "cdred_reward(Tensor pred_expert, Tensor pred_behavioral, Tensor targets, float alpha, float zeta, "
       "float sigma, str g, float eps) -> Tensor");
+  // SPEC section 4: MPPI
+  // Sampling ops are tagged nondeterministic_seeded so that compilers never
+  // deduplicate or reorder two calls (each call advances the generator).
+  m.def("mppi_sample(Tensor mean, Tensor std, int num_samples, Generator? generator=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
+  m.def(
+      "mppi_elite_update(Tensor values, Tensor actions, int num_elites, float temperature, float min_std, "
+      "float max_std) -> (Tensor mean, Tensor std, Tensor elite_actions, Tensor elite_weights, Tensor elite_values)");
+  m.def(
+      "mppi_select(Tensor elite_actions, Tensor elite_weights, Tensor std, bool eval_mode, "
+      "Generator? generator=None) -> Tensor",
+      {at::Tag::nondeterministic_seeded});
   m.def("_build_info() -> str", &build_info);
 }
 
