@@ -12,5 +12,22 @@ DEVICES = [
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_threads():
+    """Seed every test; run on one intra-op thread.
+
+    The test models are tiny, where a second OpenMP thread only adds synchronisation
+    (and, on a loaded 2-core machine, long spin waits). The kernels' multi-threaded
+    paths are covered explicitly by the tests that use the ``threads`` fixture.
+    """
     torch.manual_seed(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Run a test with 1 and with 2 intra-op threads (exercises at::parallel_for chunking)."""
+    torch.set_num_threads(request.param)
+    return request.param

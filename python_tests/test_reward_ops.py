@@ -66,6 +66,15 @@ def test_cdred_reward_matches_reference(K, N, D, dtype, g, device):
             assert (ref.abs() > 0).any()
 
 
+@pytest.mark.parametrize("K,N,D", [(5, 512, 256), (3, 4097, 5), (2, 3, 7)])
+def test_parity_across_thread_counts(K, N, D, threads):
+    pe, pb, targets = _inputs(K, N, D)
+    torch.testing.assert_close(
+        ops.cdred_reward(pe, pb, targets), ops.cdred_reward(pe, pb, targets, impl="reference"), **TOL[torch.float32]
+    )
+    torch.testing.assert_close(ops.moment_bonus(pe, targets), ops.moment_bonus(pe, targets, impl="reference"), **TOL[torch.float32])
+
+
 def _naive_bonus(pred, targets, alpha):
     """Eq. 8 in float64 numpy loops, with no guard at all."""
     pred, targets = np.asarray(pred, np.float64), np.asarray(targets, np.float64)

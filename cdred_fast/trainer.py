@@ -1,0 +1,458 @@
+"""Online imitation training: SPEC section 3 / paper Algorithm 1.
+
+One run lives in one work directory::
+
+    work_dir/
+      config.yaml        the full CDREDConfig of the run
+      demos.npz          the expert demonstrations used (collected or copied in)
+      checkpoint.pt      latest checkpoint (agent, behavioural buffer, counters, RNG)
+      train.csv          per-interval training statistics
+      eval.csv           evaluation return and success over training
+      tb/                TensorBoard event files
+      learning_curve.png written at the end of the run (and when it is interrupted)
+
+Every file is written through a temporary file and ``os.replace``, so a run killed at
+any moment leaves the previous complete version of each file in place. ``resume=True``
+continues from ``checkpoint.pt``: the interrupted episode is discarded (its steps are
+counted), the CSV rows written after the checkpoint are dropped, and every later
+training episode is reset with a seed derived from its index, so a resumed run sees the
+same episode initialisations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .agent import CDREDAgent
+from .buffer import EpisodeBuffer
+from .config import CDREDConfig
+from .data import Demonstrations, collect
+from .envs import make, task_spec
+
+CHECKPOINT_FORMAT = 1
+
+# Named sets of overrides. "demo" is the README's main job: a small model that learns
+# a Meta-World task from scripted demonstrations in about 15 minutes on 2 CPU cores.
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": dict(
+        task="mw-reach",
+        steps=20_000,
+        seed_steps=1_000,
+        eval_freq=5_000,
+        eval_episodes=10,
+        num_demos=20,
+        latent_dim=64,
+        enc_dim=128,
+        mlp_dim=128,
+        num_bins=51,
+        rnd_dim=32,
+        rnd_target_hidden=(64, 64),
+        rnd_predictor_hidden=(128, 128),
+        batch_size=64,
+        mpc=False,
+        save_freq=5_000,
+    ),
+}
+
+
+# --------------------------------------------------------------------------- atomic files
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees either the old or the new file, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint written by :class:`Trainer` with ``weights_only=True`` (no arbitrary unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated or foreign file
+        raise ValueError(f"{path} is not a readable cdred_fast checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "agent" not in state:
+        raise ValueError(f"{path} is not a cdred_fast checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return state
+
+
+class CSVLog:
+    """A CSV file of dict rows, rewritten atomically; columns grow as new keys appear."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = [dict(r) for r in csv.DictReader(f)]
+
+    def truncate_after(self, step: int) -> None:
+        self.rows = [r for r in self.rows if float(r["step"]) <= step]
+        self._flush()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._flush()
+
+    def column(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        pts = [(float(r["step"]), float(r[key])) for r in self.rows if r.get(key) not in (None, "")]
+        if not pts:
+            return np.zeros(0), np.zeros(0)
+        steps, values = zip(*pts)
+        return np.asarray(steps), np.asarray(values)
+
+    def _flush(self) -> None:
+        keys: list[str] = []
+        for r in self.rows:
+            keys.extend(k for k in r if k not in keys)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.path, out.getvalue().encode())
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, float]:
+    """Mean return and success over ``episodes`` episodes acting with ``eval_mode=True``.
+
+    Episode ``i`` is reset with ``seed + i``, so every evaluation of a run uses the same
+    initial states and goals. ``success`` is the success flag of the last step (the
+    TD-MPC2 convention); ``success_any`` counts an episode that succeeded at any step.
+    """
+    returns, final, anywhere = [], [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, t, ep_return, succeeded, info = False, 0, 0.0, False, {}
+        while not done:
+            action = agent.act(obs, t0=t == 0, eval_mode=True)
+            obs, reward, terminated, truncated, info = env.step(action.numpy())
+            ep_return += float(reward)
+            succeeded = succeeded or bool(info.get("success", False))
+            done = terminated or truncated
+            t += 1
+        returns.append(ep_return)
+        final.append(float(bool(info.get("success", False))))
+        anywhere.append(float(succeeded))
+    return {
+        "episode_return": float(np.mean(returns)),
+        "success": float(np.mean(final)),
+        "success_any": float(np.mean(anywhere)),
+    }
+
+
+# --------------------------------------------------------------------------- demonstrations
+def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | Demonstrations], env) -> Demonstrations:
+    """The expert data of a run: a given file/object, or scripted Meta-World experts collected now.
+
+    Files are validated against the environment (task name and dimensions).
+    """
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if isinstance(demos, Demonstrations):
+        demos.check_compatible(task=cfg.task, obs_dim=obs_dim, action_dim=action_dim)
+        return demos
+    if demos is not None:
+        return Demonstrations.load(demos, task=cfg.task, obs_dim=obs_dim, action_dim=action_dim)
+    if task_spec(cfg.task).suite != "metaworld":
+        raise ValueError(
+            f"task {cfg.task!r} has no scripted expert: pass expert demonstrations (demos=PATH / --demos PATH)"
+        )
+    from .envs import scripted_policy
+
+    collect_env = make(cfg.task, cfg.obs, seed=cfg.seed + 20_000)
+    try:
+        return collect(collect_env, scripted_policy(cfg.task), cfg.num_demos, successful_only=True, seed=cfg.seed + 20_000)
+    finally:
+        collect_env.close()
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Runs Algorithm 1 for one config in one work directory.
+
+    Args:
+        cfg: the run's configuration (``episode_length`` is filled in from the task).
+        work_dir: where the run's files live (created if needed).
+        demos: a demonstrations file or object; None collects scripted experts (Meta-World).
+        device: torch device of the agent.
+        resume: continue from ``work_dir/checkpoint.pt``. Without it, a work dir that already
+            holds a checkpoint is refused rather than overwritten.
+        progress: show a tqdm progress bar.
+        tensorboard: also write TensorBoard event files.
+        log_freq: environment steps between rows of train.csv (default: one episode).
+    """
+
+    def __init__(
+        self,
+        cfg: CDREDConfig,
+        work_dir: str | os.PathLike,
+        demos=None,
+        device: str = "cpu",
+        resume: bool = False,
+        progress: bool = True,
+        tensorboard: bool = True,
+        log_freq: Optional[int] = None,
+    ):
+        self.work_dir = Path(work_dir)
+        self.ckpt_path = self.work_dir / "checkpoint.pt"
+        if self.ckpt_path.exists() and not resume:
+            raise FileExistsError(
+                f"{self.work_dir} already holds a run ({self.ckpt_path.name}): resume it (--resume) "
+                "or choose another work directory"
+            )
+        if resume and not self.ckpt_path.exists():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {self.ckpt_path}")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+        self.env = make(cfg.task, cfg.obs, seed=cfg.seed)
+        self.eval_env = make(cfg.task, cfg.obs, seed=cfg.seed + 10_000)
+        T = self.env.get_wrapper_attr("max_episode_steps")
+        if cfg.episode_length is None:
+            cfg = dataclasses.replace(cfg, episode_length=T)
+
+        state = load_checkpoint(self.ckpt_path) if resume else None
+        if state is not None:  # only the length of the run may change on resume
+            saved, current = state["config"], cfg.to_dict()
+            changed = sorted(k for k in current if k not in ("steps", "work_dir") and saved.get(k) != current[k])
+            if changed:
+                raise ValueError(
+                    f"cannot resume {self.work_dir} with a different config: {changed} differ from the checkpoint"
+                )
+        self.cfg = cfg
+        self.episode_length = T
+        self.seed_steps = cfg.seed_steps_for(T)
+        self.log_freq = log_freq or T
+        self.progress = progress
+        atomic_write_bytes(self.work_dir / "config.yaml", _to_yaml(cfg.to_dict()).encode())
+
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        obs_dim, action_dim = self.env.observation_space.shape[0], self.env.action_space.shape[0]
+
+        demos_path = self.work_dir / "demos.npz"
+        if resume and demos_path.exists():
+            demos = demos_path
+        self.demos = obtain_demonstrations(cfg, demos, self.env)
+        if not demos_path.exists():
+            self.demos.save(demos_path)
+        self.expert_buffer = EpisodeBuffer.from_demonstrations(self.demos, device=device)
+        self.buffer = EpisodeBuffer(cfg.buffer_capacity, obs_dim, action_dim, device=device)
+        self.agent = CDREDAgent(cfg, obs_dim, action_dim, device=device)
+
+        self.step, self.episode = 0, 0
+        self.train_log = CSVLog(self.work_dir / "train.csv")
+        self.eval_log = CSVLog(self.work_dir / "eval.csv")
+        if state is not None:
+            self._restore(state)
+        else:
+            self.train_log.truncate_after(-1)
+            self.eval_log.truncate_after(-1)
+        self.tb = _tensorboard(self.work_dir / "tb") if tensorboard else None
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": self.cfg.to_dict(),
+                "agent": self.agent.state_dict(),
+                "buffer": self.buffer.state_dict(),
+                "step": self.step,
+                "episode": self.episode,
+                "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
+            },
+            self.ckpt_path,
+        )
+
+    def _restore(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.step, self.episode = int(state["step"]), int(state["episode"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        self.train_log.truncate_after(self.step)
+        self.eval_log.truncate_after(self.step)
+
+    # ------------------------------------------------------------------ main loop
+    def evaluate(self) -> dict[str, float]:
+        result = evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000)
+        row = {"step": self.step, **result}
+        self.eval_log.append(row)
+        self._tb_scalars("eval", result)
+        return result
+
+    def _update(self) -> dict[str, float]:
+        cfg = self.cfg
+        behavioral = self.buffer.sample(cfg.batch_size, cfg.horizon)
+        expert = self.expert_buffer.sample(cfg.batch_size, cfg.horizon)
+        return self.agent.update(behavioral, expert)
+
+    def train(self) -> dict[str, Any]:
+        """Run until ``cfg.steps`` environment steps; returns the first and last evaluations."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if not self.eval_log.rows:
+            self.evaluate()  # "before": the untrained agent
+        stats: dict[str, list[float]] = defaultdict(list)
+        ep_returns: list[float] = []
+        next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
+        next_save = (self.step // cfg.save_freq + 1) * cfg.save_freq if cfg.save_freq else math.inf
+        next_log = self.step + self.log_freq
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        interval_start = time.time()
+        interval_step0 = self.step
+        try:
+            while self.step < cfg.steps:
+                # One episode. Each is reset with a seed derived from its index (deterministic resume).
+                obs, _ = self.env.reset(seed=cfg.seed * 1_000_003 + self.episode)
+                ep_obs, ep_act, ep_return, done, t = [obs], [], 0.0, False, 0
+                while not done and self.step < cfg.steps:
+                    if self.step < self.seed_steps:
+                        action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+                    else:
+                        action = self.agent.act(obs, t0=t == 0).numpy()
+                    obs, reward, terminated, truncated, info = self.env.step(action)
+                    ep_obs.append(obs)
+                    ep_act.append(action)
+                    ep_return += float(reward)
+                    done = terminated or truncated
+                    t += 1
+                    self.step += 1
+                    bar.update(1)
+                    if done:
+                        self.buffer.add_episode(np.stack(ep_obs), np.stack(ep_act))
+                        self.episode += 1
+                        ep_returns.append(ep_return)
+                    # Updates: a burst of seed_steps at the end of seeding, then one per step.
+                    if self.step >= self.seed_steps and self.buffer.num_episodes > 0:
+                        n = self.seed_steps if self.step == self.seed_steps else 1
+                        for _ in range(n):
+                            for k, v in self._update().items():
+                                stats[k].append(v)
+                    if self.step >= next_log:
+                        self._log_train(stats, ep_returns, interval_start, interval_step0)
+                        stats, ep_returns = defaultdict(list), []
+                        interval_start, interval_step0 = time.time(), self.step
+                        next_log = self.step + self.log_freq
+                    if self.step >= next_eval:
+                        result = self.evaluate()
+                        bar.set_postfix(success=result["success"], ret=round(result["episode_return"], 1))
+                        next_eval += cfg.eval_freq
+                    if self.step >= next_save and done:
+                        self.save()
+                        next_save += cfg.save_freq
+        except KeyboardInterrupt:
+            bar.close()
+            self.save()
+            self.plot()
+            print(f"\ninterrupted at step {self.step}: checkpoint saved to {self.ckpt_path} (resume with --resume)")
+            raise
+        bar.close()
+        if not self.eval_log.rows or float(self.eval_log.rows[-1]["step"]) < self.step:
+            self.evaluate()  # "after"
+        self.save()
+        png = self.plot()
+        first, last = self.eval_log.rows[0], self.eval_log.rows[-1]
+        if self.tb is not None:
+            self.tb.flush()
+        return {
+            "work_dir": str(self.work_dir),
+            "steps": self.step,
+            "before": {k: float(v) for k, v in first.items()},
+            "after": {k: float(v) for k, v in last.items()},
+            "learning_curve": str(png),
+        }
+
+    # ------------------------------------------------------------------ logging
+    def _log_train(self, stats, ep_returns, start, step0) -> None:
+        row: dict[str, Any] = {"step": self.step, "episodes": self.episode}
+        if ep_returns:
+            row["episode_return"] = float(np.mean(ep_returns))
+        row["steps_per_s"] = (self.step - step0) / max(time.time() - start, 1e-9)
+        for k, values in stats.items():
+            row[k] = float(np.mean(values))
+        for k in ("grad_norm", "pi_grad_norm"):
+            if stats.get(k):
+                row[f"{k}_max"] = float(np.max(stats[k]))
+        row["updates"] = len(stats.get("total_loss", []))
+        self.train_log.append(row)
+        self._tb_scalars("train", {k: v for k, v in row.items() if k != "step"})
+
+    def _tb_scalars(self, prefix: str, values: dict[str, float]) -> None:
+        if self.tb is None:
+            return
+        for k, v in values.items():
+            self.tb.add_scalar(f"{prefix}/{k}", float(v), self.step)
+
+    def plot(self) -> Path:
+        """Write ``learning_curve.png``: evaluation success and return, and the CDRED rewards."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for key, ax, label in (("success", axes[0], "eval success (last step)"), ("episode_return", axes[1], "eval return")):
+            x, y = self.eval_log.column(key)
+            ax.plot(x, y, marker="o")
+            ax.set_xlabel("environment steps")
+            ax.set_title(label)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylim(-0.05, 1.05)
+        for key in ("reward_expert", "reward_behavioral"):
+            x, y = self.train_log.column(key)
+            axes[2].plot(x, y, label=key)
+        axes[2].set_xlabel("environment steps")
+        axes[2].set_title("CDRED reward on expert / behavioural samples")
+        axes[2].legend()
+        axes[2].grid(alpha=0.3)
+        fig.suptitle(f"CDRED on {self.cfg.task} (seed {self.cfg.seed})")
+        fig.tight_layout()
+        out = io.BytesIO()
+        fig.savefig(out, format="png", dpi=100)
+        plt.close(fig)
+        path = self.work_dir / "learning_curve.png"
+        atomic_write_bytes(path, out.getvalue())
+        return path
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as exc:  # tensorboard missing or broken: CSV logs still work
+        warnings.warn(f"TensorBoard logging disabled: {exc}")
+        return None
+    return SummaryWriter(str(path))
+
+
+def _to_yaml(d: dict) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(d))
+
+
+__all__ = ["PRESETS", "Trainer", "evaluate", "load_checkpoint", "obtain_demonstrations", "atomic_torch_save"]
