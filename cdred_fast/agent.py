@@ -1,8 +1,17 @@
 """CDREDAgent: acting (SPEC.md section 4) and one update (SPEC.md section 3, steps 1-9).
 
-A batch is ``{"obs": [H+1, B, obs_dim], "action": [H, B, A]}``; one update takes a
-behavioural and an expert batch and concatenates them along the batch axis,
-behavioural first (``2B`` samples). Rewards stored in the buffers are never used.
+A batch is ``{"obs": [H+1, B, *obs_shape], "action": [H, B, A]}`` (``obs_shape``
+is ``(obs_dim,)`` for state, ``(3 * frame_stack, S, S)`` uint8 pixels for
+``obs="rgb"``); one update takes a behavioural and an expert batch and
+concatenates them along the batch axis, behavioural first (``2B`` samples).
+Rewards stored in the buffers are never used by CDRED.
+
+With ``cfg.method == "tdmpc2"`` (training RL experts) the same update runs
+TD-MPC2 instead: only a behavioural batch, which must carry the environment
+reward ``"reward": [H, B]``; the TD targets use that reward and the reward loss
+is the reward head's ``rho^t``-weighted two-hot soft cross-entropy
+``(1/H) sum_t rho^t mean_i CE(R(z_t, a_t), twohot(r_t))`` (coefficient
+``reward_coef = 0.1``), in place of the CDRED predictor loss.
 
 All randomness of an update (policy noise for the TD target and the policy loss,
 the Q-head pairs, the target index of each predictor-loss sample) is drawn up
@@ -64,24 +73,34 @@ class CDREDAgent:
 
     Args:
         cfg: the config; ``cfg.discount_for()`` must be defined (set ``episode_length`` or ``discount``).
-        obs_dim, action_dim: environment sizes (state observations).
+        obs_dim, action_dim: environment sizes (``obs_dim`` for state observations).
         device: torch device for the model and all computation.
+        obs_shape: the observation shape instead of ``obs_dim``, e.g. ``(9, 64, 64)`` for
+            ``cfg.obs == "rgb"`` (``env.observation_space.shape`` works for both kinds).
     """
 
-    def __init__(self, cfg: CDREDConfig, obs_dim: int, action_dim: int, device="cpu"):
+    def __init__(self, cfg: CDREDConfig, obs_dim=None, action_dim: int = None, device="cpu", *, obs_shape=None):
+        if (obs_dim is None) == (obs_shape is None):
+            raise TypeError("give exactly one of obs_dim (state) and obs_shape")
+        if action_dim is None:
+            raise TypeError("action_dim is required")
         self.cfg = cfg
         self.device = torch.device(device)
-        self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
-        self.discount = cfg.discount_for()
-        self.model = WorldModel(cfg, obs_dim, action_dim).to(self.device)
+        self.model = WorldModel(cfg, obs_dim if obs_shape is None else obs_shape, action_dim).to(self.device)
         m = self.model
-        # Step 7: Adam over encoder (lr x enc_lr_scale), dynamics, Q heads and both predictors.
+        self.obs_shape: tuple[int, ...] = m.obs_shape
+        self.obs_dim = m.obs_dim  # int for state observations, None for pixels
+        self.action_dim = int(action_dim)
+        self.discount = cfg.discount_for()
+        # Step 7: Adam over encoder (lr x enc_lr_scale), dynamics, Q heads and both predictors
+        # (TD-MPC2 mode: the reward head instead of the predictors).
+        reward_params = m.reward_model.predictor_parameters() if m.reward_head is None else m.reward_head.parameters()
         self.optim = torch.optim.Adam(
             [
                 {"params": list(m.encoder.parameters()), "lr": cfg.lr * cfg.enc_lr_scale},
                 {"params": list(m.dynamics.parameters())},
                 {"params": list(m.Qs.parameters())},
-                {"params": list(m.reward_model.predictor_parameters())},
+                {"params": list(reward_params)},
             ],
             lr=cfg.lr,
         )
@@ -96,12 +115,12 @@ class CDREDAgent:
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
     def act(self, obs, t0: bool = False, eval_mode: bool = False, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Action ``[A]`` (on CPU) for one observation ``[obs_dim]``.
+        """Action ``[A]`` (on CPU) for one observation ``[obs_dim]`` (pixels: ``[C, H, W]`` uint8).
 
         MPPI when ``cfg.mpc`` (SPEC section 4); otherwise the policy prior: its mean
         ``tanh(mu)`` when ``eval_mode``, a sample otherwise.
         """
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
+        obs = self._obs_tensor(obs).reshape(1, *self.obs_shape)
         with self.model.planning():
             z = self.model.encode(obs)
             if self.cfg.mpc:
@@ -124,30 +143,68 @@ class CDREDAgent:
             pi_heads=choose_two_heads(self.cfg.num_q, generator, dev),
         )
 
-    def _concat(self, behavioral_batch: dict, expert_batch: dict) -> tuple[Tensor, Tensor, int]:
-        """Concatenate behavioural then expert along the batch axis (SPEC section 3)."""
+    def _obs_tensor(self, obs) -> Tensor:
+        """Observations on ``device``: float32 for state, uint8 kept for pixels (the encoder scales them)."""
+        obs = torch.as_tensor(obs, device=self.device)
+        if self.cfg.obs == "rgb" and obs.dtype == torch.uint8:
+            return obs
+        return obs.to(torch.float32)
+
+    def _concat(self, behavioral_batch: dict, expert_batch: Optional[dict] = None) -> tuple[Tensor, Tensor, int]:
+        """Concatenate behavioural then expert along the batch axis (SPEC section 3).
+
+        Without ``expert_batch`` (TD-MPC2 mode) the behavioural batch alone. Returns
+        ``(obs [H+1, N, *obs_shape], action [H, N, A], n_behavioral)``.
+        """
         H = self.cfg.horizon
-        for name, batch in (("behavioral_batch", behavioral_batch), ("expert_batch", expert_batch)):
+        batches = [("behavioral_batch", behavioral_batch)]
+        if expert_batch is not None:
+            batches.append(("expert_batch", expert_batch))
+        shape = ", ".join(str(d) for d in self.obs_shape)
+        for name, batch in batches:
             o, a = batch["obs"], batch["action"]
-            if o.dim() != 3 or o.shape[0] != H + 1 or o.shape[2] != self.obs_dim:
-                raise ValueError(f"{name}['obs'] must be [H+1={H + 1}, B, {self.obs_dim}], got {tuple(o.shape)}")
+            if o.dim() != 2 + len(self.obs_shape) or o.shape[0] != H + 1 or tuple(o.shape[2:]) != self.obs_shape:
+                raise ValueError(f"{name}['obs'] must be [H+1={H + 1}, B, {shape}], got {tuple(o.shape)}")
             if a.dim() != 3 or a.shape[0] != H or a.shape[2] != self.action_dim or a.shape[1] != o.shape[1]:
                 raise ValueError(
                     f"{name}['action'] must be [H={H}, B={o.shape[1]}, {self.action_dim}], got {tuple(a.shape)}"
                 )
-        to = dict(device=self.device, dtype=torch.float32)
-        obs = torch.cat([behavioral_batch["obs"].to(**to), expert_batch["obs"].to(**to)], dim=1)
-        action = torch.cat([behavioral_batch["action"].to(**to), expert_batch["action"].to(**to)], dim=1)
+        obs = torch.cat([self._obs_tensor(b["obs"]) for _, b in batches], dim=1)
+        action = torch.cat([b["action"].to(device=self.device, dtype=torch.float32) for _, b in batches], dim=1)
         return obs, action, behavioral_batch["obs"].shape[1]
 
-    def compute_losses(self, obs: Tensor, action: Tensor, n_behavioral: int, noise: UpdateNoise) -> dict[str, Tensor]:
-        """Steps 1-7 of SPEC section 3 on concatenated ``obs [H+1, N, O]``, ``action [H, N, A]``.
+    def _env_reward(self, batch: dict) -> Tensor:
+        """TD-MPC2 mode: the batch's environment reward ``[H, B]`` on ``device``."""
+        H, B = self.cfg.horizon, batch["action"].shape[1]
+        if "reward" not in batch:
+            raise ValueError(
+                "method='tdmpc2' trains on the environment reward: behavioral_batch needs 'reward' [H, B] "
+                "(an EpisodeBuffer returns it when its episodes were added with rewards)"
+            )
+        r = batch["reward"].to(device=self.device, dtype=torch.float32)
+        if tuple(r.shape) != (H, B):
+            raise ValueError(f"behavioral_batch['reward'] must be [H={H}, B={B}], got {tuple(r.shape)}")
+        if not torch.isfinite(r).all():
+            raise ValueError("behavioral_batch['reward'] contains NaN or inf")
+        return r
+
+    def compute_losses(
+        self, obs: Tensor, action: Tensor, n_behavioral: int, noise: UpdateNoise, reward: Optional[Tensor] = None
+    ) -> dict[str, Tensor]:
+        """Steps 1-7 of SPEC section 3 on concatenated ``obs [H+1, N, *obs_shape]``, ``action [H, N, A]``.
 
         The first ``n_behavioral`` samples are behavioural, the rest expert. Returns the
         loss tensors (``consistency, value, reward, total``) and, detached, ``zs [H+1, N, L]``,
         ``rewards [H, N]``, ``td_targets [H, N]``, ``q_logits [num_q, H, N, bins]``.
+
+        TD-MPC2 mode (``cfg.method == "tdmpc2"``): ``reward [H, N]`` is the environment
+        reward; it replaces the CDRED reward in the TD target, and ``reward`` (the loss)
+        is the reward head's two-hot soft cross-entropy on it.
         """
         cfg, m = self.cfg, self.model
+        tdmpc2 = cfg.method == "tdmpc2"
+        if tdmpc2 and reward is None:
+            raise ValueError("method='tdmpc2' needs the environment reward [H, N]")
         H = cfg.horizon
         nb = n_behavioral
         rho_t = cfg.rho ** torch.arange(H, device=self.device, dtype=torch.float32)
@@ -168,8 +225,8 @@ class CDREDAgent:
         zs = torch.stack(zs)  # [H+1, N, L]
 
         with torch.no_grad():
-            # 3. rewards r_t = R(z_t, a_t) on the roll-out latents
-            rewards = m.reward(zs[:-1].detach(), action)  # [H, N]
+            # 3. rewards r_t = R(z_t, a_t) on the roll-out latents (TD-MPC2: the environment reward)
+            rewards = reward.detach() if tdmpc2 else m.reward(zs[:-1].detach(), action)  # [H, N]
             # 4. TD target y_t = r_t + gamma * Q_bar_min(z'_t, pi(z'_t)), sampled policy action
             next_a = m.pi(next_z, eps=noise.td_eps)[1]
             td_targets = rewards + self.discount * m.Q(next_z, next_a, "min", target=True, heads=noise.td_heads)
@@ -178,6 +235,22 @@ class CDREDAgent:
         q_logits = m.Q(zs[:-1], action, "all")  # [num_q, H, N, bins]
         ce = soft_ce(q_logits, td_targets.unsqueeze(0), cfg.vmin, cfg.vmax)  # [num_q, H, N]
         value = (ce.mean(dim=2) * rho_t).sum() / (H * cfg.num_q)
+
+        if tdmpc2:
+            # 6'. TD-MPC2 reward loss: (1/H) sum_t rho^t mean_i CE(R(z_t, a_t), twohot(r_t))
+            reward_ce = soft_ce(m.reward_logits(zs[:-1], action), rewards, cfg.vmin, cfg.vmax)  # [H, N]
+            reward_loss = (reward_ce.mean(dim=1) * rho_t).sum() / H
+            total = cfg.consistency_coef * consistency + cfg.value_coef * value + cfg.reward_coef * reward_loss
+            return {
+                "consistency": consistency,
+                "value": value,
+                "reward": reward_loss,
+                "total": total,
+                "zs": zs.detach(),
+                "rewards": rewards,
+                "td_targets": td_targets,
+                "q_logits": q_logits.detach(),
+            }
 
         # 6. predictor loss (SPEC section 2) on the roll-out latents: sum_t rho^t (l_phi + l_psi) / H
         x = torch.cat([zs[:-1], action], dim=-1)  # [H, N, L+A]
@@ -222,16 +295,26 @@ class CDREDAgent:
         return ((cfg.entropy_coef * log_prob - q).mean(dim=1) * rho_t).mean()
 
     def update(
-        self, behavioral_batch: dict, expert_batch: dict, generator: Optional[torch.Generator] = None
+        self, behavioral_batch: dict, expert_batch: Optional[dict] = None, generator: Optional[torch.Generator] = None
     ) -> dict[str, float]:
-        """One update, SPEC section 3 steps 1-9. Returns the statistics as floats."""
+        """One update, SPEC section 3 steps 1-9. Returns the statistics as floats.
+
+        CDRED: a behavioural and an expert batch. TD-MPC2 mode: the behavioural batch
+        alone, with ``"reward" [H, B]``; ``expert_batch`` must be None.
+        """
         cfg, m = self.cfg, self.model
+        tdmpc2 = cfg.method == "tdmpc2"
+        if tdmpc2 and expert_batch is not None:
+            raise ValueError("method='tdmpc2' trains on the environment reward alone: pass no expert_batch")
+        if not tdmpc2 and expert_batch is None:
+            raise ValueError("CDRED needs an expert_batch (demonstrations) besides the behavioral_batch")
         obs, action, nb = self._concat(behavioral_batch, expert_batch)
+        env_reward = self._env_reward(behavioral_batch) if tdmpc2 else None
         noise = self.draw_noise(obs.shape[1], generator)
-        m.train(True)  # Q dropout on for the value and policy losses (as released)
+        m.train(True)  # Q dropout on (and the pixel encoder's random shift) for the losses (as released)
         try:
-            # steps 1-7: world model, Q ensemble and predictors
-            losses = self.compute_losses(obs, action, nb, noise)
+            # steps 1-7: world model, Q ensemble and predictors (TD-MPC2: reward head)
+            losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
             self.optim.zero_grad(set_to_none=True)
             losses["total"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self._wm_params, cfg.grad_clip_norm)
@@ -258,24 +341,30 @@ class CDREDAgent:
 
         rewards = losses["rewards"]
         q_scalar = m.q_value(losses["q_logits"]).mean(dim=0)  # mean over heads: [H, N]
-        return {
+        stats = {
             "consistency_loss": float(losses["consistency"].detach()),
             "value_loss": float(losses["value"].detach()),
             "reward_loss": float(losses["reward"].detach()),
-            "reward_loss_expert": float(losses["reward_loss_expert"]),
-            "reward_loss_behavioral": float(losses["reward_loss_behavioral"]),
             "pi_loss": float(pi_loss.detach()),
             "total_loss": float(losses["total"].detach()),
             "grad_norm": float(grad_norm),
             "pi_grad_norm": float(pi_grad_norm),
-            "reward_expert": float(rewards[:, nb:].mean()),
             "reward_behavioral": float(rewards[:, :nb].mean()),
-            "q_gap": float(q_scalar[:, nb:].mean() - q_scalar[:, :nb].mean()),
             "td_target": float(losses["td_targets"].mean()),
             "pi_scale": float(self.scale.value),
             "lr": float(self.optim.param_groups[1]["lr"]),
             "pi_lr": float(self.pi_optim.param_groups[0]["lr"]),
         }
+        if not tdmpc2:
+            stats.update(
+                reward_loss_expert=float(losses["reward_loss_expert"]),
+                reward_loss_behavioral=float(losses["reward_loss_behavioral"]),
+                reward_expert=float(rewards[:, nb:].mean()),
+                q_gap=float(q_scalar[:, nb:].mean() - q_scalar[:, :nb].mean()),
+            )
+        else:
+            stats["q_value"] = float(q_scalar.mean())
+        return stats
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

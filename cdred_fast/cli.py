@@ -1,9 +1,19 @@
 """The ``cdred-fast`` command.
 
     cdred-fast train [--preset demo] [--demos FILE] [--work-dir DIR] [--resume] [key=value ...]
-    cdred-fast eval CHECKPOINT [--episodes N]
-    cdred-fast collect TASK --out FILE [--episodes N] [--successful-only]
+    cdred-fast expert train TASK [--work-dir DIR] [--resume] [key=value ...]
+    cdred-fast eval CHECKPOINT [--episodes N] [--trembling-hand P]
+    cdred-fast collect TASK --out FILE [--policy scripted|CHECKPOINT] [--episodes N] [--successful-only]
+    cdred-fast data info FILE [--json]
+    cdred-fast data convert RELEASED.pkl --task TASK --out FILE.npz
+    cdred-fast data render STATE_DEMOS.npz --out FILE.npz
     cdred-fast tasks
+
+The expert pipeline of the paper (DMControl): ``expert train`` (TD-MPC2: the same
+world model trained on the environment reward), ``collect --policy
+runs/.../checkpoint.pt`` (state demonstrations with their reset seeds), ``data
+render`` (the same episodes re-simulated with 64x64 pixels), then ``train
+--demos``.
 
 Hyper-parameters are ``key=value`` overrides of :class:`cdred_fast.CDREDConfig`
 (``steps=20000 zeta=1.0 rnd_predictor_hidden=[256,256]``), parsed by OmegaConf; a
@@ -14,10 +24,12 @@ with the field's name before anything runs.
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .config import CDREDConfig
 
@@ -55,24 +67,34 @@ def main() -> None:
     """CDRED world-model online imitation learning (cdred_fast)."""
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-@click.option("--preset", default=None, help="Named set of overrides (demo: the README's main job).")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML file of overrides.")
-@click.option("--demos", type=click.Path(exists=True, dir_okay=False), help="Demonstrations (.npz); default: scripted Meta-World experts.")
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/<task>-s<seed>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --work-dir from its last checkpoint.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
-    """Train CDRED online from expert demonstrations (key=value overrides)."""
+_TRAIN_OPTIONS = [
+    click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML file of overrides."),
+    click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/[expert-]<task>[-rgb]-s<seed>)."),
+    click.option("--resume", is_flag=True, help="Continue the run in --work-dir from its last checkpoint."),
+    click.option("--device", default="cpu", show_default=True),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+]
+
+
+def _train_options(f):
+    for option in reversed(_TRAIN_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress) -> None:
     from .trainer import Trainer
 
-    cfg = build_config(preset, config_file, overrides)
-    work_dir = work_dir or str(Path(cfg.work_dir) / f"{cfg.task}-s{cfg.seed}")
-    trainer = Trainer(cfg, work_dir, demos=demos, device=device, resume=resume, progress=not no_progress)
+    expert = cfg.method == "tdmpc2"
+    default_dir = f"{'expert-' if expert else ''}{cfg.task}{'-rgb' if cfg.obs == 'rgb' else ''}-s{cfg.seed}"
+    work_dir = work_dir or str(Path(cfg.work_dir) / default_dir)
+    try:
+        trainer = Trainer(cfg, work_dir, demos=demos, device=device, resume=resume, progress=not no_progress)
+    except NotImplementedError as exc:
+        raise click.UsageError(str(exc)) from exc
+    data = "environment reward (TD-MPC2)" if expert else f"{trainer.demos.num_episodes} expert episodes"
     click.echo(
-        f"CDRED on {cfg.task}: {cfg.steps} steps, {trainer.demos.num_episodes} expert episodes, "
+        f"{'TD-MPC2 expert' if expert else 'CDRED'} on {cfg.task} ({cfg.obs}): {cfg.steps} steps, {data}, "
         f"work dir {work_dir}{' (resumed at step %d)' % trainer.step if resume else ''}"
     )
     try:
@@ -90,49 +112,210 @@ def train(overrides, preset, config_file, demos, work_dir, resume, device, no_pr
     )
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@click.option("--preset", default=None, help="Named set of overrides (demo: the README's main job).")
+@click.option("--demos", type=click.Path(exists=True, dir_okay=False), help="Demonstrations (.npz); default: scripted Meta-World experts.")
+@_train_options
+def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
+    """Train CDRED online from expert demonstrations (key=value overrides)."""
+    cfg = build_config(preset, config_file, overrides)
+    _run_training(cfg, demos, work_dir, resume, device, no_progress)
+
+
+@main.group()
+def expert() -> None:
+    """RL experts: the world model trained on the environment reward (TD-MPC2)."""
+
+
+@expert.command("train", context_settings={"ignore_unknown_options": True})
+@click.argument("task")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@_train_options
+def expert_train(task, overrides, config_file, work_dir, resume, device, no_progress) -> None:
+    """Train an RL expert on TASK with the environment reward (= train method=tdmpc2 task=TASK).
+
+    Its checkpoint then collects demonstrations: `cdred-fast collect TASK --policy CHECKPOINT`.
+    """
+    cfg = build_config(None, config_file, (*overrides, f"task={task}", "method=tdmpc2"))
+    _run_training(cfg, None, work_dir, resume, device, no_progress)
+
+
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--episodes", type=int, default=10, show_default=True)
 @click.option("--seed", type=int, default=None, help="Evaluation seed (default: the run's evaluation seed).")
+@click.option(
+    "--trembling-hand",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Trembling-hand probability of the evaluation environment (default: the run's, cfg.trembling_hand).",
+)
 @click.option("--device", default="cpu", show_default=True)
-def eval_cmd(checkpoint, episodes, seed, device) -> None:
-    """Evaluate a checkpoint written by `cdred-fast train`."""
+def eval_cmd(checkpoint, episodes, seed, trembling_hand, device) -> None:
+    """Evaluate a checkpoint written by `cdred-fast train` or `cdred-fast expert train`."""
     import torch
 
-    from .agent import CDREDAgent
-    from .envs import make
-    from .trainer import evaluate, load_checkpoint
+    from .trainer import agent_from_checkpoint, config_from_checkpoint, evaluate, load_checkpoint, make_env
 
     state = load_checkpoint(checkpoint, map_location=device)
-    cfg = CDREDConfig.from_dict({k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
-    env = make(cfg.task, cfg.obs, seed=cfg.seed + 10_000)
-    agent = CDREDAgent(cfg, env.observation_space.shape[0], env.action_space.shape[0], device=device)
-    agent.load_state_dict(state["agent"])
+    cfg = config_from_checkpoint(state)
+    env = make_env(cfg, seed=cfg.seed + 10_000, trembling_hand=trembling_hand)
+    agent = agent_from_checkpoint(state, env, device=device)
     torch.manual_seed(cfg.seed)
     result = evaluate(agent, env, episodes, seed=cfg.seed + 10_000 if seed is None else seed)
-    click.echo(json.dumps({"checkpoint": str(checkpoint), "step": state["step"], "episodes": episodes, **result}))
+    p = cfg.trembling_hand if trembling_hand is None else trembling_hand
+    click.echo(
+        json.dumps({"checkpoint": str(checkpoint), "step": state["step"], "episodes": episodes, "trembling_hand": p, **result})
+    )
 
 
 @main.command()
 @click.argument("task")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
+@click.option(
+    "--policy",
+    default="scripted",
+    show_default=True,
+    help="'scripted' (Meta-World's scripted expert) or a checkpoint.pt (e.g. from `cdred-fast expert train`), "
+    "acting in evaluation mode.",
+)
 @click.option("--episodes", type=int, default=100, show_default=True)
 @click.option("--successful-only", is_flag=True, help="Keep only episodes that succeed at some step.")
-@click.option("--seed", type=int, default=0, show_default=True)
-def collect(task, out, episodes, successful_only, seed) -> None:
-    """Record demonstrations of TASK from its scripted expert (Meta-World)."""
+@click.option("--seed", type=int, default=0, show_default=True, help="Episode i is reset with seed + i (recorded).")
+@click.option("--device", default="cpu", show_default=True, help="Device of a checkpoint policy.")
+def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
+    """Record demonstrations of TASK from a scripted expert or a trained checkpoint.
+
+    The demonstrations have the observations the policy acts on (a state checkpoint
+    gives state demonstrations; render them with `cdred-fast data render`).
+    """
+    from .data import AgentPolicy
     from .data import collect as collect_demos
-    from .envs import make, scripted_policy
+    from .envs import make, scripted_policy, task_spec
 
     try:
-        policy = scripted_policy(task)
-        env = make(task, seed=seed)
-    except (ValueError, KeyError) as exc:
+        spec = task_spec(task)
+    except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="TASK") from exc
-    demos = collect_demos(env, policy, episodes, successful_only=successful_only, seed=seed)
+    if successful_only and spec.suite == "dmcontrol":
+        raise click.BadParameter("DMControl tasks have no success signal", param_hint="--successful-only")
+    if policy == "scripted":
+        try:
+            act = scripted_policy(task)
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{exc}; pass --policy CHECKPOINT (e.g. from `cdred-fast expert train {task}`)", param_hint="--policy"
+            ) from exc
+        env = make(task, seed=seed)
+    else:
+        import torch
+
+        from .trainer import agent_from_checkpoint, config_from_checkpoint, load_checkpoint, make_env
+
+        if not Path(policy).is_file():
+            raise click.BadParameter(f"no checkpoint file {policy!r} (and not 'scripted')", param_hint="--policy")
+        try:
+            state = load_checkpoint(policy, map_location=device)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--policy") from exc
+        cfg = config_from_checkpoint(state)
+        if cfg.task != task:
+            raise click.BadParameter(f"the checkpoint was trained on {cfg.task!r}, not {task!r}", param_hint="--policy")
+        env = make_env(cfg, seed=seed, trembling_hand=0.0)  # demonstrations are recorded without noise
+        act = AgentPolicy(agent_from_checkpoint(state, env, device=device), eval_mode=True)
+        torch.manual_seed(seed)
+    try:
+        demos = collect_demos(env, act, episodes, successful_only=successful_only, seed=seed)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        env.close()
     path = demos.save(out)
     rate = float(demos.success.mean()) if len(demos.success) else 0.0
-    click.echo(f"wrote {demos.num_episodes} episodes ({demos.num_transitions} transitions) of {task} to {path}; success {rate:.2f}")
+    returns = np.add.reduceat(demos.reward, np.r_[0, np.cumsum(demos.episode_lengths)[:-1]])
+    click.echo(
+        f"wrote {demos.num_episodes} episodes ({demos.num_transitions} transitions) of {task} to {path}; "
+        f"return {returns.mean():.1f} +- {returns.std():.1f}, success {rate:.2f}"
+    )
+
+
+@main.group()
+def data() -> None:
+    """Inspect, convert and render demonstration files."""
+
+
+@data.command("info")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def data_info(file, as_json) -> None:
+    """Episodes, lengths, returns, success rate, sizes and task of a demonstrations FILE (.npz)."""
+    from .data import DemonstrationError, load, summary
+
+    try:
+        info = summary(load(file))
+    except DemonstrationError as exc:
+        hint = " (a released .pkl? convert it first: cdred-fast data convert FILE --task TASK --out F.npz)"
+        raise click.ClickException(f"{exc}{hint if str(file).endswith('.pkl') else ''}") from exc
+    if as_json:
+        click.echo(json.dumps({"file": str(file), **info}))
+        return
+    shape = "x".join(str(d) for d in info["obs_shape"])
+    click.echo(
+        f"{file}\n"
+        f"  task          {info['task']}\n"
+        f"  episodes      {info['episodes']} ({info['transitions']} transitions)\n"
+        f"  length        min {info['length_min']}  mean {info['length_mean']:.1f}  max {info['length_max']}\n"
+        f"  return        mean {info['return_mean']:.2f}  std {info['return_std']:.2f}  "
+        f"min {info['return_min']:.2f}  max {info['return_max']:.2f}\n"
+        f"  success rate  {info['success_rate']:.2f}\n"
+        f"  observation   {shape} {info['obs_dtype']}\n"
+        f"  action dim    {info['action_dim']}\n"
+        f"  reset seeds   {'recorded' if info['seeds'] else 'not recorded'}"
+    )
+
+
+@data.command("convert")
+@click.argument("released", type=click.Path(exists=True, dir_okay=False))
+@click.option("--task", required=True, help="The registered task the file is for (checked against its sizes).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
+def data_convert(released, task, out) -> None:
+    """Convert one of the authors' released expert pickles to the .npz format (safe unpickling)."""
+    from .data import DemonstrationError, import_released_pickle
+    from .envs import make
+
+    try:
+        env = make(task)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--task") from exc
+    try:
+        demos = import_released_pickle(released, task=task)
+        demos.check_compatible(
+            task=task, obs_dim=env.observation_space.shape[0], action_dim=env.action_space.shape[0],
+            source=f"the episodes in {released!r}",
+        )
+    except (DemonstrationError, pickle.UnpicklingError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        env.close()
+    path = demos.save(out)
+    click.echo(f"wrote {demos.num_episodes} episodes ({demos.num_transitions} transitions) of {task} to {path}")
+
+
+@data.command("render")
+@click.argument("demos_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file (pixel observations).")
+@click.option("--seed", type=int, default=None, help="Only for files without recorded seeds: episode i was reset with seed + i.")
+def data_render(demos_file, out, seed) -> None:
+    """Re-simulate state demonstrations (DEMOS_FILE, with reset seeds) and record 64x64 pixel observations."""
+    from .data import DemonstrationError, load, render_pixels
+
+    try:
+        pixels = render_pixels(load(demos_file), seed=seed)
+    except (DemonstrationError, NotImplementedError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    path = pixels.save(out)
+    click.echo(f"wrote {pixels.num_episodes} episodes ({pixels.num_transitions} transitions) with pixels to {path}")
 
 
 @main.command()

@@ -26,6 +26,7 @@ from . import _lib
 
 G_CHOICES = ("linear", "exp")
 OBS_CHOICES = ("state", "rgb")
+METHOD_CHOICES = ("cdred", "tdmpc2")
 KERNEL_CHOICES = ("fused", "reference")
 
 
@@ -68,6 +69,16 @@ def resolve_impl(kernels: str, device: Any = None) -> str:
         _fallback_warned.add(reason)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     return "reference"
+
+
+def conv_output_size(image_size: int) -> int:
+    """Side of the pixel encoder's last feature map: conv 7/2, 5/2, 3/2, 3/1, no padding (64 -> 4)."""
+    side = int(image_size)
+    for kernel, stride in ((7, 2), (5, 2), (3, 2), (3, 1)):
+        if side < kernel:
+            return 0
+        side = (side - kernel) // stride + 1
+    return side
 
 
 def discount_heuristic(episode_length: int, denom: float = 5.0, dmin: float = 0.95, dmax: float = 0.995) -> float:
@@ -134,10 +145,16 @@ class CDREDConfig:
     simnorm_dim: int = 8  # SimNorm group size
     log_std_min: float = -10.0  # policy prior log-std range
     log_std_max: float = 2.0
-    num_channels: int = 32  # pixel encoder (not implemented yet): conv channels
+    num_channels: int = 32  # pixel encoder: conv channels; latent_dim must be num_channels * 4 * 4 at 64x64
     frame_stack: int = 3  # pixel encoder: stacked RGB frames
     image_size: int = 64  # pixel encoder: square image side
-    shift_pad: int = 3  # pixel encoder: random-shift padding
+    shift_pad: int = 3  # pixel encoder: random-shift padding (training only; 0 disables it)
+
+    # ---- what is trained
+    # "cdred": imitation with the CDRED reward (SPEC sections 2-3).
+    # "tdmpc2": the same world model with a reward head regressed on the environment reward
+    #   (two-hot soft cross-entropy, TD-MPC2), no demonstrations: how the RL experts are trained.
+    method: str = "cdred"
 
     # ---- CDRED reward model (SPEC section 2)
     num_targets: int = 5  # K random target networks
@@ -192,6 +209,10 @@ class CDREDConfig:
     eval_episodes: int = 10
     seed: int = 1
     num_demos: int = 100
+    # Probability that the environment replaces an action by a uniformly random one (the paper's
+    # robustness experiment, "noisy dynamics"). Part of the environment: training AND evaluation
+    # environments tremble (`cdred-fast eval --trembling-hand P` evaluates with another P).
+    trembling_hand: float = 0.0
     save_freq: int = 0  # environment steps between checkpoints; 0 = only the final one
     work_dir: str = "runs"
 
@@ -244,6 +265,7 @@ class CDREDConfig:
             "pi_eps": (0.0, None, True, False),
             "entropy_coef": (0.0, None, False, False),
             "tau": (0.0, 1.0, False, False),
+            "trembling_hand": (0.0, 1.0, False, False),
             "discount_denom": (0.0, None, True, False),
             "discount_min": (0.0, 1.0, False, True),
             "discount_max": (0.0, 1.0, False, True),
@@ -275,7 +297,12 @@ class CDREDConfig:
 
         if not isinstance(self.mpc, bool):
             _fail("mpc", "a bool", self.mpc, TypeError)
-        for name, choices in (("g", G_CHOICES), ("obs", OBS_CHOICES), ("kernels", KERNEL_CHOICES)):
+        for name, choices in (
+            ("g", G_CHOICES),
+            ("obs", OBS_CHOICES),
+            ("kernels", KERNEL_CHOICES),
+            ("method", METHOD_CHOICES),
+        ):
             if getattr(self, name) not in choices:
                 _fail(name, f"one of {choices}", getattr(self, name))
         for name in ("task", "work_dir"):
@@ -298,6 +325,19 @@ class CDREDConfig:
             _fail("num_pi_trajs", f"< num_samples = {self.num_samples} (at least one sampled sequence)", self.num_pi_trajs)
         if self.num_elites > self.num_samples:
             _fail("num_elites", f"<= num_samples = {self.num_samples}", self.num_elites)
+        if self.obs == "rgb":
+            side = conv_output_size(self.image_size)
+            if side < 1:
+                _fail("image_size", "at least 29 for the pixel encoder's convolutions (SPEC: 64)", self.image_size)
+            flat = self.num_channels * side * side
+            if self.latent_dim != flat:
+                _fail(
+                    "latent_dim",
+                    f"num_channels * {side} * {side} = {flat} with obs='rgb': the pixel encoder's latent is its "
+                    f"flattened conv output (SPEC section 1: 32 * 4 * 4 = 512 at 64x64); set "
+                    f"num_channels = latent_dim / {side * side} or latent_dim = {flat}",
+                    self.latent_dim,
+                )
 
     # ----------------------------------------------------------------- (de)serialisation
     @classmethod
@@ -381,4 +421,13 @@ def _init_with_suggestions(self, *args, **kwargs):
 
 CDREDConfig.__init__ = _init_with_suggestions
 
-__all__ = ["CDREDConfig", "resolve_impl", "discount_heuristic", "G_CHOICES", "OBS_CHOICES", "KERNEL_CHOICES"]
+__all__ = [
+    "CDREDConfig",
+    "resolve_impl",
+    "discount_heuristic",
+    "conv_output_size",
+    "G_CHOICES",
+    "OBS_CHOICES",
+    "KERNEL_CHOICES",
+    "METHOD_CHOICES",
+]

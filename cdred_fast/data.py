@@ -3,20 +3,30 @@
 File format (``format_version`` 1): one ``.npz`` archive (``numpy.savez``, no
 pickled objects, read back with ``allow_pickle=False``) holding
 
-============== =================== ==========================================
-key            dtype / shape        meaning
-============== =================== ==========================================
-obs            float32 [N, obs_dim] observation before each transition
-action         float32 [N, A]       action taken, in [-1, 1]
-reward         float32 [N]          environment reward (CDRED never uses it)
-next_obs       float32 [N, obs_dim] observation after each transition
-episode_lengths int64 [E]           transitions per episode, all > 0, sum N
-success        bool [E]             did the episode succeed at any step
-format_version int64 []             1
-task           str []               registered task name, e.g. "mw-reach-wall"
-obs_dim        int64 []             = obs.shape[1]
-action_dim     int64 []             = action.shape[1]
-============== =================== ==========================================
+============== ===================== ==========================================
+key            dtype / shape          meaning
+============== ===================== ==========================================
+obs            float32 [N, obs_dim]   observation before each transition (state)
+               uint8 [N, C, H, W]     ... or stacked RGB frames (pixels, C = 9)
+action         float32 [N, A]         action taken, in [-1, 1]
+reward         float32 [N]            environment reward (CDRED never uses it)
+next_obs       like obs               observation after each transition
+episode_lengths int64 [E]             transitions per episode, all > 0, sum N
+success        bool [E]               did the episode succeed at any step
+format_version int64 []               1
+task           str []                 registered task name, e.g. "mw-reach-wall"
+obs_dim        int64 []               flat observation size, prod(obs.shape[1:])
+action_dim     int64 []               = action.shape[1]
+obs_shape      int64 [1] or [3]       optional (written since pixels): obs.shape[1:]
+seeds          int64 [E]              optional: the ``reset(seed=...)`` of each episode
+============== ===================== ==========================================
+
+The two optional keys are additions that older readers ignore, so the format
+version stays 1. ``seeds`` makes an episode reproducible: resetting the task
+with that seed and replaying the actions re-creates it (what
+:func:`render_pixels` does to render pixel demonstrations from state ones).
+Files with pixel observations are written with ``numpy.savez_compressed``
+(rendered frames compress well); ``numpy.load`` reads both kinds the same way.
 
 Episodes are stored back to back. Within an episode ``next_obs[t] ==
 obs[t + 1]``; :meth:`Demonstrations.validate` checks this because the replay
@@ -40,7 +50,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -53,7 +63,10 @@ __all__ = [
     "collect",
     "import_released_pickle",
     "load",
+    "render_pixels",
     "restricted_loads",
+    "summary",
+    "AgentPolicy",
 ]
 
 FORMAT_VERSION = 1
@@ -61,6 +74,17 @@ FORMAT_VERSION = 1
 _ARRAY_KEYS = ("obs", "action", "reward", "next_obs", "episode_lengths", "success")
 _META_KEYS = ("format_version", "task", "obs_dim", "action_dim")
 REQUIRED_KEYS = _ARRAY_KEYS + _META_KEYS
+OPTIONAL_KEYS = ("obs_shape", "seeds")
+
+_CHUNK = 4096  # rows compared at a time when checking next_obs[t] == obs[t + 1] (bounds memory for images)
+
+
+def _obs_array(x: Any) -> np.ndarray:
+    """Observations as stored: uint8 images stay uint8, anything else becomes float32."""
+    arr = np.asarray(x)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 class DemonstrationError(ValueError):
@@ -83,21 +107,34 @@ class Demonstrations:
     episode_lengths: np.ndarray
     success: np.ndarray
     task: str
+    seeds: Optional[np.ndarray] = None  # reset seed of each episode, when known
 
     def __post_init__(self):
-        self.obs = np.ascontiguousarray(self.obs, dtype=np.float32)
+        self.obs = _obs_array(self.obs)
         self.action = np.ascontiguousarray(self.action, dtype=np.float32)
         self.reward = np.ascontiguousarray(self.reward, dtype=np.float32)
-        self.next_obs = np.ascontiguousarray(self.next_obs, dtype=np.float32)
+        self.next_obs = _obs_array(self.next_obs)
         self.episode_lengths = np.ascontiguousarray(self.episode_lengths, dtype=np.int64)
         self.success = np.ascontiguousarray(self.success, dtype=bool)
         self.task = str(self.task)
+        if self.seeds is not None:
+            self.seeds = _seeds_array(self.seeds, "demonstrations")
         self.validate()
 
     # ------------------------------------------------------------------ shape
     @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """Shape of one observation: ``(obs_dim,)`` for state, ``(C, H, W)`` for pixels."""
+        return tuple(int(d) for d in self.obs.shape[1:])
+
+    @property
     def obs_dim(self) -> int:
-        return int(self.obs.shape[1])
+        """Flat observation size (``prod(obs_shape)``; the vector size for state)."""
+        return int(np.prod(self.obs.shape[1:]))
+
+    @property
+    def is_pixels(self) -> bool:
+        return self.obs.ndim == 4
 
     @property
     def action_dim(self) -> int:
@@ -115,18 +152,21 @@ class Demonstrations:
         return self.num_episodes
 
     def __repr__(self) -> str:
+        obs = f"obs_shape={self.obs_shape}" if self.is_pixels else f"obs_dim={self.obs_dim}"
         return (
             f"Demonstrations(task={self.task!r}, episodes={self.num_episodes}, "
-            f"transitions={self.num_transitions}, obs_dim={self.obs_dim}, action_dim={self.action_dim}, "
-            f"success_rate={self.success.mean():.2f})"
+            f"transitions={self.num_transitions}, {obs}, action_dim={self.action_dim}, "
+            f"success_rate={self.success.mean():.2f}{', seeds' if self.seeds is not None else ''})"
         )
 
     # ------------------------------------------------------------- episodes
     def episodes(self) -> Iterator[dict[str, Any]]:
-        """Yield one dict per episode: ``obs [T, obs_dim]``, ``action [T, A]``,
-        ``reward [T]``, ``next_obs [T, obs_dim]`` (views, not copies) and ``success`` (bool)."""
+        """Yield one dict per episode: ``obs [T, *obs_shape]``, ``action [T, A]``,
+        ``reward [T]``, ``next_obs [T, *obs_shape]`` (views, not copies), ``success``
+        (bool) and ``seed`` (int, or None when the file records no seeds)."""
         start = 0
-        for length, success in zip(self.episode_lengths.tolist(), self.success.tolist()):
+        seeds = self.seeds.tolist() if self.seeds is not None else [None] * self.num_episodes
+        for length, success, seed in zip(self.episode_lengths.tolist(), self.success.tolist(), seeds):
             end = start + length
             yield {
                 "obs": self.obs[start:end],
@@ -134,13 +174,15 @@ class Demonstrations:
                 "reward": self.reward[start:end],
                 "next_obs": self.next_obs[start:end],
                 "success": bool(success),
+                "seed": seed,
             }
             start = end
 
     @classmethod
     def from_episodes(cls, episodes: list[dict[str, Any]], task: str) -> "Demonstrations":
         """Concatenate per-episode dicts (keys ``obs``, ``action``, ``reward``,
-        ``next_obs`` and optionally ``success``, default False)."""
+        ``next_obs``, optionally ``success`` (default False) and ``seed`` (the
+        episode's reset seed; given for every episode or for none))."""
         episodes = list(episodes)
         if not episodes:
             raise DemonstrationError("no episodes given: a demonstration set cannot be empty")
@@ -148,15 +190,19 @@ class Demonstrations:
             missing = [k for k in ("obs", "action", "reward", "next_obs") if k not in ep]
             if missing:
                 raise DemonstrationError(f"episode {i} lacks {missing}")
+        seeds = [ep.get("seed") for ep in episodes]
+        if any(x is None for x in seeds) and not all(x is None for x in seeds):
+            raise DemonstrationError("some episodes have a reset seed and others do not: give all or none")
         lengths = [len(ep["obs"]) for ep in episodes]
         return cls(
-            obs=np.concatenate([np.asarray(ep["obs"], np.float32) for ep in episodes]),
+            obs=np.concatenate([_obs_array(ep["obs"]) for ep in episodes]),
             action=np.concatenate([np.asarray(ep["action"], np.float32) for ep in episodes]),
             reward=np.concatenate([np.asarray(ep["reward"], np.float32).reshape(-1) for ep in episodes]),
-            next_obs=np.concatenate([np.asarray(ep["next_obs"], np.float32) for ep in episodes]),
+            next_obs=np.concatenate([_obs_array(ep["next_obs"]) for ep in episodes]),
             episode_lengths=np.asarray(lengths, np.int64),
             success=np.asarray([bool(ep.get("success", False)) for ep in episodes]),
             task=task,
+            seeds=None if seeds[0] is None else np.asarray(seeds, np.int64),
         )
 
     # ------------------------------------------------------------ validation
@@ -168,20 +214,27 @@ class Demonstrations:
 
         if not self.task:
             fail("the task name is empty")
-        if self.obs.ndim != 2:
-            fail(f"obs must be 2-D [N, obs_dim], got shape {self.obs.shape}")
+        if self.obs.ndim not in (2, 4):
+            fail(f"obs must be 2-D [N, obs_dim] (state) or 4-D [N, C, H, W] (pixels), got shape {self.obs.shape}")
+        if self.obs.ndim == 4 and self.obs.dtype != np.uint8:
+            fail(f"pixel observations [N, C, H, W] must be uint8, got {self.obs.dtype}")
+        if self.obs.ndim == 2 and self.obs.dtype != np.float32:
+            fail(f"state observations [N, obs_dim] must be floating point, got {self.obs.dtype}")
         if self.action.ndim != 2:
             fail(f"action must be 2-D [N, action_dim], got shape {self.action.shape}")
         n = self.obs.shape[0]
         if self.episode_lengths.ndim != 1 or self.episode_lengths.shape[0] == 0 or n == 0:
             fail("contains no episodes (empty demonstration set)")
-        if self.next_obs.shape != self.obs.shape:
-            fail(f"next_obs has shape {self.next_obs.shape} but obs has {self.obs.shape}")
+        if self.next_obs.shape != self.obs.shape or self.next_obs.dtype != self.obs.dtype:
+            fail(
+                f"next_obs has shape {self.next_obs.shape} ({self.next_obs.dtype}) but obs has "
+                f"{self.obs.shape} ({self.obs.dtype})"
+            )
         if self.action.shape[0] != n:
             fail(f"action has {self.action.shape[0]} rows but obs has {n}")
         if self.reward.shape != (n,):
             fail(f"reward must have shape ({n},), got {self.reward.shape}")
-        if self.obs.shape[1] == 0 or self.action.shape[1] == 0:
+        if self.obs_dim == 0 or self.action.shape[1] == 0:
             fail(f"zero-sized observation or action (obs {self.obs.shape}, action {self.action.shape})")
         if self.success.shape != self.episode_lengths.shape:
             fail(f"success has shape {self.success.shape}, expected ({self.num_episodes},)")
@@ -189,8 +242,12 @@ class Demonstrations:
             fail(f"episode lengths must be positive, got {self.episode_lengths.min()}")
         if int(self.episode_lengths.sum()) != n:
             fail(f"episode lengths sum to {int(self.episode_lengths.sum())} but there are {n} transitions")
+        if self.seeds is not None and self.seeds.shape != self.episode_lengths.shape:
+            fail(f"seeds has shape {self.seeds.shape}, expected ({self.num_episodes},)")
         for key in ("obs", "action", "reward", "next_obs"):
             arr = getattr(self, key)
+            if arr.dtype.kind != "f":  # uint8 pixels are always finite
+                continue
             if not np.all(np.isfinite(arr)):
                 bad = np.argwhere(~np.isfinite(arr))[0]
                 fail(f"{key} contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
@@ -199,10 +256,11 @@ class Demonstrations:
         inner = np.ones(n, dtype=bool)
         inner[ends - 1] = False  # the last transition of an episode has no following obs
         idx = np.flatnonzero(inner)
-        if idx.size:
-            mismatch = np.any(self.next_obs[idx] != self.obs[idx + 1], axis=1)
+        for lo in range(0, idx.size, _CHUNK):
+            part = idx[lo : lo + _CHUNK]
+            mismatch = (self.next_obs[part] != self.obs[part + 1]).reshape(part.size, -1).any(axis=1)
             if mismatch.any():
-                t = int(idx[np.argmax(mismatch)])
+                t = int(part[np.argmax(mismatch)])
                 ep = int(np.searchsorted(ends, t, side="right"))
                 fail(
                     f"next_obs[{t}] differs from obs[{t + 1}] inside episode {ep}: episodes are not "
@@ -215,13 +273,17 @@ class Demonstrations:
         obs_dim: int | None = None,
         action_dim: int | None = None,
         source: str = "demonstrations",
+        obs_shape: tuple[int, ...] | None = None,
     ) -> None:
         """Raise :class:`DemonstrationError` if these demonstrations do not fit the given
-        task / observation size / action size (any of them may be None: not checked)."""
+        task / flat observation size / action size / observation shape (any of them may
+        be None: not checked)."""
+        obs_shape = None if obs_shape is None else tuple(int(d) for d in obs_shape)
         mismatched = (
             (task is not None and task != self.task)
             or (obs_dim is not None and int(obs_dim) != self.obs_dim)
             or (action_dim is not None and int(action_dim) != self.action_dim)
+            or (obs_shape is not None and obs_shape != self.obs_shape)
         )
         if mismatched:
             wanted = []
@@ -229,10 +291,13 @@ class Demonstrations:
                 wanted.append(f"task {task!r}")
             if obs_dim is not None:
                 wanted.append(f"obs_dim {int(obs_dim)}")
+            if obs_shape is not None:
+                wanted.append(f"obs_shape {obs_shape}")
             if action_dim is not None:
                 wanted.append(f"action_dim {int(action_dim)}")
+            shape = f" (obs_shape {self.obs_shape})" if obs_shape is not None or self.is_pixels else ""
             raise DemonstrationError(
-                f"{source} are for task {self.task!r} with obs_dim {self.obs_dim} and action_dim "
+                f"{source} are for task {self.task!r} with obs_dim {self.obs_dim}{shape} and action_dim "
                 f"{self.action_dim}, but the environment has {', '.join(wanted)}"
             )
 
@@ -257,11 +322,15 @@ class Demonstrations:
             "task": np.str_(self.task),
             "obs_dim": np.int64(self.obs_dim),
             "action_dim": np.int64(self.action_dim),
+            "obs_shape": np.asarray(self.obs_shape, dtype=np.int64),
         }
+        if self.seeds is not None:
+            payload["seeds"] = self.seeds
+        writer = np.savez_compressed if self.is_pixels else np.savez
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **payload)
+                writer(f, **payload)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -280,10 +349,11 @@ class Demonstrations:
         task: str | None = None,
         obs_dim: int | None = None,
         action_dim: int | None = None,
+        obs_shape: tuple[int, ...] | None = None,
     ) -> "Demonstrations":
         """Read and validate a file written by :meth:`save`.
 
-        ``task``, ``obs_dim`` and ``action_dim``, when given, must match the file.
+        ``task``, ``obs_dim``, ``action_dim`` and ``obs_shape``, when given, must match the file.
 
         Raises:
             FileNotFoundError: no such file.
@@ -310,7 +380,8 @@ class Demonstrations:
                 missing = [k for k in REQUIRED_KEYS if k not in keys]
                 if missing:
                     raise DemonstrationError(f"{where} lacks required key(s) {missing} (has {sorted(keys)})")
-                data = {k: archive[k] for k in REQUIRED_KEYS}  # reads (and CRC-checks) every member
+                # reads (and CRC-checks) every member
+                data = {k: archive[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in keys}
         except DemonstrationError:
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
@@ -327,33 +398,51 @@ class Demonstrations:
         file_obs_dim = _scalar(data, "obs_dim", where, np.integer)
         file_action_dim = _scalar(data, "action_dim", where, np.integer)
 
+        pixels = data["obs"].ndim == 4
+        obs_kind = ("u", "uint8 (pixels)") if pixels else ("f", "floating point")
         expected_kinds = {
-            "obs": ("f", "floating point"),
+            "obs": obs_kind,
             "action": ("f", "floating point"),
             "reward": ("f", "floating point"),
-            "next_obs": ("f", "floating point"),
+            "next_obs": obs_kind,
             "episode_lengths": ("iu", "integer"),
             "success": ("b", "bool"),
+            "obs_shape": ("iu", "integer"),
+            "seeds": ("iu", "integer"),
         }
         for key, (kinds, description) in expected_kinds.items():
-            if data[key].dtype.kind not in kinds:
+            if key in data and data[key].dtype.kind not in kinds:
                 raise DemonstrationError(f"{where}: {key} has dtype {data[key].dtype}, expected {description}")
         demos = cls.__new__(cls)
-        demos.obs = np.ascontiguousarray(data["obs"], dtype=np.float32)
+        demos.obs = _obs_array(data["obs"])
         demos.action = np.ascontiguousarray(data["action"], dtype=np.float32)
         demos.reward = np.ascontiguousarray(data["reward"], dtype=np.float32)
-        demos.next_obs = np.ascontiguousarray(data["next_obs"], dtype=np.float32)
+        demos.next_obs = _obs_array(data["next_obs"])
         demos.episode_lengths = np.ascontiguousarray(data["episode_lengths"], dtype=np.int64)
         demos.success = np.ascontiguousarray(data["success"], dtype=bool)
         demos.task = file_task
+        demos.seeds = _seeds_array(data["seeds"], where) if "seeds" in data else None
         demos.validate(source=where)
         if demos.obs_dim != file_obs_dim or demos.action_dim != file_action_dim:
             raise DemonstrationError(
                 f"{where}: metadata says obs_dim {file_obs_dim}, action_dim {file_action_dim} but the "
                 f"arrays have {demos.obs_dim}, {demos.action_dim}"
             )
-        demos.check_compatible(task, obs_dim, action_dim, source=f"the demonstrations in {str(path)!r}")
+        if "obs_shape" in data and tuple(int(d) for d in data["obs_shape"].reshape(-1)) != demos.obs_shape:
+            raise DemonstrationError(
+                f"{where}: metadata says obs_shape {tuple(data['obs_shape'].tolist())} but obs has {demos.obs_shape}"
+            )
+        demos.check_compatible(
+            task, obs_dim, action_dim, source=f"the demonstrations in {str(path)!r}", obs_shape=obs_shape
+        )
         return demos
+
+
+def _seeds_array(seeds: Any, where: str) -> np.ndarray:
+    arr = np.asarray(seeds)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise DemonstrationError(f"{where}: seeds must be a 1-D integer array (one reset seed per episode), got {arr.dtype} {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def _scalar(data: dict, key: str, where: str, kind) -> Any:
@@ -365,9 +454,9 @@ def _scalar(data: dict, key: str, where: str, kind) -> Any:
     return str(value) if kind is np.str_ else int(value)
 
 
-def load(path, task=None, obs_dim=None, action_dim=None) -> Demonstrations:
+def load(path, task=None, obs_dim=None, action_dim=None, obs_shape=None) -> Demonstrations:
     """Shorthand for :meth:`Demonstrations.load`."""
-    return Demonstrations.load(path, task=task, obs_dim=obs_dim, action_dim=action_dim)
+    return Demonstrations.load(path, task=task, obs_dim=obs_dim, action_dim=action_dim, obs_shape=obs_shape)
 
 
 # --------------------------------------------------------------------------- released pickles
@@ -509,14 +598,20 @@ def collect(
     Args:
         env: an environment from :func:`cdred_fast.envs.make` (any gymnasium env
             with ``info["success"]`` works; ``task`` names it if it has no ``task``).
-        policy: maps a float32 observation to an action; the action is clipped
-            to the action space, and the clipped action is what is recorded.
+            State or pixel observations (then the demonstrations hold pixels).
+        policy: maps an observation to an action; the action is clipped to the
+            action space, and the clipped action is what is recorded. If it has a
+            ``reset()`` method (e.g. :class:`AgentPolicy`), that is called at the
+            start of every episode.
         episodes: how many episodes to keep.
         successful_only: keep only episodes in which some step reported
             ``info["success"]``.
         max_attempts: give up after this many episodes (default ``episodes``,
             or ``10 * episodes`` with ``successful_only``).
-        seed: passed to the first ``reset`` (None: continue the env's stream).
+        seed: attempt ``i`` is reset with ``seed + i`` and the kept episodes
+            record their seeds (``Demonstrations.seeds``), so each can be replayed
+            (:func:`render_pixels`). None: continue the environment's own stream;
+            no seeds are recorded.
 
     Raises:
         RuntimeError: fewer than ``episodes`` episodes qualified within ``max_attempts``.
@@ -533,12 +628,16 @@ def collect(
         except AttributeError:
             raise ValueError("the environment has no 'task' attribute: pass task=...") from None
     low, high = env.action_space.low, env.action_space.high
+    reset_policy = getattr(policy, "reset", None)
 
     kept: list[dict[str, Any]] = []
     attempts = 0
     while len(kept) < episodes and attempts < max_attempts:
-        obs, _ = env.reset(seed=seed if attempts == 0 else None)
+        episode_seed = None if seed is None else int(seed) + attempts
+        obs, _ = env.reset(seed=episode_seed)
         attempts += 1
+        if callable(reset_policy):
+            reset_policy()
         rec = {"obs": [], "action": [], "reward": [], "next_obs": []}
         success, done = False, False
         while not done:
@@ -560,6 +659,7 @@ def collect(
                 "reward": np.asarray(rec["reward"], dtype=np.float32),
                 "next_obs": np.stack(rec["next_obs"]),
                 "success": success,
+                "seed": episode_seed,
             }
         )
     if len(kept) < episodes:
@@ -568,3 +668,174 @@ def collect(
             f"in {attempts} attempts on {task!r}"
         )
     return Demonstrations.from_episodes(kept, task=task)
+
+
+class AgentPolicy:
+    """A trained agent as a :func:`collect` policy: ``agent.act(obs, t0, eval_mode=True)``.
+
+    ``reset()`` (called by :func:`collect` at each episode start) marks the next
+    action as the first of an episode (the planner's warm start is reset).
+    """
+
+    def __init__(self, agent, eval_mode: bool = True):
+        self.agent = agent
+        self.eval_mode = bool(eval_mode)
+        self._t0 = True
+
+    def reset(self) -> None:
+        self._t0 = True
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        action = self.agent.act(obs, t0=self._t0, eval_mode=self.eval_mode)
+        self._t0 = False
+        return np.asarray(action, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- pixels from state
+
+
+def render_pixels(
+    demos: Demonstrations,
+    task: str | None = None,
+    seed: int | None = None,
+    *,
+    atol: float = 1e-4,
+    frame_stack: int = 3,
+    image_size: int = 64,
+) -> Demonstrations:
+    """Pixel demonstrations of the same episodes as state demonstrations ``demos``.
+
+    Observations alone cannot restore a simulator's full state (DMControl state
+    observations omit e.g. the cheetah's x position, and are not the physics
+    state ``qpos, qvel`` in general), so pixels cannot be rendered from the
+    stored observations. Instead each episode is **re-simulated**: a pixel
+    environment (:func:`cdred_fast.envs.make` with ``obs="rgb"``) is reset with
+    the episode's recorded reset seed, the recorded actions are replayed, and
+    the frames are recorded. The simulators are deterministic, so the replay
+    reproduces the episode; this is *checked*: at every step the replay's state
+    observation (``info["state"]``) and reward must match the recorded ones
+    within ``atol``, otherwise :class:`DemonstrationError` names the episode and
+    step (a diverged replay would pair expert actions with wrong frames).
+
+    Args:
+        demos: state demonstrations with reset seeds (``demos.seeds``, recorded by
+            :func:`collect` with ``seed=...``, ``cdred-fast collect``).
+        task: the task (default ``demos.task``; must agree with it).
+        seed: for demonstrations *without* recorded seeds: assume episode ``i`` was
+            reset with ``seed + i`` (the convention of :func:`collect`); the check
+            above still guards against a wrong assumption.
+        atol: tolerance of the state/reward check.
+        frame_stack, image_size: the pixel observation (SPEC section 1: 3 and 64).
+
+    Returns:
+        :class:`Demonstrations` with ``obs``/``next_obs`` ``uint8 [N, 3 frame_stack,
+        image_size, image_size]``, the same actions, episode lengths, success
+        flags and seeds, and the replay's rewards.
+
+    Raises:
+        DemonstrationError: no seeds and no ``seed``, pixel or mismatched input,
+            or a replay that diverges from the recording.
+        NotImplementedError: a task without pixel observations (Meta-World).
+    """
+    from .envs import make
+
+    task = demos.task if task is None else str(task)
+    if task != demos.task:
+        raise DemonstrationError(f"the demonstrations are for task {demos.task!r}, not {task!r}")
+    if demos.is_pixels:
+        raise DemonstrationError("the demonstrations already have pixel observations")
+    if demos.seeds is not None:
+        seeds = demos.seeds.tolist()
+    elif seed is not None:
+        seeds = [int(seed) + i for i in range(demos.num_episodes)]
+    else:
+        raise DemonstrationError(
+            "these demonstrations record no reset seeds, so their episodes cannot be re-simulated (observations "
+            "alone do not determine the physics state). Collect state demonstrations with seeds "
+            "(`cdred-fast collect TASK --policy CHECKPOINT --seed S ...` or data.collect(..., seed=S)), or pass "
+            "seed= if episode i is known to have been reset with seed + i."
+        )
+    env = make(task, "rgb", seed=int(seeds[0]), frame_stack=frame_stack, image_size=image_size)
+    try:
+        if env.observation_space.shape[0] != 3 * frame_stack or env.get_wrapper_attr("suite") != "dmcontrol":
+            raise AssertionError("unexpected pixel environment")  # pragma: no cover
+        state_dim = env.unwrapped.observation_space.shape[0]
+        if demos.obs_dim != state_dim or demos.action_dim != env.action_space.shape[0]:
+            raise DemonstrationError(
+                f"the demonstrations have obs_dim {demos.obs_dim} and action_dim {demos.action_dim}; "
+                f"{task!r} has {state_dim} and {env.action_space.shape[0]}"
+            )
+        episodes = []
+        for i, (ep, ep_seed) in enumerate(zip(demos.episodes(), seeds)):
+            frame, info = env.reset(seed=int(ep_seed))
+            _check_replay(info["state"], ep["obs"][0], i, -1, "initial observation", atol, ep_seed)
+            frames = [frame]
+            rewards = []
+            for t, action in enumerate(ep["action"]):
+                frame, reward, terminated, truncated, info = env.step(action)
+                _check_replay(info["state"], ep["next_obs"][t], i, t, "observation", atol, ep_seed)
+                _check_replay(np.float32(reward), ep["reward"][t], i, t, "reward", atol, ep_seed)
+                ended = terminated or truncated
+                if ended != (t == len(ep["action"]) - 1):
+                    raise DemonstrationError(
+                        f"episode {i} (seed {ep_seed}): the replay {'ended' if ended else 'did not end'} at step {t} "
+                        f"but the recorded episode has {len(ep['action'])} steps"
+                    )
+                frames.append(frame)
+                rewards.append(reward)
+            frames = np.stack(frames)
+            episodes.append(
+                {
+                    "obs": frames[:-1],
+                    "action": ep["action"],
+                    "reward": np.asarray(rewards, np.float32),
+                    "next_obs": frames[1:],
+                    "success": ep["success"],
+                    "seed": int(ep_seed),
+                }
+            )
+    finally:
+        env.close()
+    return Demonstrations.from_episodes(episodes, task=task)
+
+
+def _check_replay(got, expected, episode: int, step: int, what: str, atol: float, seed) -> None:
+    err = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64))))
+    if not err <= atol:
+        where = "at reset" if step < 0 else f"after step {step}"
+        raise DemonstrationError(
+            f"episode {episode} (reset seed {seed}): the replay diverged from the recording {where}: {what} differs by "
+            f"{err:.3g} > atol {atol:g}. The recorded seed or actions do not reproduce the episode (wrong seed, "
+            "a trembling-hand or otherwise perturbed recording, or another simulator version)."
+        )
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summary(demos: Demonstrations) -> dict[str, Any]:
+    """Plain-type statistics of a demonstration set (what ``cdred-fast data info`` prints).
+
+    Keys: ``task, episodes, transitions, obs_shape, obs_dtype, action_dim,
+    length_min/mean/max, return_mean/std/min/max`` (per-episode sums of the
+    environment reward), ``success_rate`` and ``seeds`` (whether reset seeds are recorded).
+    """
+    returns = np.add.reduceat(demos.reward.astype(np.float64), np.r_[0, np.cumsum(demos.episode_lengths)[:-1]])
+    lengths = demos.episode_lengths
+    return {
+        "task": demos.task,
+        "episodes": demos.num_episodes,
+        "transitions": demos.num_transitions,
+        "obs_shape": list(demos.obs_shape),
+        "obs_dtype": str(demos.obs.dtype),
+        "action_dim": demos.action_dim,
+        "length_min": int(lengths.min()),
+        "length_mean": float(lengths.mean()),
+        "length_max": int(lengths.max()),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "return_min": float(returns.min()),
+        "return_max": float(returns.max()),
+        "success_rate": float(demos.success.mean()),
+        "seeds": demos.seeds is not None,
+    }

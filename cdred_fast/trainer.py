@@ -1,10 +1,23 @@
 """Online imitation training: SPEC section 3 / paper Algorithm 1.
 
+The same loop trains RL experts: with ``cfg.method == "tdmpc2"`` the world model
+learns from the environment reward (TD-MPC2) and no demonstrations or expert
+buffer are used (``cdred-fast expert train TASK``).
+
+Observations are state vectors or, with ``cfg.obs == "rgb"``, stacked 64x64 RGB
+frames (DMControl; then the demonstrations must be pixels too, see
+:func:`cdred_fast.data.render_pixels`). With ``cfg.trembling_hand = p > 0`` both
+the training and the evaluation environment replace the agent's action by a
+uniformly random one with probability ``p``: in the paper's robustness experiment
+(appendix D.5, following HyPE) the noise is part of the environment's dynamics and
+the reported returns are those reached in the noisy environment. (``cdred-fast
+eval --trembling-hand 0`` evaluates a checkpoint without the noise.)
+
 One run lives in one work directory::
 
     work_dir/
       config.yaml        the full CDREDConfig of the run
-      demos.npz          the expert demonstrations used (collected or copied in)
+      demos.npz          the expert demonstrations used (collected or copied in; not for tdmpc2)
       checkpoint.pt      latest checkpoint (agent, behavioural buffer, counters, RNG)
       train.csv          per-interval training statistics
       eval.csv           evaluation return and success over training
@@ -99,6 +112,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return state
 
 
+def config_from_checkpoint(state: dict) -> CDREDConfig:
+    """The :class:`CDREDConfig` stored in a checkpoint (fields it predates take their defaults)."""
+    return CDREDConfig.from_dict({k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+
+
+def agent_from_checkpoint(state: dict, env, device: str = "cpu") -> CDREDAgent:
+    """Rebuild the agent of a checkpoint (from :func:`load_checkpoint`) for ``env`` (one made with
+    :func:`make_env` for the checkpoint's config: its observation shape and action size are used)."""
+    cfg = config_from_checkpoint(state)
+    agent = CDREDAgent(
+        cfg, action_dim=env.action_space.shape[0], device=device, obs_shape=tuple(env.observation_space.shape)
+    )
+    agent.load_state_dict(state["agent"])
+    return agent
+
+
 class CSVLog:
     """A CSV file of dict rows, rewritten atomically; columns grow as new keys appear."""
 
@@ -135,6 +164,14 @@ class CSVLog:
         atomic_write_bytes(self.path, out.getvalue().encode())
 
 
+# --------------------------------------------------------------------------- environments
+def make_env(cfg: CDREDConfig, seed: int, trembling_hand: Optional[float] = None):
+    """The environment of a run: ``cfg.task`` with ``cfg.obs`` (and its frame stack and image size)
+    and ``cfg.trembling_hand`` unless ``trembling_hand`` overrides it."""
+    p = cfg.trembling_hand if trembling_hand is None else trembling_hand
+    return make(cfg.task, cfg.obs, seed=seed, trembling_hand=p, frame_stack=cfg.frame_stack, image_size=cfg.image_size)
+
+
 # --------------------------------------------------------------------------- evaluation
 def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, float]:
     """Mean return and success over ``episodes`` episodes acting with ``eval_mode=True``.
@@ -168,21 +205,21 @@ def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, floa
 def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | Demonstrations], env) -> Demonstrations:
     """The expert data of a run: a given file/object, or scripted Meta-World experts collected now.
 
-    Files are validated against the environment (task name and dimensions).
+    Files are validated against the environment (task name, observation shape and action size).
     """
-    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    obs_shape, action_dim = tuple(env.observation_space.shape), env.action_space.shape[0]
     if isinstance(demos, Demonstrations):
-        demos.check_compatible(task=cfg.task, obs_dim=obs_dim, action_dim=action_dim)
+        demos.check_compatible(task=cfg.task, obs_shape=obs_shape, action_dim=action_dim)
         return demos
     if demos is not None:
-        return Demonstrations.load(demos, task=cfg.task, obs_dim=obs_dim, action_dim=action_dim)
+        return Demonstrations.load(demos, task=cfg.task, obs_shape=obs_shape, action_dim=action_dim)
     if task_spec(cfg.task).suite != "metaworld":
         raise ValueError(
             f"task {cfg.task!r} has no scripted expert: pass expert demonstrations (demos=PATH / --demos PATH)"
         )
     from .envs import scripted_policy
 
-    collect_env = make(cfg.task, cfg.obs, seed=cfg.seed + 20_000)
+    collect_env = make(cfg.task, cfg.obs, seed=cfg.seed + 20_000)  # the expert acts without trembling
     try:
         return collect(collect_env, scripted_policy(cfg.task), cfg.num_demos, successful_only=True, seed=cfg.seed + 20_000)
     finally:
@@ -227,15 +264,17 @@ class Trainer:
             raise FileNotFoundError(f"cannot resume: no checkpoint at {self.ckpt_path}")
         self.work_dir.mkdir(parents=True, exist_ok=True)
 
-        self.env = make(cfg.task, cfg.obs, seed=cfg.seed)
-        self.eval_env = make(cfg.task, cfg.obs, seed=cfg.seed + 10_000)
+        self.env = make_env(cfg, seed=cfg.seed)
+        self.eval_env = make_env(cfg, seed=cfg.seed + 10_000)
         T = self.env.get_wrapper_attr("max_episode_steps")
         if cfg.episode_length is None:
             cfg = dataclasses.replace(cfg, episode_length=T)
 
         state = load_checkpoint(self.ckpt_path) if resume else None
         if state is not None:  # only the length of the run may change on resume
-            saved, current = state["config"], cfg.to_dict()
+            # Fields added after a checkpoint was written count as their defaults.
+            saved = {**CDREDConfig().to_dict(), "episode_length": None, **state["config"]}
+            current = cfg.to_dict()
             changed = sorted(k for k in current if k not in ("steps", "work_dir") and saved.get(k) != current[k])
             if changed:
                 raise ValueError(
@@ -250,17 +289,26 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        obs_dim, action_dim = self.env.observation_space.shape[0], self.env.action_space.shape[0]
+        obs_shape, action_dim = tuple(self.env.observation_space.shape), self.env.action_space.shape[0]
+        # Pixel buffers store each stacked frame once (see EpisodeBuffer).
+        frame_stack = cfg.frame_stack if cfg.obs == "rgb" else 1
+        buffer_obs = obs_shape if cfg.obs == "rgb" else obs_shape[0]
 
-        demos_path = self.work_dir / "demos.npz"
-        if resume and demos_path.exists():
-            demos = demos_path
-        self.demos = obtain_demonstrations(cfg, demos, self.env)
-        if not demos_path.exists():
-            self.demos.save(demos_path)
-        self.expert_buffer = EpisodeBuffer.from_demonstrations(self.demos, device=device)
-        self.buffer = EpisodeBuffer(cfg.buffer_capacity, obs_dim, action_dim, device=device)
-        self.agent = CDREDAgent(cfg, obs_dim, action_dim, device=device)
+        self.demos: Optional[Demonstrations] = None
+        self.expert_buffer: Optional[EpisodeBuffer] = None
+        if cfg.method == "tdmpc2":
+            if demos is not None:
+                raise ValueError("method='tdmpc2' learns from the environment reward: it uses no demonstrations")
+        else:
+            demos_path = self.work_dir / "demos.npz"
+            if resume and demos_path.exists():
+                demos = demos_path
+            self.demos = obtain_demonstrations(cfg, demos, self.env)
+            if not demos_path.exists():
+                self.demos.save(demos_path)
+            self.expert_buffer = EpisodeBuffer.from_demonstrations(self.demos, device=device, frame_stack=frame_stack)
+        self.buffer = EpisodeBuffer(cfg.buffer_capacity, buffer_obs, action_dim, device=device, frame_stack=frame_stack)
+        self.agent = CDREDAgent(cfg, action_dim=action_dim, device=device, obs_shape=obs_shape)
 
         self.step, self.episode = 0, 0
         self.train_log = CSVLog(self.work_dir / "train.csv")
@@ -307,6 +355,8 @@ class Trainer:
     def _update(self) -> dict[str, float]:
         cfg = self.cfg
         behavioral = self.buffer.sample(cfg.batch_size, cfg.horizon)
+        if self.expert_buffer is None:  # tdmpc2: the environment reward, no demonstrations
+            return self.agent.update(behavioral)
         expert = self.expert_buffer.sample(cfg.batch_size, cfg.horizon)
         return self.agent.update(behavioral, expert)
 
@@ -329,7 +379,7 @@ class Trainer:
             while self.step < cfg.steps:
                 # One episode. Each is reset with a seed derived from its index (deterministic resume).
                 obs, _ = self.env.reset(seed=cfg.seed * 1_000_003 + self.episode)
-                ep_obs, ep_act, ep_return, done, t = [obs], [], 0.0, False, 0
+                ep_obs, ep_act, ep_rew, ep_return, done, t = [obs], [], [], 0.0, False, 0
                 while not done and self.step < cfg.steps:
                     if self.step < self.seed_steps:
                         action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
@@ -338,13 +388,14 @@ class Trainer:
                     obs, reward, terminated, truncated, info = self.env.step(action)
                     ep_obs.append(obs)
                     ep_act.append(action)
+                    ep_rew.append(float(reward))
                     ep_return += float(reward)
                     done = terminated or truncated
                     t += 1
                     self.step += 1
                     bar.update(1)
                     if done:
-                        self.buffer.add_episode(np.stack(ep_obs), np.stack(ep_act))
+                        self.buffer.add_episode(np.stack(ep_obs), np.stack(ep_act), np.asarray(ep_rew, np.float32))
                         self.episode += 1
                         ep_returns.append(ep_return)
                     # Updates: a burst of seed_steps at the end of seeding, then one per step.
@@ -423,14 +474,18 @@ class Trainer:
             ax.set_title(label)
             ax.grid(alpha=0.3)
         axes[0].set_ylim(-0.05, 1.05)
-        for key in ("reward_expert", "reward_behavioral"):
+        tdmpc2 = self.cfg.method == "tdmpc2"
+        for key in ("reward_behavioral",) if tdmpc2 else ("reward_expert", "reward_behavioral"):
             x, y = self.train_log.column(key)
             axes[2].plot(x, y, label=key)
         axes[2].set_xlabel("environment steps")
-        axes[2].set_title("CDRED reward on expert / behavioural samples")
+        axes[2].set_title(
+            "environment reward on sampled transitions" if tdmpc2 else "CDRED reward on expert / behavioural samples"
+        )
         axes[2].legend()
         axes[2].grid(alpha=0.3)
-        fig.suptitle(f"CDRED on {self.cfg.task} (seed {self.cfg.seed})")
+        method = "TD-MPC2 (environment reward)" if tdmpc2 else "CDRED"
+        fig.suptitle(f"{method} on {self.cfg.task} ({self.cfg.obs}, seed {self.cfg.seed})")
         fig.tight_layout()
         out = io.BytesIO()
         fig.savefig(out, format="png", dpi=100)
@@ -455,4 +510,14 @@ def _to_yaml(d: dict) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(d))
 
 
-__all__ = ["PRESETS", "Trainer", "evaluate", "load_checkpoint", "obtain_demonstrations", "atomic_torch_save"]
+__all__ = [
+    "PRESETS",
+    "Trainer",
+    "evaluate",
+    "load_checkpoint",
+    "make_env",
+    "obtain_demonstrations",
+    "atomic_torch_save",
+    "agent_from_checkpoint",
+    "config_from_checkpoint",
+]

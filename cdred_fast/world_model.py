@@ -1,8 +1,12 @@
-"""The decoder-free world model of SPEC.md section 1 (TD-MPC2 style, state observations).
+"""The decoder-free world model of SPEC.md section 1 (TD-MPC2 style).
 
-Parts: encoder ``h``, dynamics ``d``, Q ensemble (distributional, 5 heads) with a
-Polyak target copy, policy prior ``pi``, and the CDRED reward model
-(:class:`cdred_fast.reward.CDREDReward`) on ``x = [z ; a]``.
+Parts: encoder ``h`` (an MLP for state observations, :class:`PixelEncoder` for
+stacked RGB frames), dynamics ``d``, Q ensemble (distributional, 5 heads) with a
+Polyak target copy, policy prior ``pi``, and the reward: the CDRED reward model
+(:class:`cdred_fast.reward.CDREDReward`) on ``x = [z ; a]`` when ``cfg.method ==
+"cdred"``, or, when ``cfg.method == "tdmpc2"`` (training RL experts on the
+environment reward), TD-MPC2's reward head ``MLP(L + A -> [mlp_dim, mlp_dim] ->
+num_bins)`` regressed with the two-hot soft cross-entropy.
 
 Shapes: leading dimensions are free; ``Q(..., "min"|"avg")``, ``reward`` and
 the policy log-probability return ``[...]`` with no trailing singleton.
@@ -17,11 +21,12 @@ import copy
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from .config import CDREDConfig
+from .config import CDREDConfig, conv_output_size
 from .layers import Ensemble, SimNorm, mlp, trunc_normal_init_, two_hot_inv
 from .reward import CDREDReward
 
@@ -41,30 +46,137 @@ def choose_two_heads(num_q: int, generator: Optional[torch.Generator], device) -
     return torch.randperm(num_q, generator=generator, device=gen_device)[:2].to(device)
 
 
-# --------------------------------------------------------------------------- the model
-class WorldModel(nn.Module):
-    """Encoder, dynamics, Q ensemble (+ target), policy prior and CDRED reward (SPEC section 1).
+# --------------------------------------------------------------------------- pixels
+class ShiftAug(nn.Module):
+    """Random-shift augmentation (DrQ, TD-MPC2's ``ShiftAug``): shift each image by an integer
+    number of pixels in ``[-pad, pad]`` along each axis, filling the border by replicating the edge.
 
-    Args:
-        cfg: the config. obs_dim: size of a state observation. action_dim: ``A``.
+    TD-MPC2 replicate-pads by ``pad`` and resamples with ``grid_sample`` on a grid of pixel
+    centres shifted by a random integer ``(dx, dy) in {0..2 pad}^2`` per image, which is exactly
+    a crop of the padded image at that offset. This implementation takes the crop directly, as
+    one gather with clamped indices (replicate padding = clamping the source index): the same
+    images (``python_tests/test_pixels.py`` checks it against the ``grid_sample`` formulation),
+    bit-exact instead of up to interpolation rounding, on uint8 as well as float images, and
+    ~3x cheaper than pad + ``grid_sample`` on a CPU. Active only in training mode
+    (``self.training``); in eval mode, and with ``pad = 0``, it is the identity.
+
+    Input ``[N, C, H, W]``; output the same shape and dtype.
     """
 
-    def __init__(self, cfg: CDREDConfig, obs_dim: int, action_dim: int):
+    def __init__(self, pad: int = 3):
         super().__init__()
-        if cfg.obs != "state":
-            raise NotImplementedError(f"WorldModel supports obs='state' only for now, got obs={cfg.obs!r}")
+        if int(pad) != pad or pad < 0:
+            raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
+        self.pad = int(pad)
+
+    def forward(self, x: Tensor, generator: Optional[torch.Generator] = None, shifts: Optional[Tensor] = None) -> Tensor:
+        """``shifts [N, 2]``: integer crop offsets ``(dx, dy)`` in ``[0, 2 pad]`` of the padded image
+        (the pixel at ``(y, x)`` comes from ``(y + dy - pad, x + dx - pad)``), instead of a random draw."""
+        if not self.training or self.pad == 0:
+            return x
+        n, c, h, w = x.shape
+        p = self.pad
+        if shifts is None:
+            gen_device = generator.device if generator is not None else x.device
+            shifts = torch.randint(0, 2 * p + 1, (n, 2), generator=generator, device=gen_device)
+        shifts = shifts.to(device=x.device, dtype=torch.int64)
+        rows = (torch.arange(h, device=x.device).view(1, h) + (shifts[:, 1:2] - p)).clamp_(0, h - 1)  # [N, H]
+        cols = (torch.arange(w, device=x.device).view(1, w) + (shifts[:, 0:1] - p)).clamp_(0, w - 1)  # [N, W]
+        index = (rows.unsqueeze(2) * w + cols.unsqueeze(1)).view(n, 1, h * w).expand(n, c, h * w)
+        return torch.gather(x.reshape(n, c, h * w), 2, index).view(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}"
+
+
+class PixelEncoder(nn.Module):
+    """The pixel encoder ``h`` of SPEC section 1 (TD-MPC2's ``conv``).
+
+    ``[..., C, H, W]`` pixels (uint8, or float in [0, 255]; ``C = 3 * frame_stack``) ->
+    random shift (training only, :class:`ShiftAug`) -> ``x / 255 - 0.5`` -> conv 7/2, ReLU,
+    conv 5/2, ReLU, conv 3/2, ReLU, conv 3/1 (``num_channels`` each, no padding) -> flatten ->
+    SimNorm: ``[..., L]`` with ``L = num_channels * 4 * 4`` at 64x64. Conv layers keep
+    PyTorch's default initialisation (as TD-MPC2, whose init touches only Linear layers).
+    """
+
+    def __init__(self, cfg: CDREDConfig, obs_shape: tuple[int, int, int]):
+        super().__init__()
+        c, h, w = (int(d) for d in obs_shape)
+        if h != w:
+            raise ValueError(f"the pixel encoder expects square images, got {h}x{w}")
+        nc = cfg.num_channels
+        self.obs_shape = (c, h, w)
+        self.shift = ShiftAug(cfg.shift_pad)
+        self.convs = nn.Sequential(
+            nn.Conv2d(c, nc, 7, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(nc, nc, 5, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(nc, nc, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(nc, nc, 3, stride=1),
+            nn.Flatten(),
+        )
+        self.out_dim = nc * conv_output_size(h) ** 2
+        self.simnorm = SimNorm(cfg.simnorm_dim)
+
+    def forward(self, obs: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        if tuple(obs.shape[-3:]) != self.obs_shape:
+            raise ValueError(f"pixel observations must be [..., {', '.join(map(str, self.obs_shape))}], got {tuple(obs.shape)}")
+        lead = obs.shape[:-3]
+        x = self.shift(obs.reshape(-1, *self.obs_shape), generator=generator)  # on uint8: 4x less to move
+        x = x.to(torch.float32).mul_(1.0 / 255.0).sub_(0.5)  # to float32 first: a copy, so in place is safe
+        z = self.simnorm(self.convs(x))
+        return z.reshape(*lead, z.shape[-1])
+
+
+def _obs_shape(cfg: CDREDConfig, obs_dim) -> tuple[int, ...]:
+    """Normalise ``obs_dim`` (int or shape) and check it fits ``cfg.obs``."""
+    shape = (int(obs_dim),) if isinstance(obs_dim, (int, np.integer)) else tuple(int(d) for d in obs_dim)
+    if cfg.obs == "state":
+        if len(shape) != 1 or shape[0] < 1:
+            raise ValueError(f"obs='state' needs a flat observation size, got shape {shape}")
+    else:
+        expected = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
+        if shape != expected:
+            raise ValueError(
+                f"obs='rgb' needs observations of shape {expected} (3 x frame_stack, image_size, image_size), got {shape}"
+            )
+    return shape
+
+
+# --------------------------------------------------------------------------- the model
+class WorldModel(nn.Module):
+    """Encoder, dynamics, Q ensemble (+ target), policy prior and reward (SPEC section 1).
+
+    Args:
+        cfg: the config (``cfg.obs`` picks the encoder, ``cfg.method`` the reward).
+        obs_dim: size of a state observation, or the observation shape
+            (``(3 * frame_stack, image_size, image_size)`` for ``obs="rgb"``).
+        action_dim: ``A``.
+    """
+
+    def __init__(self, cfg: CDREDConfig, obs_dim, action_dim: int):
+        super().__init__()
         self.cfg = cfg
-        self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
+        self.obs_shape = _obs_shape(cfg, obs_dim)
+        self.obs_dim = self.obs_shape[0] if cfg.obs == "state" else None
+        self.action_dim = int(action_dim)
         L, A, M = cfg.latent_dim, self.action_dim, cfg.mlp_dim
 
-        # h: MLP(obs -> [enc_dim] -> L), last layer Linear -> LayerNorm -> SimNorm
-        self.encoder = mlp(obs_dim, [cfg.enc_dim], L, last_act=SimNorm(cfg.simnorm_dim))
+        if cfg.obs == "state":
+            # h: MLP(obs -> [enc_dim] -> L), last layer Linear -> LayerNorm -> SimNorm
+            self.encoder = mlp(self.obs_dim, [cfg.enc_dim], L, last_act=SimNorm(cfg.simnorm_dim))
+        else:
+            # h: conv stack -> flatten -> SimNorm (config validation made its output size L)
+            self.encoder = PixelEncoder(cfg, self.obs_shape)
+            assert self.encoder.out_dim == L, (self.encoder.out_dim, L)
         # d: MLP(L + A -> [M, M] -> L), last layer Linear -> LayerNorm -> SimNorm
         self.dynamics = mlp(L + A, [M, M], L, last_act=SimNorm(cfg.simnorm_dim))
         # pi: MLP(L -> [M, M] -> 2A) giving (mu, rho)
         self.pi_net = mlp(L, [M, M], 2 * A)
         for net in (self.encoder, self.dynamics, self.pi_net):
-            trunc_normal_init_(net)
+            trunc_normal_init_(net)  # Linear layers only: the pixel encoder's convs keep PyTorch's init
 
         # Q ensemble: num_q x MLP(L + A -> [M, M] -> num_bins), dropout after the first Linear,
         # last Linear zero-initialised (weight; the bias is already 0).
@@ -74,8 +186,15 @@ class WorldModel(nn.Module):
         self.Qs = Ensemble(heads)
         self.target_Qs = copy.deepcopy(self.Qs).requires_grad_(False)
 
-        # CDRED reward on x = [z ; a] (SPEC section 2)
-        self.reward_model = CDREDReward(cfg, L + A)
+        if cfg.method == "cdred":
+            # CDRED reward on x = [z ; a] (SPEC section 2)
+            self.reward_model = CDREDReward(cfg, L + A)
+            self.reward_head = None
+        else:
+            # TD-MPC2 reward head MLP(L + A -> [M, M] -> num_bins), last Linear zero-initialised
+            self.reward_model = None
+            self.reward_head = trunc_normal_init_(mlp(L + A, [M, M], cfg.num_bins))
+            nn.init.zeros_(self.reward_head[-1].weight)
         self.train(False)  # acting is the default mode; the agent switches to train() for updates
 
     # ------------------------------------------------------------------ modes
@@ -108,7 +227,8 @@ class WorldModel(nn.Module):
 
     # ------------------------------------------------------------------ parts
     def encode(self, obs: Tensor) -> Tensor:
-        """``z = h(s)``: ``[..., obs_dim] -> [..., L]``."""
+        """``z = h(s)``: ``[..., obs_dim] -> [..., L]`` (pixels: ``[..., C, H, W] -> [..., L]``,
+        randomly shifted in training mode)."""
         return self.encoder(obs)
 
     def next(self, z: Tensor, a: Tensor) -> Tensor:
@@ -116,8 +236,18 @@ class WorldModel(nn.Module):
         return self.dynamics(torch.cat([z, a], dim=-1))
 
     def reward(self, z: Tensor, a: Tensor) -> Tensor:
-        """CDRED reward ``R(z, a)`` (no gradient): ``[...]``."""
-        return self.reward_model(torch.cat([z, a], dim=-1))
+        """The planning reward (no gradient): ``[...]``. CDRED reward ``R(z, a)`` for
+        ``method="cdred"``; the decoded reward head for ``method="tdmpc2"``."""
+        if self.reward_head is None:
+            return self.reward_model(torch.cat([z, a], dim=-1))
+        with torch.no_grad():
+            return self.q_value(self.reward_logits(z, a))
+
+    def reward_logits(self, z: Tensor, a: Tensor) -> Tensor:
+        """``method="tdmpc2"`` only: reward-head logits ``[..., num_bins]`` (with gradient)."""
+        if self.reward_head is None:
+            raise RuntimeError("reward_logits exists only with method='tdmpc2' (the CDRED model has no reward head)")
+        return self.reward_head(torch.cat([z, a], dim=-1))
 
     def pi(
         self, z: Tensor, eps: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
@@ -172,4 +302,4 @@ class WorldModel(nn.Module):
         return two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax)
 
 
-__all__ = ["WorldModel", "randn", "choose_two_heads", "Q_RETURN_TYPES"]
+__all__ = ["WorldModel", "PixelEncoder", "ShiftAug", "randn", "choose_two_heads", "Q_RETURN_TYPES"]

@@ -154,8 +154,9 @@ def test_unknown_task_lists_known_tasks_and_closest():
 
 
 def test_observation_type():
+    # pixel observations (DMControl) are tested in test_pixels.py
     with pytest.raises(NotImplementedError, match="rgb"):
-        envs.make("cheetah-run", obs="rgb")
+        envs.make("mw-reach-wall", obs="rgb")
     with pytest.raises(ValueError, match="observation type"):
         envs.make("cheetah-run", obs="pixels")
 

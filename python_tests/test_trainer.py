@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -128,7 +129,8 @@ def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "cdred_fast.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread, as in-process tests
+    return subprocess.run([sys.executable, "-m", "cdred_fast.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def test_cli_collect_train_eval(tmp_path):

@@ -182,9 +182,12 @@ def test_reward_delegates_and_has_no_grad(model):
     torch.testing.assert_close(r, model.reward_model(torch.cat([z, a], -1)))
 
 
-def test_pixels_not_supported_yet():
-    with pytest.raises(NotImplementedError):
-        WorldModel(small_cfg(obs="rgb"), OBS, ACT)
+def test_pixel_model_needs_an_image_shape():
+    # the pixel encoder itself is tested in test_pixels.py
+    cfg = small_cfg(obs="rgb", latent_dim=32, num_channels=2)
+    with pytest.raises(ValueError, match="obs='rgb' needs observations of shape"):
+        WorldModel(cfg, OBS, ACT)
+    assert WorldModel(cfg, (9, 64, 64), ACT).encode(torch.zeros(2, 9, 64, 64, dtype=torch.uint8)).shape == (2, 32)
 
 
 # --------------------------------------------------------------------------- CDRED reward model

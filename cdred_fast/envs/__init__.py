@@ -4,10 +4,16 @@
 >>> obs, info = env.reset()
 >>> env.max_episode_steps                        # 100 agent steps (action repeat 2)
 
+>>> env = make("cheetah-run", obs="rgb")          # doctest: +SKIP
+>>> env.observation_space.shape                   # 3 stacked 64x64 RGB frames, uint8
+(9, 64, 64)
+
 * :mod:`.registry` - :class:`TaskSpec`, :func:`known_tasks`, :func:`make`.
-* :mod:`.dmcontrol` - DeepMind Control Suite (500 agent steps per episode).
+* :mod:`.dmcontrol` - DeepMind Control Suite (500 agent steps per episode); headless
+  rendering for pixel observations (sets ``MUJOCO_GL=egl`` unless already set).
 * :mod:`.metaworld` - Meta-World v3 (100 agent steps) and :func:`scripted_policy`.
-* :mod:`.wrappers` - action repeat, time limit, float32 cast, trembling hand.
+* :mod:`.wrappers` - action repeat, time limit, float32 cast, pixel observations and
+  frame stacking, trembling hand.
 
 The simulators are imported only when a task of their suite is built.
 """

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
-from .wrappers import ActionRepeat, Float32Observation, TimeLimit, TremblingHand, ValidateAction
+from .wrappers import (
+    ActionRepeat,
+    Float32Observation,
+    FrameStack,
+    PixelObservation,
+    TimeLimit,
+    TremblingHand,
+    ValidateAction,
+)
 
 __all__ = ["TaskSpec", "TASKS", "PAPER_TASKS", "known_tasks", "task_spec", "make"]
 
@@ -102,42 +110,56 @@ def task_spec(task: str) -> TaskSpec:
     return spec
 
 
-def make(task: str, obs: str = "state", seed: int = 0, *, trembling_hand: float = 0.0) -> gym.Env:
+def make(
+    task: str,
+    obs: str = "state",
+    seed: int = 0,
+    *,
+    trembling_hand: float = 0.0,
+    frame_stack: int = 3,
+    image_size: int = 64,
+) -> gym.Env:
     """Build a registered task with the paper's settings.
 
     Args:
         task: a registered name (:func:`known_tasks`).
-        obs: ``"state"``; ``"rgb"`` is not implemented yet.
+        obs: ``"state"`` (flat float32 vector) or ``"rgb"`` (DMControl only):
+            ``frame_stack`` stacked ``image_size`` x ``image_size`` RGB frames,
+            ``uint8`` of shape ``(3 * frame_stack, image_size, image_size)``,
+            rendered headless after every agent step (see :mod:`.dmcontrol`); the
+            state observation is then in ``info["state"]``.
         seed: seeds the simulator's initial-state/goal randomisation, the action
             space and the trembling-hand noise. ``reset(seed=s)`` re-seeds them.
         trembling_hand: probability of replacing an agent action by a uniformly
             random one (the paper's robustness experiment); 0 disables it.
+        frame_stack, image_size: pixel observations only (SPEC section 1: 3 and 64).
 
     Returns:
-        A gymnasium environment with flat ``float32`` observations, action space
-        ``Box(-1, 1, (A,), float32)``, ``info["success"]`` (bool, always False
-        for DMControl), and episodes of exactly ``env.max_episode_steps`` agent
-        steps that end with ``truncated=True``. ``env.task``, ``env.suite`` and
+        A gymnasium environment with action space ``Box(-1, 1, (A,), float32)``,
+        ``info["success"]`` (bool, always False for DMControl), and episodes of
+        exactly ``env.max_episode_steps`` agent steps that end with
+        ``truncated=True``. ``env.task``, ``env.suite``, ``env.obs_type`` and
         ``env.action_repeat`` are set as well. (If you add your own wrappers
         on top, use ``env.get_wrapper_attr("max_episode_steps")``.)
 
     Raises:
         ValueError: unknown task or observation type.
-        NotImplementedError: ``obs="rgb"``.
+        NotImplementedError: ``obs="rgb"`` for a Meta-World task.
     """
     spec = task_spec(task)
-    if obs == "rgb":
+    if obs not in ("state", "rgb"):
+        raise ValueError(f"unknown observation type {obs!r}: expected 'state' or 'rgb'")
+    if obs == "rgb" and spec.suite != "dmcontrol":
         raise NotImplementedError(
-            f"obs='rgb' (64x64 pixel observations) is not implemented yet for {task!r}; use obs='state'"
+            f"obs='rgb' (pixel observations) is implemented for DMControl tasks only, not for the "
+            f"{spec.suite} task {task!r} (the paper's pixel experiments are DMControl); use obs='state'"
         )
-    if obs != "state":
-        raise ValueError(f"unknown observation type {obs!r}: expected 'state' (or, later, 'rgb')")
 
     if spec.suite == "dmcontrol":
         from .dmcontrol import DMControlEnv
 
         domain, name = spec.sim_name
-        env: gym.Env = DMControlEnv(domain, name, seed=seed)
+        env: gym.Env = DMControlEnv(domain, name, seed=seed, render_size=image_size if obs == "rgb" else None)
     elif spec.suite == "metaworld":
         from .metaworld import MetaWorldEnv
 
@@ -147,11 +169,17 @@ def make(task: str, obs: str = "state", seed: int = 0, *, trembling_hand: float 
 
     env = ValidateAction(env)
     env = ActionRepeat(env, spec.action_repeat)
-    env = Float32Observation(env)
+    if obs == "rgb":
+        env = FrameStack(PixelObservation(env), frame_stack)
+    else:
+        env = Float32Observation(env)
     if trembling_hand > 0.0:
         env = TremblingHand(env, trembling_hand, seed=seed)
+    elif not trembling_hand == 0.0:  # negative or NaN
+        raise ValueError(f"trembling-hand probability must be in [0, 1], got {trembling_hand!r}")
     env = TimeLimit(env, spec.episode_length)
     env.task = spec.name
     env.suite = spec.suite
+    env.obs_type = obs
     env.action_repeat = spec.action_repeat
     return env

@@ -7,7 +7,11 @@ Every environment built by :func:`cdred_fast.envs.make` is a thin suite adapter
    it is clipped to ``[-1, 1]`` (what is clipped is what the simulator gets);
 2. :class:`ActionRepeat` - the same action for ``repeat`` simulator steps,
    rewards summed;
-3. :class:`Float32Observation` - flat ``float32`` observations;
+3. :class:`Float32Observation` - flat ``float32`` observations (state), or, for
+   pixel observations (``obs="rgb"``), :class:`PixelObservation` - the rendered
+   ``(3, S, S)`` uint8 frame after each agent step, the state in ``info["state"]`` -
+   followed by :class:`FrameStack` - the last ``k`` frames stacked on the channel
+   axis, ``(3k, S, S)`` uint8;
 4. :class:`TremblingHand` (only when ``p > 0``) - a uniformly random action
    instead of the agent's with probability ``p``, decided once per agent step;
 5. :class:`TimeLimit` (outermost) - ``truncated=True`` after a fixed number of
@@ -20,6 +24,7 @@ again (a :class:`RuntimeError` says so instead of silently continuing).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -29,6 +34,8 @@ from gymnasium import spaces
 __all__ = [
     "ActionRepeat",
     "Float32Observation",
+    "FrameStack",
+    "PixelObservation",
     "TimeLimit",
     "TremblingHand",
     "ValidateAction",
@@ -107,6 +114,75 @@ class Float32Observation(gym.ObservationWrapper):
         return np.asarray(observation, dtype=np.float32)
 
 
+class PixelObservation(gym.Wrapper):
+    """Replace the observation by the frame the simulator renders after the step.
+
+    The wrapped environment's ``unwrapped`` must provide ``render_rgb() -> (3, S, S)
+    uint8`` and ``render_size`` (:class:`~.dmcontrol.DMControlEnv` built with
+    ``render_size``). Placed outside :class:`ActionRepeat`, it renders once per
+    agent step. The replaced (state) observation is kept, as ``float32``, in
+    ``info["state"]``: it lets :func:`cdred_fast.data.render_pixels` check that a
+    replay follows the recorded states, and costs nothing.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        base = env.unwrapped
+        size = getattr(base, "render_size", None)
+        if size is None or not hasattr(base, "render_rgb"):
+            raise TypeError(f"{type(base).__name__} cannot render frames (no render_rgb / render_size)")
+        self._render = base.render_rgb
+        self.observation_space = spaces.Box(0, 255, (3, int(size), int(size)), np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        state, info = self.env.reset(seed=seed, options=options)
+        return self._render(), _with_state(info, state)
+
+    def step(self, action):
+        state, reward, terminated, truncated, info = self.env.step(action)
+        return self._render(), reward, terminated, truncated, _with_state(info, state)
+
+
+class FrameStack(gym.Wrapper):
+    """Stack the last ``k`` observations ``(C, H, W)`` on the channel axis: ``(k C, H, W)``.
+
+    Oldest frame first. At ``reset`` the stack is filled with ``k`` copies of the
+    first frame (TD-MPC2's convention), so every observation of an episode has
+    the same shape and consecutive observations overlap in ``k - 1`` frames.
+    """
+
+    def __init__(self, env: gym.Env, k: int):
+        super().__init__(env)
+        if int(k) != k or k < 1:
+            raise ValueError(f"frame stack must be a positive integer, got {k!r}")
+        space = env.observation_space
+        if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+            raise TypeError(f"FrameStack needs a (C, H, W) Box observation space, got {space!r}")
+        self.k = int(k)
+        c, h, w = space.shape
+        self.observation_space = spaces.Box(
+            np.concatenate([space.low] * self.k, axis=0),
+            np.concatenate([space.high] * self.k, axis=0),
+            (self.k * c, h, w),
+            space.dtype,
+        )
+        self._frames: deque = deque(maxlen=self.k)
+
+    def _observation(self) -> np.ndarray:
+        return np.concatenate(list(self._frames), axis=0)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        frame, info = self.env.reset(seed=seed, options=options)
+        for _ in range(self.k):
+            self._frames.append(frame)
+        return self._observation(), info
+
+    def step(self, action):
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        self._frames.append(frame)
+        return self._observation(), reward, terminated, truncated, info
+
+
 class TremblingHand(gym.ActionWrapper):
     """"Trembling hand" noise: with probability ``p`` replace the agent's action
     by one drawn uniformly from the action space.
@@ -178,6 +254,12 @@ class TimeLimit(gym.Wrapper):
         terminated, truncated = bool(terminated), bool(truncated)
         self._done = terminated or truncated
         return obs, float(reward), terminated, truncated, _with_success(info)
+
+
+def _with_state(info: dict, state) -> dict:
+    info = dict(info)
+    info["state"] = np.asarray(state, dtype=np.float32)
+    return info
 
 
 def _with_success(info: dict) -> dict:
