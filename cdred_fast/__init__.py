@@ -16,6 +16,7 @@ from . import ops, reference
 from ._lib import build_info
 from .agent import CDREDAgent
 from .config import CDREDConfig
+from .planner import Planner
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,4 @@ def __getattr__(name):  # the trainer pulls in simulators and plotting: import i
     raise AttributeError(f"module 'cdred_fast' has no attribute {name!r}")
 
 
-__all__ = ["CDREDAgent", "CDREDConfig", "Trainer", "build_info", "ops", "reference", "__version__"]
+__all__ = ["CDREDAgent", "CDREDConfig", "Planner", "Trainer", "build_info", "ops", "reference", "__version__"]

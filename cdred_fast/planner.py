@@ -1,69 +1,222 @@
-"""MPPI planning in the latent space of the world model (SPEC.md section 4, paper Algorithm 2).
+"""MPPI planning in the latent space of a world model (SPEC.md section 4, paper Algorithm 2).
 
-The two steps that fused kernels will replace are separate functions with plain
-tensor interfaces:
+One implementation of the MPPI loop, :func:`mppi_plan`, batched over ``B``
+independent planning problems. Every MPPI step goes through the fused ops of
+:mod:`cdred_fast.ops` (``mppi_sample`` -> values from the model -> ``mppi_elite_update``,
+``J`` times, then ``mppi_select``) with ``impl="fused"`` or ``"reference"``. The
+model is seen through :class:`RolloutFunctions` (policy, dynamics, reward, value,
+optional termination), so two front ends share the loop:
 
-* :func:`sample_candidates` - ``a = clamp(mean + std * eps, -1, 1)``;
-* :func:`elite_update` - top-k elites, softmax weights, new mean and std.
+* :class:`MPPIPlanner` - the CDRED agent's planner, for a :class:`cdred_fast.world_model.WorldModel`
+  (every random draw of the model and of MPPI comes from one optional ``torch.Generator``).
+* :class:`Planner` - a drop-in fused MPPI planner for TD-MPC2 codebases (both API generations),
+  or for any model through :meth:`Planner.from_functions`.
 
-:class:`MPPIPlanner` drives them with a model that provides ``pi(z, generator=)``,
-``next(z, a)``, ``reward(z, a)``, ``Q(z, a, "avg", generator=)`` and a ``planning()``
-context manager (eval mode: Q dropout off). Every random draw takes an optional
-``torch.Generator`` so plans are reproducible.
+Semantics (SPEC section 4, TD-MPC2's planner): policy-prior sequences first, warm start from the
+previous mean shifted one step, ``G = sum_t gamma^t R + gamma^H Q(z_H, pi(z_H))``, NaN values
+count as 0, top-k with ties in candidate order, ``w = softmax(tau (G - max G))``, mean and std
+from ``w`` with std clamped to ``[min_std, max_std]``, the final elite drawn with probability
+``w`` on the device, plus ``std_0 * eps`` unless ``eval_mode``. The weights' sum is not offset by
+1e-9 (the released TD-MPC2 code adds 1e-9 to a sum that is 1 after the softmax; SPEC has no such
+term and the ops follow SPEC). Only NaN values are replaced; +-inf values are kept (see
+:func:`cdred_fast.reference.mppi_elite_update` for how the weights stay finite).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .config import CDREDConfig
-from .world_model import randn
+from . import ops
+from .config import CDREDConfig, discount_heuristic, resolve_impl
+from .layers import symexp, two_hot_inv
+
+_FLOATS = (torch.float32, torch.float64)
 
 
-def sample_candidates(mean: Tensor, std: Tensor, eps: Tensor) -> Tensor:
-    """Candidate action sequences ``clamp(mean + std * eps, -1, 1)`` (SPEC section 4, step 3).
+# =============================================================================== the shared MPPI core
+@dataclass(frozen=True)
+class MPPISettings:
+    """The sizes and constants of one MPPI plan (SPEC section 4 names in brackets).
 
-    Args: ``mean [H, A]``, ``std [H, A]``, ``eps [H, M, A]`` standard normal.
-    Returns: ``[H, M, A]``.
+    ``iterations`` is the final count (any ``+2 when A >= 20`` already applied).
     """
-    return (mean.unsqueeze(1) + std.unsqueeze(1) * eps).clamp(-1.0, 1.0)
+
+    horizon: int  # H
+    num_samples: int  # N, policy sequences included
+    num_elites: int  # k
+    num_pi_trajs: int  # N_pi
+    iterations: int  # J
+    temperature: float  # tau
+    min_std: float
+    max_std: float
+    action_dim: int  # A
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+        for name in ("horizon", "num_samples", "num_elites", "num_pi_trajs", "iterations", "action_dim"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), name, "an int")
+        need(self.horizon >= 1, "horizon", ">= 1")
+        need(self.num_samples >= 1, "num_samples", ">= 1")
+        need(0 <= self.num_pi_trajs < self.num_samples, "num_pi_trajs",
+             f"in [0, num_samples) = [0, {self.num_samples}) (at least one sampled sequence)")
+        need(1 <= self.num_elites <= self.num_samples, "num_elites", f"in [1, num_samples] = [1, {self.num_samples}]")
+        need(self.iterations >= 1, "iterations", ">= 1")
+        need(self.action_dim >= 1, "action_dim", ">= 1")
+        need(float(self.temperature) > 0, "temperature", "> 0")
+        need(float(self.min_std) > 0, "min_std", "> 0")
+        need(float(self.max_std) >= float(self.min_std), "max_std", f">= min_std = {self.min_std}")
 
 
-def elite_update(
-    values: Tensor, actions: Tensor, num_elites: int, temperature: float, min_std: float, max_std: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Elite selection and the MPPI mean/std update (SPEC section 4, step 3).
+@dataclass(frozen=True)
+class RolloutFunctions:
+    """The world model as the MPPI loop sees it. Every function maps ``R`` rows to ``R`` rows.
 
-    Keep the ``k = num_elites`` highest values, weight them by
-    ``w = softmax(temperature * (G_elite - max G_elite))`` and set
-    ``mean = sum w a / sum w``, ``std = sqrt(sum w (a - mean)^2 / sum w)`` clamped
-    to ``[min_std, max_std]``. (The released code adds 1e-9 to ``sum w``, which is 1
-    after the softmax; so does this function.)
-
-    Args: ``values [N]`` (NaN already replaced), ``actions [H, N, A]``.
-    Returns: ``(mean [H, A], std [H, A], elite_actions [H, k, A], weights [k])``.
+    * ``policy(z [R, L]) -> a [R, A]``: an action sampled from the policy prior.
+    * ``dynamics(z [R, L], a [R, A]) -> z' [R, L]``.
+    * ``reward(z, a) -> [R]`` and ``value(z, a) -> [R]`` (``Q`` of the last latent and ``pi``'s action).
+    * ``termination(z) -> [R]`` in {0, 1} (1: the episode has ended before ``z``'s step), or None.
     """
-    elite_idx = torch.topk(values, num_elites, dim=0).indices
-    elite_values = values[elite_idx]
-    elite_actions = actions[:, elite_idx]
-    weights = torch.softmax(temperature * (elite_values - elite_values.max()), dim=0)
-    w = weights.view(1, -1, 1)
-    denom = weights.sum() + 1e-9
-    mean = (w * elite_actions).sum(dim=1) / denom
-    std = ((w * (elite_actions - mean.unsqueeze(1)).pow(2)).sum(dim=1) / denom).sqrt().clamp(min_std, max_std)
-    return mean, std, elite_actions, weights
+
+    policy: Callable[[Tensor], Tensor]
+    dynamics: Callable[[Tensor, Tensor], Tensor]
+    reward: Callable[[Tensor, Tensor], Tensor]
+    value: Callable[[Tensor, Tensor], Tensor]
+    termination: Optional[Callable[[Tensor], Tensor]] = None
 
 
-class MPPIPlanner:
-    """MPPI of SPEC section 4 with warm start, policy-prior trajectories and a NaN guard.
+def policy_rollout(fns: RolloutFunctions, z: Tensor, horizon: int) -> Tensor:
+    """SPEC step 1: roll ``pi`` and ``d`` from ``z [R, L]`` for ``H`` steps; returns ``[H, R, A]``."""
+    actions = []
+    for _ in range(horizon - 1):
+        a = fns.policy(z)
+        actions.append(a)
+        z = fns.dynamics(z, a)
+    actions.append(fns.policy(z))
+    return torch.stack(actions)
+
+
+def trajectory_value(fns: RolloutFunctions, z: Tensor, actions: Tensor, discount: Union[float, Tensor]) -> Tensor:
+    """``G = sum_t gamma^t R(z_t, a_t) + gamma^H Q(z_H, pi(z_H))`` for ``z [R, L]``, ``actions [H, R, A]``.
+
+    ``discount`` is a number or a per-row tensor ``[R]``. With a termination function, TD-MPC2's
+    episodic rule: a row stops collecting reward (and the bootstrap) after a step whose next latent
+    is terminal. Returns ``[R]``; NaN is left to the elite update (it counts as 0 there).
+    """
+    G, gamma_t, done = 0.0, 1.0, None
+    for t in range(actions.shape[0]):
+        r = fns.reward(z, actions[t])
+        z = fns.dynamics(z, actions[t])
+        G = G + gamma_t * (r if done is None else (1.0 - done) * r)
+        gamma_t = gamma_t * discount
+        if fns.termination is not None:
+            term = fns.termination(z)
+            done = term if done is None else torch.clamp(done + term, max=1.0)
+    q = fns.value(z, fns.policy(z))
+    return G + gamma_t * (q if done is None else (1.0 - done) * q)
+
+
+def warm_start(prev_mean: Optional[Tensor], t0: Union[bool, Tensor], B: int, H: int, A: int, dtype, device) -> Tensor:
+    """SPEC step 2: ``[B, H, A]`` zeros, or the previous mean ``[B, H, A]`` shifted one step earlier
+    (last step 0) for the problems that are not at an episode start. ``t0``: a bool or a bool ``[B]``."""
+    mean = torch.zeros(B, H, A, dtype=dtype, device=device)
+    if prev_mean is None or (isinstance(t0, bool) and t0):
+        return mean
+    shifted = torch.zeros_like(mean)
+    shifted[:, :-1] = prev_mean[:, 1:]
+    if isinstance(t0, bool):
+        return shifted
+    return torch.where(t0.to(device=device, dtype=torch.bool).view(B, 1, 1), mean, shifted)
+
+
+@torch.no_grad()
+def mppi_plan(
+    fns: RolloutFunctions,
+    z: Tensor,
+    mean: Tensor,
+    settings: MPPISettings,
+    *,
+    discount: Union[float, Tensor],
+    mask: Optional[Tensor] = None,
+    eval_mode: bool = False,
+    generator: Optional[torch.Generator] = None,
+    impl: str = "fused",
+) -> tuple[Tensor, Tensor]:
+    """The MPPI loop of SPEC section 4 for ``B`` independent problems; the one implementation.
 
     Args:
-        cfg: the config (horizon, num_samples, num_elites, num_pi_trajs, iterations,
-            temperature, min_std, max_std and the discount).
-        model: a :class:`cdred_fast.world_model.WorldModel` (or anything with the same methods).
+        fns: the model (:class:`RolloutFunctions`); rows are problem-major (row ``b * n + i``).
+        z: latents ``[B, L]``.
+        mean: initial mean ``[B, H, A]`` (see :func:`warm_start`); its dtype is the plan's dtype.
+        settings: :class:`MPPISettings`.
+        discount: ``gamma``, a number or one per problem ``[B]``.
+        mask: ``[B, A]`` action masks (TD-MPC2 multitask): sequences, mean and std are multiplied by it.
+        eval_mode: no exploration noise on the returned action.
+        generator: source of the MPPI draws (sampling, elite choice, noise), in the ops' order.
+        impl: ``"fused"`` or ``"reference"`` (see :func:`cdred_fast.config.resolve_impl`).
+
+    Returns: ``(action [B, A], mean [B, H, A])`` - the action to execute and the final mean.
+    """
+    s = settings
+    B, L = z.shape
+    H, N, n_pi, A = s.horizon, s.num_samples, s.num_pi_trajs, s.action_dim
+    dtype, device = mean.dtype, mean.device
+    std = torch.full((B, H, A), float(s.max_std), dtype=dtype, device=device)
+    mask3 = None if mask is None else mask.to(dtype).view(B, 1, A)
+    if not isinstance(discount, (int, float)):
+        discount = discount.repeat_interleave(N)  # one per row
+
+    pi_actions = None
+    if n_pi > 0:  # step 1: the N_pi policy sequences, candidates 0 .. N_pi - 1 of every problem
+        z_pi = z.unsqueeze(1).expand(B, n_pi, L).reshape(B * n_pi, L)
+        pi_actions = policy_rollout(fns, z_pi, H).to(dtype).reshape(H, B, n_pi, A).permute(1, 0, 2, 3)
+    z_rows = z.unsqueeze(1).expand(B, N, L).reshape(B * N, L)
+
+    for _ in range(s.iterations):  # step 3
+        actions = ops.mppi_sample(mean, std, N - n_pi, generator, impl=impl)  # [B, H, N - N_pi, A]
+        if pi_actions is not None:
+            actions = torch.cat([pi_actions, actions], dim=2)  # [B, H, N, A]
+        if mask3 is not None:
+            actions = actions * mask3.unsqueeze(2)
+        rows = actions.permute(1, 0, 2, 3).reshape(H, B * N, A)
+        values = trajectory_value(fns, z_rows, rows, discount).reshape(B, N).to(dtype)
+        mean, std, elite_actions, weights, _ = ops.mppi_elite_update(
+            values, actions, s.num_elites, float(s.temperature), float(s.min_std), float(s.max_std), impl=impl
+        )
+        if mask3 is not None:
+            mean, std = mean * mask3, std * mask3
+    # step 4: one elite per problem drawn with probability w, its first action (+ std_0 * eps), clamped
+    action = ops.mppi_select(elite_actions, weights, std, bool(eval_mode), generator, impl=impl)
+    return action, mean
+
+
+def _check_generator_device(generator: Optional[torch.Generator], device: torch.device) -> None:
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"generator is a {generator.device.type} generator but the plan runs on {device}; "
+            f"pass a torch.Generator(device={device.type!r}) (or None for the default generator)"
+        )
+
+
+# =============================================================================== CDRED agent's planner
+class MPPIPlanner:
+    """MPPI of SPEC section 4 for the CDRED agent, through :func:`mppi_plan` (one problem per call).
+
+    Args:
+        cfg: the config (horizon, num_samples, num_elites, num_pi_trajs, iterations, temperature,
+            min_std, max_std, the discount and ``kernels``: ``"fused"`` (default) plans through the
+            fused ops, ``"reference"`` through their pure-PyTorch twins).
+        model: a :class:`cdred_fast.world_model.WorldModel` (or anything with ``pi(z, generator=)``,
+            ``next(z, a)``, ``reward(z, a)``, ``Q(z, a, "avg", generator=)`` and a ``planning()``
+            context manager that puts it in eval mode).
         action_dim: ``A``; sets the number of iterations (+2 when ``A >= 20``).
         device: where the plan's tensors live.
         discount: overrides ``cfg.discount_for()``.
@@ -76,71 +229,643 @@ class MPPIPlanner:
         self.device = torch.device(device)
         self.discount = float(cfg.discount_for() if discount is None else discount)
         self.iterations = cfg.iterations_for(self.action_dim)
+        self.impl = resolve_impl(cfg.kernels, self.device)
+        self.settings = MPPISettings(
+            horizon=cfg.horizon, num_samples=cfg.num_samples, num_elites=cfg.num_elites,
+            num_pi_trajs=cfg.num_pi_trajs, iterations=self.iterations, temperature=cfg.temperature,
+            min_std=cfg.min_std, max_std=cfg.max_std, action_dim=self.action_dim,
+        )
         self._prev_mean: Optional[Tensor] = None  # the last plan's mean [H, A], for the warm start
 
     def reset(self) -> None:
         """Forget the warm start (the next plan starts from mean 0)."""
         self._prev_mean = None
 
+    def _functions(self, generator: Optional[torch.Generator]) -> RolloutFunctions:
+        m = self.model
+        return RolloutFunctions(
+            policy=lambda z: m.pi(z, generator=generator)[1],  # a sampled action
+            dynamics=m.next,
+            reward=m.reward,
+            value=lambda z, a: m.Q(z, a, "avg", generator=generator),
+        )
+
     def initial_mean(self, t0: bool) -> Tensor:
-        """Step 2: zeros, or (when not at the episode start) the previous mean shifted one step."""
-        mean = torch.zeros(self.cfg.horizon, self.action_dim, device=self.device)
-        if not t0 and self._prev_mean is not None:
-            mean[:-1] = self._prev_mean[1:]
-        return mean
+        """Step 2: zeros ``[H, A]``, or (when not at the episode start) the previous mean shifted one step."""
+        prev = None if self._prev_mean is None else self._prev_mean.unsqueeze(0)
+        return warm_start(prev, bool(t0), 1, self.cfg.horizon, self.action_dim, torch.float32, self.device)[0]
 
     @torch.no_grad()
     def policy_trajectories(self, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """Step 1: roll ``pi`` (sampled actions) and ``d`` from ``z [1, L]``: ``[H, N_pi, A]``."""
-        H, n = self.cfg.horizon, self.cfg.num_pi_trajs
-        actions = torch.empty(H, n, self.action_dim, device=self.device)
-        _z = z.expand(n, -1)
-        for t in range(H - 1):
-            actions[t] = self.model.pi(_z, generator=generator)[1]
-            _z = self.model.next(_z, actions[t])
-        actions[-1] = self.model.pi(_z, generator=generator)[1]
-        return actions
+        z = z.reshape(1, -1).expand(self.cfg.num_pi_trajs, -1)
+        return policy_rollout(self._functions(generator), z, self.cfg.horizon)
 
     @torch.no_grad()
     def estimate_value(self, z: Tensor, actions: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """``G = sum_t gamma^t R(z_t, a_t) + gamma^H Q_avg(z_H, pi(z_H))``; ``z [N, L]``, ``actions [H, N, A]`` -> ``[N]``."""
-        G, discount = 0.0, 1.0
-        for t in range(self.cfg.horizon):
-            G = G + discount * self.model.reward(z, actions[t])
-            z = self.model.next(z, actions[t])
-            discount *= self.discount
-        a_H = self.model.pi(z, generator=generator)[1]
-        return G + discount * self.model.Q(z, a_H, "avg", generator=generator)
+        """``G = sum_t gamma^t R(z_t, a_t) + gamma^H Q_avg(z_H, pi(z_H))``.
+
+        ``z [N, L]``, ``actions [H, N, A]`` -> ``[N]``."""
+        return trajectory_value(self._functions(generator), z, actions, self.discount)
 
     @torch.no_grad()
     def plan(
         self, z: Tensor, t0: bool = False, eval_mode: bool = False, generator: Optional[torch.Generator] = None
     ) -> Tensor:
-        """Plan from latent ``z`` (``[L]`` or ``[1, L]``) and return the action ``[A]`` (SPEC section 4)."""
-        cfg = self.cfg
-        H, N, n_pi, A = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, self.action_dim
+        """Plan from latent ``z`` (``[L]`` or ``[1, L]``) and return the action ``[A]`` (SPEC section 4).
+
+        Draws, all from ``generator`` (on the planner's device type; the default generator when
+        None): the policy's noise for the N_pi sequences, then per iteration the sampled sequences,
+        the policy noise and Q heads of the value, then the elite choice and (unless ``eval_mode``)
+        the exploration noise.
+        """
+        _check_generator_device(generator, self.device)
         with self.model.planning():  # eval mode: Q dropout off
             z = z.reshape(1, -1).to(self.device)
-            actions = torch.empty(H, N, A, device=self.device)
-            if n_pi > 0:
-                actions[:, :n_pi] = self.policy_trajectories(z, generator)
-            mean = self.initial_mean(t0)
-            std = torch.full((H, A), cfg.max_std, device=self.device)
-            z_rep = z.expand(N, -1)
-            for _ in range(self.iterations):
-                eps = randn((H, N - n_pi, A), generator, self.device)
-                actions[:, n_pi:] = sample_candidates(mean, std, eps)
-                values = torch.nan_to_num(self.estimate_value(z_rep, actions, generator), nan=0.0)
-                mean, std, elite_actions, weights = elite_update(
-                    values, actions, cfg.num_elites, cfg.temperature, cfg.min_std, cfg.max_std
+            mean = self.initial_mean(t0).unsqueeze(0)
+            action, mean = mppi_plan(
+                self._functions(generator), z, mean, self.settings, discount=self.discount,
+                eval_mode=eval_mode, generator=generator, impl=self.impl,
+            )
+            self._prev_mean = mean[0]
+            return action[0]
+
+
+# =============================================================================== drop-in Planner
+_MISSING = object()
+API_CHOICES = ("tdmpc2", "tdmpc2-2023", "scalar-reward")
+# (how pi's action is read, how reward is decoded) for each API generation
+_API_LAYOUT = {
+    "tdmpc2": ("(action, info)", "two-hot"),
+    "tdmpc2-2023": ("(mu, pi, log_pi, log_std)", "two-hot"),
+    "scalar-reward": ("(mu, pi, log_pi, log_std)", "scalar"),
+}
+_REQUIRED_FIELDS = (
+    "horizon", "num_samples", "num_elites", "num_pi_trajs", "iterations", "temperature", "min_std", "max_std",
+    "action_dim",
+)
+_MODEL_METHODS = {
+    "next": "next(z, a, task) -> z'",
+    "reward": "reward(z, a, task) -> reward (two-hot logits or a scalar)",
+    "Q": "Q(z, a, task, return_type='avg') -> Q value",
+    "pi": "pi(z, task) -> (action, info) or (mu, pi, log_pi, log_std)",
+}
+
+
+def _cfg_get(cfg: Any, name: str, default: Any = _MISSING) -> Any:
+    """``cfg.name`` or ``cfg[name]`` (dicts, OmegaConf DictConfig, dataclasses, namespaces)."""
+    try:
+        if isinstance(cfg, Mapping):
+            return cfg[name] if name in cfg else default
+        return getattr(cfg, name)
+    except Exception:  # AttributeError, OmegaConf's missing-value errors
+        return default
+
+
+def _shape(x) -> str:
+    return f"shape {list(x.shape)}" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+
+
+def _decode_two_hot(logits: Tensor, num_bins: int, vmin: float, vmax: float) -> Tensor:
+    """TD-MPC2's ``math.two_hot_inv``: identity (0 bins), symexp (1 bin), else ``symexp(E_softmax[bins])``."""
+    if num_bins == 0:
+        return logits
+    if num_bins == 1:
+        return symexp(logits)
+    return two_hot_inv(logits, vmin, vmax)
+
+
+def _rows(x: Tensor, R: int, what: str) -> Tensor:
+    """``[R]`` or ``[R, 1]`` -> ``[R]``."""
+    if not isinstance(x, Tensor) or x.numel() != R:
+        raise ValueError(f"{what} must give one value per row ([{R}] or [{R}, 1]), got {_shape(x)}")
+    return x.reshape(R)
+
+
+class Planner:
+    """A fused MPPI planner, drop-in for TD-MPC2 codebases (SPEC section 4 / TD-MPC2's ``plan``).
+
+    Args:
+        model: a world model with TD-MPC2's methods ``next(z, a, task)``, ``reward(z, a, task)``,
+            ``Q(z, a, task, return_type="avg")``, ``pi(z, task)`` (+ ``termination(z, task)`` when
+            ``cfg.episodic``; ``model._action_masks [num_tasks, A]`` when ``cfg.multitask``).
+        cfg: TD-MPC2's config (attribute access or dict-like). Read: ``horizon``, ``num_samples``,
+            ``num_elites``, ``num_pi_trajs``, ``iterations``, ``temperature``, ``min_std``, ``max_std``,
+            ``action_dim``; ``multitask`` and ``episodic`` (default False); ``num_bins``, ``vmin``,
+            ``vmax`` (to decode two-hot rewards); the discount: ``discount`` (a number, or one per
+            task) if present, else TD-MPC2's heuristic from ``episode_length`` (``episode_lengths``
+            per task when multitask) with ``discount_denom`` / ``discount_min`` / ``discount_max``
+            (defaults 5 / 0.95 / 0.995). The cfg is never modified.
+        api: ``"tdmpc2"`` (``pi`` returns ``(action, info)``, ``reward`` two-hot logits),
+            ``"tdmpc2-2023"`` (``pi`` returns ``(mu, pi, log_pi, log_std)``, ``reward`` two-hot
+            logits), ``"scalar-reward"`` (the 2023 ``pi``, ``reward`` a scalar ``[M]``/``[M, 1]``: the
+            CDRED and IQ-MPC forks), or None: detected on a dry run of the model at the first plan
+            (see :meth:`detect`).
+        kernels: ``"fused"`` or ``"reference"`` (pure-PyTorch ops); see :func:`cdred_fast.config.resolve_impl`.
+        iterations: total MPPI iterations; default ``cfg.iterations + 2`` when ``action_dim >= 20``
+            (TD-MPC2's heuristic; its agent adds the 2 to ``cfg.iterations`` in place, so a cfg that
+            went through ``TDMPC2.__init__`` should pass ``iterations=cfg.iterations``).
+        discount: overrides the cfg's discount (a number, or a sequence with one per task).
+        capture_graph: replay each plan from a CUDA graph captured on its first call (CUDA only).
+    """
+
+    def __init__(
+        self,
+        model,
+        cfg,
+        api: Optional[str] = None,
+        kernels: str = "fused",
+        *,
+        iterations: Optional[int] = None,
+        discount: Union[None, float, Sequence[float]] = None,
+        capture_graph: bool = False,
+    ):
+        if api is not None and api not in API_CHOICES:
+            raise ValueError(f"api must be one of {API_CHOICES} or None (detect), got {api!r}")
+        if not isinstance(capture_graph, bool):
+            raise TypeError(f"capture_graph must be a bool, got {type(capture_graph).__name__}")
+        if capture_graph and not torch.cuda.is_available():
+            raise RuntimeError(
+                "capture_graph=True needs CUDA (it records the plan in a CUDA graph), but "
+                "torch.cuda.is_available() is False; use capture_graph=False on CPU"
+            )
+        self.cfg = cfg
+        self.model = model
+        self.kernels = kernels
+        resolve_impl(kernels)  # validates the choice now
+        self.capture_graph = capture_graph
+        self.multitask = bool(_cfg_get(cfg, "multitask", False))
+        self.episodic = bool(_cfg_get(cfg, "episodic", False))
+        self._user_fns: Optional[RolloutFunctions] = None
+        self._api = api
+        self._detected = False
+
+        missing = [name for name in _REQUIRED_FIELDS if _cfg_get(cfg, name, None) is None]
+        if missing:
+            raise ValueError(
+                f"cfg is missing the planning field(s) {', '.join(missing)}; Planner reads TD-MPC2's names: "
+                f"{', '.join(_REQUIRED_FIELDS)}"
+            )
+        A = int(_cfg_get(cfg, "action_dim"))
+        J = int(_cfg_get(cfg, "iterations")) + (2 if A >= 20 else 0) if iterations is None else iterations
+        self.settings = MPPISettings(
+            horizon=int(_cfg_get(cfg, "horizon")), num_samples=int(_cfg_get(cfg, "num_samples")),
+            num_elites=int(_cfg_get(cfg, "num_elites")), num_pi_trajs=int(_cfg_get(cfg, "num_pi_trajs")),
+            iterations=J, temperature=float(_cfg_get(cfg, "temperature")),
+            min_std=float(_cfg_get(cfg, "min_std")), max_std=float(_cfg_get(cfg, "max_std")), action_dim=A,
+        )
+        self._discounts = self._resolve_discount(discount)  # [gamma] or one per task
+
+        if model is not None:
+            needed = dict(_MODEL_METHODS)
+            if self.episodic:
+                needed["termination"] = "termination(z, task) -> probability (cfg.episodic is set)"
+            absent = [sig for name, sig in needed.items() if not callable(getattr(model, name, None))]
+            if absent:
+                raise TypeError(
+                    f"model {type(model).__name__} is missing the TD-MPC2 world-model method(s): {'; '.join(absent)}. "
+                    "For another model use Planner.from_functions(dynamics=, reward=, value=, policy=, cfg=)"
                 )
-            # Step 4: one elite drawn with probability w; its first action (+ std_0 * eps unless evaluating).
-            choice = torch.multinomial(weights.to(generator.device) if generator is not None else weights, 1, generator=generator)
-            a = elite_actions[0, choice.to(self.device)].reshape(A)
-            self._prev_mean = mean
-            if not eval_mode:
-                a = a + std[0] * randn((A,), generator, self.device)
-            return a.clamp(-1.0, 1.0)
+            if self.multitask and not isinstance(getattr(model, "_action_masks", None), Tensor):
+                raise TypeError(
+                    "cfg.multitask is set but the model has no tensor attribute _action_masks [num_tasks, action_dim] "
+                    "(TD-MPC2's per-task action masks)"
+                )
+            if api is not None and _layout_needs_bins(api):
+                self._require_bins()
+        self._prev_mean: Optional[Tensor] = None  # [B, H, A]
+        self._graphs: dict = {}
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_functions(
+        cls,
+        *,
+        dynamics: Callable[[Tensor, Tensor], Tensor],
+        reward: Callable[[Tensor, Tensor], Tensor],
+        value: Callable[[Tensor, Tensor], Tensor],
+        policy: Callable[[Tensor], Tensor],
+        cfg,
+        termination: Optional[Callable[[Tensor], Tensor]] = None,
+        kernels: str = "fused",
+        iterations: Optional[int] = None,
+        discount: Optional[float] = None,
+        capture_graph: bool = False,
+    ) -> "Planner":
+        """A planner for any model, given as functions on row batches (``M`` rows):
+
+        ``dynamics(z [M, L], a [M, A]) -> [M, L]``; ``reward(z, a) -> [M]`` or ``[M, 1]`` (a scalar
+        reward); ``value(z, a) -> [M]`` or ``[M, 1]`` (the bootstrap, called as
+        ``value(z_H, policy(z_H))``); ``policy(z) -> [M, A]`` (a sample of the policy prior);
+        ``termination(z) -> [M]`` probability that the episode has ended (``> 0.5`` counts, as in
+        TD-MPC2), optional. ``cfg`` as for the constructor (``multitask`` is not supported here).
+        """
+        fns = {"dynamics": dynamics, "reward": reward, "value": value, "policy": policy}
+        absent = [name for name, f in fns.items() if not callable(f)]
+        if absent:
+            raise TypeError(f"Planner.from_functions needs callables for: {', '.join(absent)}")
+        if termination is not None and not callable(termination):
+            raise TypeError("termination must be a callable or None")
+        if bool(_cfg_get(cfg, "multitask", False)):
+            raise ValueError("Planner.from_functions does not support cfg.multitask; fold the task into the functions")
+        self = cls(None, cfg, None, kernels, iterations=iterations, discount=discount, capture_graph=capture_graph)
+        self._user_fns = RolloutFunctions(policy=policy, dynamics=dynamics, reward=reward, value=value,
+                                          termination=termination)
+        self._api, self._detected = "functions", True
+        return self
+
+    def _require_bins(self) -> tuple[int, float, float]:
+        got = {name: _cfg_get(self.cfg, name, None) for name in ("num_bins", "vmin", "vmax")}
+        missing = [name for name, v in got.items() if v is None]
+        if missing:
+            raise ValueError(
+                f"cfg is missing {', '.join(missing)}, needed to decode the model's two-hot reward logits "
+                "(TD-MPC2's two_hot_inv: symexp of the softmax expectation over num_bins bins in [vmin, vmax])"
+            )
+        return int(got["num_bins"]), float(got["vmin"]), float(got["vmax"])
+
+    def _resolve_discount(self, discount) -> list[float]:
+        cfg = self.cfg
+        value = discount if discount is not None else _cfg_get(cfg, "discount", None)
+        if value is not None:
+            values = [float(v) for v in value] if isinstance(value, Sequence) else [float(value)]
+        else:
+            name = "episode_lengths" if self.multitask else "episode_length"
+            lengths = _cfg_get(cfg, name, None)
+            if lengths is None:
+                raise ValueError(
+                    f"the discount is unknown: cfg has no 'discount' and no '{name}' (TD-MPC2 derives the discount "
+                    "from it with discount_denom, discount_min, discount_max); set one of them or pass discount="
+                )
+            lengths = list(lengths) if self.multitask else [lengths]
+            denom = float(_cfg_get(cfg, "discount_denom", 5.0))
+            dmin, dmax = float(_cfg_get(cfg, "discount_min", 0.95)), float(_cfg_get(cfg, "discount_max", 0.995))
+            values = [discount_heuristic(int(T), denom, dmin, dmax) for T in lengths]
+        if not values or not all(0.0 <= v <= 1.0 for v in values):
+            raise ValueError(f"the discount must be in [0, 1] (one per task when multitask), got {values}")
+        if len(values) > 1 and not self.multitask:
+            raise ValueError(f"got {len(values)} discounts but cfg.multitask is not set; give one number")
+        return values
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def api(self) -> Optional[str]:
+        """The model API: the explicit ``api``, the detected one after the first plan (None before),
+        or ``"functions"`` for :meth:`from_functions`."""
+        return self._api
+
+    @property
+    def prev_mean(self) -> Optional[Tensor]:
+        """The last plan's mean ``[B, H, A]`` (the next warm start), or None."""
+        return self._prev_mean
+
+    @property
+    def iterations(self) -> int:
+        return self.settings.iterations
+
+    def reset(self) -> None:
+        """Forget the warm start: the next plan starts from mean 0 for every problem."""
+        self._prev_mean = None
+
+    # ------------------------------------------------------------------ API detection
+    @torch.no_grad()
+    def detect(self, z: Tensor, task=None) -> str:
+        """Dry-run the model on two rows of ``z`` and fix (or check) the API; returns its name.
+
+        Detection: ``pi(z, task)`` returning 2 items is the current TD-MPC2 API (``(action, info)``,
+        action = item 0), 4 items the 2023 one (``(mu, pi, log_pi, log_std)``, action = item 1).
+        ``reward(z, a, task)`` of shape ``[M, num_bins]`` (``num_bins >= 2``) is two-hot logits; of
+        shape ``[M]`` / ``[M, 1]`` a scalar (with ``num_bins == 1`` TD-MPC2 would apply symexp to it:
+        ambiguous, pass ``api`` explicitly). Anything else raises an error naming what was returned
+        and what was expected. The dry run does not change the random state.
+        """
+        if self._user_fns is not None:
+            return "functions"
+        z = self._as_rows(z)
+        z2 = z[:1].expand(2, -1)
+        task_state = self._task_state(task, z.shape[0], z.device)
+        if task_state is not None and task_state["per_row"]:
+            task2 = task_state["ids_dev"][:1].expand(2)  # the first problem's task
+        else:
+            task2 = self._model_task(task_state, 2)
+        model = self.model
+        devices = [z.device.index if z.device.index is not None else torch.cuda.current_device()] if z.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            out = model.pi(z2, task2)
+            if not isinstance(out, (tuple, list)) or len(out) not in (2, 4):
+                got = f"{len(out)} items" if isinstance(out, (tuple, list)) else _shape(out)
+                raise TypeError(
+                    f"model.pi(z, task) returned {got}; "
+                    "Planner needs (action, info) [TD-MPC2] or (mu, pi, log_pi, log_std) [TD-MPC2 2023, CDRED, IQ-MPC]"
+                )
+            pi_style = "(action, info)" if len(out) == 2 else "(mu, pi, log_pi, log_std)"
+            a = out[0] if len(out) == 2 else out[1]
+            A = self.settings.action_dim
+            if not isinstance(a, Tensor) or tuple(a.shape) != (2, A):
+                raise ValueError(
+                    f"model.pi(z [2, L], task) gave an action of {_shape(a)}; expected [2, action_dim={A}]"
+                )
+            z_next = model.next(z2, a, task2)
+            if not isinstance(z_next, Tensor) or tuple(z_next.shape) != tuple(z2.shape):
+                raise ValueError(f"model.next(z [2, L], a, task) returned {_shape(z_next)}; expected {list(z2.shape)}")
+            r = model.reward(z2, a, task2)
+            q = model.Q(z2, a, task2, return_type="avg")
+            _rows(q, 2, "model.Q(z, a, task, return_type='avg')")
+            if self.episodic:
+                _rows(model.termination(z_next, task2), 2, "model.termination(z, task)")
+        if not isinstance(r, Tensor):
+            raise TypeError(f"model.reward(z, a, task) returned {_shape(r)}; expected a Tensor")
+        bins = _cfg_get(self.cfg, "num_bins", None)
+        width = 1 if r.dim() == 1 else r.shape[-1]
+        if r.dim() not in (1, 2) or r.shape[0] != 2:
+            raise ValueError(
+                f"model.reward(z [2, L], a, task) returned {_shape(r)}; expected [2, num_bins] or [2] / [2, 1]"
+            )
+
+        api = self._choose_api(pi_style, width, bins, r) if self._api is None else self._api
+        want_pi, want_reward = _API_LAYOUT[api]
+        if pi_style != want_pi:
+            raise ValueError(f"api={api!r} expects model.pi to return {want_pi}, but it returned {len(out)} items")
+        if want_reward == "two-hot":
+            nb = self._require_bins()[0]
+            if width != max(nb, 1):
+                raise ValueError(
+                    f"api={api!r}: model.reward returned {_shape(r)}, expected [M, {max(nb, 1)}] for num_bins={nb}"
+                )
+        elif width != 1:
+            raise ValueError(f"api='scalar-reward': model.reward returned {_shape(r)}, expected [M] or [M, 1]")
+        self._api, self._detected = api, True
+        return api
+
+    @staticmethod
+    def _choose_api(pi_style: str, width: int, bins, r: Tensor) -> str:
+        """The API generation from pi's tuple length and the reward's width (see :meth:`detect`)."""
+        pi_2023 = pi_style != "(action, info)"
+        if width >= 2:  # two-hot logits
+            if bins is None or int(bins) != width:
+                raise ValueError(
+                    f"model.reward returned {width} values per row (two-hot logits?) but cfg.num_bins is {bins}; "
+                    "they must match to decode the reward"
+                )
+            return "tdmpc2-2023" if pi_2023 else "tdmpc2"
+        if bins is not None and int(bins) == 1:
+            raise ValueError(
+                "model.reward returned one value per row and cfg.num_bins == 1: TD-MPC2 would decode it with "
+                "symexp, a scalar-reward fork would not. Pass api='tdmpc2' / 'tdmpc2-2023' (symexp) or "
+                "api='scalar-reward' (as is)"
+            )
+        if pi_2023:
+            return "scalar-reward"
+        if bins is not None and int(bins) == 0:
+            return "tdmpc2"  # TD-MPC2 with num_bins = 0: its two_hot_inv is the identity
+        raise ValueError(
+            f"model.pi returns (action, info) (current TD-MPC2 API) but model.reward returned {_shape(r)}, not "
+            f"two-hot logits [M, num_bins] (cfg.num_bins = {bins}). Give a scalar-reward model the 2023 pi "
+            "(mu, pi, log_pi, log_std), or wrap it with Planner.from_functions"
+        )
+
+    # ------------------------------------------------------------------ tasks
+    def _as_rows(self, z: Tensor) -> Tensor:
+        if not isinstance(z, Tensor) or z.dim() not in (1, 2):
+            raise ValueError(f"z must be a latent [L] or a batch of latents [B, L], got {_shape(z)}")
+        return z.reshape(1, -1) if z.dim() == 1 else z
+
+    def _task_state(self, task, B: int, device) -> Optional[dict]:
+        """Normalise ``task`` (None, an int, or a tensor with 1 or B task ids)."""
+        if self._user_fns is not None:
+            if task is not None:
+                raise ValueError("a Planner built with from_functions takes no task (task must be None)")
+            return None
+        if not self.multitask:
+            return None if task is None else {"given": task, "ids": None, "per_row": False}
+        if task is None:
+            raise ValueError(
+                "cfg.multitask is set: plan(..., task=) needs the task id (an int, or a tensor [1] or [B])"
+            )
+        if isinstance(task, Tensor):
+            ids = task.reshape(-1).long()
+            if ids.numel() not in (1, B):
+                raise ValueError(f"task must hold 1 or B={B} task ids, got {_shape(task)}")
+        elif isinstance(task, int) and not isinstance(task, bool):
+            ids = torch.tensor([task])
+        else:
+            raise TypeError(f"task must be an int or a tensor of task ids, got {type(task).__name__}")
+        n_tasks = self.model._action_masks.shape[0]
+        if int(ids.min()) < 0 or int(ids.max()) >= n_tasks:
+            raise ValueError(f"task ids must be in [0, {n_tasks}), got {ids.tolist()}")
+        per_row = ids.numel() > 1
+        return {"given": task, "ids": ids, "per_row": per_row, "B": B,
+                "ids_dev": ids.to(device) if per_row else None}
+
+    def _model_task(self, state: Optional[dict], rows: int):
+        """The task argument of a model call on ``rows`` rows (problem-major)."""
+        if state is None:
+            return None
+        if state["per_row"]:
+            return state["ids_dev"].repeat_interleave(rows // state["B"])
+        return state["given"]
+
+    def _mask_and_discount(self, state: Optional[dict], B: int, device, dtype):
+        if state is None or state["ids"] is None:
+            return None, self._discounts[0]
+        ids = state["ids"]
+        masks = self.model._action_masks
+        mask = masks[ids.to(masks.device)].to(device=device, dtype=dtype).expand(B, -1)
+        if len(self._discounts) == 1:
+            gammas = self._discounts * masks.shape[0]
+        else:
+            gammas = self._discounts
+            if len(gammas) != masks.shape[0]:
+                raise ValueError(f"{len(gammas)} discounts for {masks.shape[0]} tasks (model._action_masks)")
+        if state["per_row"]:
+            return mask, torch.tensor([gammas[i] for i in ids.tolist()], device=device, dtype=dtype)
+        return mask, gammas[int(ids[0])]
+
+    def _functions(self, state: Optional[dict], dtype) -> RolloutFunctions:
+        if self._user_fns is not None:
+            u = self._user_fns
+
+            def termination(z):
+                return (_rows(u.termination(z), z.shape[0], "termination(z)") > 0.5).to(dtype)
+
+            return RolloutFunctions(
+                policy=u.policy,
+                dynamics=u.dynamics,
+                reward=lambda z, a: _rows(u.reward(z, a), z.shape[0], "reward(z, a)"),
+                value=lambda z, a: _rows(u.value(z, a), z.shape[0], "value(z, a)"),
+                termination=None if u.termination is None else termination,
+            )
+        m, api = self.model, self._api
+        task = lambda rows: self._model_task(state, rows)  # noqa: E731
+        item = 0 if api == "tdmpc2" else 1
+        if _layout_needs_bins(api):
+            nb, vmin, vmax = self._require_bins()
+            decode = lambda r: _decode_two_hot(r, nb, vmin, vmax)  # noqa: E731
+        else:
+            decode = lambda r: r  # noqa: E731
+        return RolloutFunctions(
+            policy=lambda z: m.pi(z, task(z.shape[0]))[item],
+            dynamics=lambda z, a: m.next(z, a, task(z.shape[0])),
+            reward=lambda z, a: decode(m.reward(z, a, task(z.shape[0]))).reshape(z.shape[0]),
+            value=lambda z, a: m.Q(z, a, task(z.shape[0]), return_type="avg").reshape(z.shape[0]),
+            termination=(lambda z: (m.termination(z, task(z.shape[0])) > 0.5).to(dtype).reshape(z.shape[0]))
+            if self.episodic else None,
+        )
+
+    # ------------------------------------------------------------------ planning
+    @torch.no_grad()
+    def plan(
+        self,
+        z: Tensor,
+        t0: Union[bool, Sequence[bool], Tensor] = False,
+        eval_mode: bool = False,
+        task=None,
+        *,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        """Plan from ``z`` and return the action(s) to execute (TD-MPC2's ``plan`` semantics).
+
+        Args:
+            z: one latent ``[L]`` -> action ``[A]``, or ``B`` independent latents ``[B, L]`` ->
+                actions ``[B, A]``, each problem with its own warm-start mean.
+            t0: episode start(s): a bool for all problems or one bool per problem (``[B]``); a
+                problem not at its start warm-starts from its previous mean shifted one step.
+            eval_mode: no exploration noise on the returned action.
+            task: multitask only: an int, or a tensor of 1 or ``B`` task ids.
+            generator: the source of the MPPI draws (default: the device's default generator, as
+                TD-MPC2). The model's own draws (policy noise, Q heads) use whatever it uses.
+        """
+        unbatched = isinstance(z, Tensor) and z.dim() == 1
+        z = self._as_rows(z)
+        B, device = z.shape[0], z.device
+        dtype = z.dtype if z.dtype in _FLOATS else torch.float32
+        _check_generator_device(generator, device)
+        if not isinstance(eval_mode, bool):
+            raise TypeError(f"eval_mode must be a bool, got {type(eval_mode).__name__}")
+        if not self._detected:
+            self.detect(z, task)
+        t0 = self._t0(t0, B)
+        prev = self._prev_mean
+        if prev is not None and (prev.shape[0] != B or prev.device != device):
+            if not (t0 is True or (isinstance(t0, Tensor) and bool(t0.all()))):
+                raise ValueError(
+                    f"the previous plan was for {prev.shape[0]} problem(s) on {prev.device}, this one is for {B} on "
+                    f"{device}: pass t0=True or call reset() first"
+                )
+            prev = None
+        state = self._task_state(task, B, device)
+        s = self.settings
+        mask, discount = self._mask_and_discount(state, B, device, dtype)
+        impl = resolve_impl(self.kernels, device)
+        if self.capture_graph:
+            action, mean = self._plan_graphed(z, prev, t0, eval_mode, state, mask, discount, generator, impl, dtype)
+        else:
+            mean = warm_start(prev, t0, B, s.horizon, s.action_dim, dtype, device)
+            action, mean = mppi_plan(
+                self._functions(state, dtype), z, mean, s, discount=discount, mask=mask,
+                eval_mode=eval_mode, generator=generator, impl=impl,
+            )
+        self._prev_mean = mean
+        return action[0] if unbatched else action
+
+    @staticmethod
+    def _t0(t0, B: int) -> Union[bool, Tensor]:
+        if isinstance(t0, bool):
+            return t0
+        t = torch.as_tensor(t0).reshape(-1)
+        if t.numel() == 1:
+            return bool(t.item())
+        if t.numel() != B or t.dtype not in (torch.bool, torch.uint8, torch.int32, torch.int64):
+            raise ValueError(f"t0 must be a bool or {B} bools (one per problem), got {t0!r}")
+        return t.to(torch.bool)
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _plan_graphed(self, z, prev, t0, eval_mode, state, mask, discount, generator, impl, dtype):
+        """Replay the whole plan from a CUDA graph captured on the first call with this signature.
+
+        Static inputs (``z``, the previous mean, the ``t0`` flags) are copied into the graph's
+        buffers; the random draws come from ``generator`` (registered with the graph) or the default
+        CUDA generator, advanced on every replay. A new graph is captured per (batch size, dtype,
+        device, eval_mode, task ids, generator object): reuse one generator (or None) across plans.
+        The model must be capturable: no host synchronisation, no CPU tensors created inside its
+        methods. Untested here (no CUDA device in this project's test machines).
+        """
+        if z.device.type != "cuda":
+            raise RuntimeError(
+                f"capture_graph=True records the plan in a CUDA graph and needs CUDA tensors; z is on {z.device}"
+            )
+        B = z.shape[0]
+        s = self.settings
+        task_key = None if state is None or state["ids"] is None else tuple(state["ids"].tolist())
+        key = (B, dtype, str(z.device), bool(eval_mode), task_key, id(generator) if generator is not None else None)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(z, eval_mode, state, mask, discount, generator, impl, dtype)
+            self._graphs[key] = entry
+        entry["z"].copy_(z)
+        if prev is None:
+            entry["prev"].zero_()
+        else:
+            entry["prev"].copy_(prev)
+        entry["t0"].copy_(torch.as_tensor(t0, device=z.device).expand(B) if not isinstance(t0, bool)
+                          else torch.full((B,), t0, device=z.device))
+        entry["graph"].replay()
+        return entry["action"].clone(), entry["mean"].clone()
+
+    def _capture(self, z, eval_mode, state, mask, discount, generator, impl, dtype) -> dict:
+        B, s, device = z.shape[0], self.settings, z.device
+        static = {
+            "z": z.clone(),
+            "prev": torch.zeros(B, s.horizon, s.action_dim, dtype=dtype, device=device),
+            "t0": torch.ones(B, dtype=torch.bool, device=device),
+        }
+        fns = self._functions(state, dtype)
+
+        def body():
+            mean0 = warm_start(static["prev"], static["t0"], B, s.horizon, s.action_dim, dtype, device)
+            return mppi_plan(fns, static["z"], mean0, s, discount=discount, mask=mask, eval_mode=eval_mode,
+                             generator=generator, impl=impl)
+
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up (lazy initialisation outside the capture)
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if generator is not None:
+            register = getattr(graph, "register_generator_state", None)
+            if register is None:
+                raise RuntimeError(
+                    "capture_graph=True with a custom generator needs CUDAGraph.register_generator_state "
+                    "(a newer PyTorch); pass generator=None to use the default CUDA generator"
+                )
+            register(generator)
+        try:
+            with torch.cuda.graph(graph):
+                action, mean = body()
+        except Exception as exc:  # the model did something a CUDA graph cannot record
+            raise RuntimeError(
+                f"CUDA-graph capture of the plan failed ({type(exc).__name__}: {exc}); the model's methods must be "
+                "capturable (no host synchronisation, no CPU tensors); use capture_graph=False"
+            ) from exc
+        # the graph reads these tensors' memory on every replay: keep them alive with it
+        static.update(graph=graph, action=action, mean=mean, keep_alive=(fns, state, mask, discount, generator))
+        return static
 
 
-__all__ = ["MPPIPlanner", "sample_candidates", "elite_update"]
+def _layout_needs_bins(api: Optional[str]) -> bool:
+    return api in _API_LAYOUT and _API_LAYOUT[api][1] == "two-hot"
+
+
+__all__ = [
+    "MPPIPlanner",
+    "MPPISettings",
+    "Planner",
+    "RolloutFunctions",
+    "API_CHOICES",
+    "mppi_plan",
+    "policy_rollout",
+    "trajectory_value",
+    "warm_start",
+]
