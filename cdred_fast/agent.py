@@ -224,9 +224,17 @@ class CDREDAgent:
         consistency = consistency / H
         zs = torch.stack(zs)  # [H+1, N, L]
 
+        if not tdmpc2:
+            # Steps 3 and 6 share one evaluation of the K targets: the rewards R(z_t, a_t)
+            # (no gradient) and the per-sample predictor losses on x = [z_t ; a_t].
+            x = torch.cat([zs[:-1], action], dim=-1)  # [H, N, L+A]
+            cdred_rewards, loss_exp, loss_beh = m.reward_model.reward_and_predictor_loss(
+                x, nb, idx_expert=noise.target_idx[:, nb:], idx_behavioral=noise.target_idx[:, :nb]
+            )
+
         with torch.no_grad():
             # 3. rewards r_t = R(z_t, a_t) on the roll-out latents (TD-MPC2: the environment reward)
-            rewards = reward.detach() if tdmpc2 else m.reward(zs[:-1].detach(), action)  # [H, N]
+            rewards = reward.detach() if tdmpc2 else cdred_rewards  # [H, N]
             # 4. TD target y_t = r_t + gamma * Q_bar_min(z'_t, pi(z'_t)), sampled policy action
             next_a = m.pi(next_z, eps=noise.td_eps)[1]
             td_targets = rewards + self.discount * m.Q(next_z, next_a, "min", target=True, heads=noise.td_heads)
@@ -253,14 +261,7 @@ class CDREDAgent:
             }
 
         # 6. predictor loss (SPEC section 2) on the roll-out latents: sum_t rho^t (l_phi + l_psi) / H
-        x = torch.cat([zs[:-1], action], dim=-1)  # [H, N, L+A]
-        x_beh, x_exp = x[:, :nb], x[:, nb:]
-        loss_exp, loss_beh = m.reward_model.predictor_loss(
-            x_exp.reshape(-1, x.shape[-1]),
-            x_beh.reshape(-1, x.shape[-1]),
-            idx_expert=noise.target_idx[:, nb:].reshape(-1),
-            idx_behavioral=noise.target_idx[:, :nb].reshape(-1),
-        )
+        # (computed with the rewards of step 3 above, from one evaluation of the targets)
         per_step = loss_exp.view(H, -1).mean(dim=1) + loss_beh.view(H, -1).mean(dim=1)
         reward = (per_step * rho_t).sum() / H
 

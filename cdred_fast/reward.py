@@ -103,6 +103,53 @@ class CDREDReward(nn.Module):
         chosen = self.targets(x)[idx, torch.arange(n, device=x.device)]  # f_{k_i}(x_i): [N, D]
         return (predictor(x) - chosen).pow(2).mean(dim=-1)  # (1/D) ||f(x_i) - f_{k_i}(x_i)||^2
 
+    # ------------------------------------------------------------------ training path
+    def reward_and_predictor_loss(
+        self, x: Tensor, n_behavioral: int, idx_expert: Tensor, idx_behavioral: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Rewards of every sample and both predictor losses from ONE evaluation of the targets.
+
+        ``x [..., M, in]``: along the second-to-last axis the first ``n_behavioral`` samples are
+        behavioural, the rest expert (the agent's concatenation order). The result equals
+        ``self.reward(x)`` and ``predictor_loss`` on the two halves with the given target
+        indices (``idx_expert [..., M - nb]``, ``idx_behavioral [..., nb]``), but the K targets
+        run once instead of twice and each predictor runs with gradient only on the half it is
+        trained on; its output on the other half only enters the reward, which has no gradient.
+
+        Returns: ``(rewards [..., M], loss_expert [..., M - nb], loss_behavioral [..., nb])``.
+        """
+        nb = int(n_behavioral)
+        cfg = self.cfg
+        targets = self.targets(x.detach())  # [K, ..., M, D], constants
+        x_beh, x_exp = x[..., :nb, :], x[..., nb:, :]
+        f_phi_exp = self.expert_predictor(x_exp)  # f_phi, trained on the expert samples
+        f_psi_beh = self.behavioral_predictor(x_beh)  # f_psi, trained on the behavioural samples
+        with torch.no_grad():
+            f_phi = torch.cat([self.expert_predictor(x_beh.detach()), f_phi_exp.detach()], dim=-2)
+            f_psi = torch.cat([f_psi_beh.detach(), self.behavioral_predictor(x_exp.detach())], dim=-2)
+            D = f_phi.shape[-1]
+            rewards = ops.cdred_reward(
+                f_phi.reshape(-1, D),
+                f_psi.reshape(-1, D),
+                targets.reshape(targets.shape[0], -1, D),
+                cfg.alpha,
+                cfg.zeta,
+                cfg.sigma,
+                cfg.g,
+                cfg.reward_eps,
+                impl=self.impl(x.device),
+            ).reshape(x.shape[:-1])
+        loss_expert = self._loss_against(f_phi_exp, targets[..., nb:, :], idx_expert)
+        loss_behavioral = self._loss_against(f_psi_beh, targets[..., :nb, :], idx_behavioral)
+        return rewards, loss_expert, loss_behavioral
+
+    @staticmethod
+    def _loss_against(pred: Tensor, targets: Tensor, idx: Tensor) -> Tensor:
+        """``(1/D) ||pred_i - f_{k_i}(x_i)||^2`` with ``targets [K, ..., n, D]`` and ``idx [..., n]``."""
+        idx = idx.to(pred.device).long()
+        chosen = torch.take_along_dim(targets, idx.unsqueeze(0).unsqueeze(-1), dim=0)[0]  # [..., n, D]
+        return (pred - chosen).pow(2).mean(dim=-1)
+
     # ------------------------------------------------------------------ Eq. 7
     @torch.no_grad()
     def forward(self, x: Tensor, impl: Optional[str] = None) -> Tensor:

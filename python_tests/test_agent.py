@@ -309,3 +309,30 @@ def test_state_dict_round_trip_weights_only():
     s1 = agent.update(beh, exp, generator=torch.Generator().manual_seed(9))
     s2 = other.update(beh, exp, generator=torch.Generator().manual_seed(9))
     assert s1 == pytest.approx(s2, rel=1e-6)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "reference"])
+def test_one_target_evaluation_equals_separate_reward_and_loss(kernels):
+    """The update's shared path (targets once) gives the rewards, losses and gradients of the
+    separate reward() and predictor_loss() calls."""
+    agent = make_agent(kernels=kernels)
+    rm = agent.model.reward_model
+    g = torch.Generator().manual_seed(3)
+    H, N, nb = 3, 10, 4
+    x = torch.randn(H, N, rm.in_dim, generator=g, requires_grad=True)
+    idx = torch.randint(rm.num_targets, (H, N), generator=g)
+    rewards, le, lb = rm.reward_and_predictor_loss(x, nb, idx[:, nb:], idx[:, :nb])
+    grads = torch.autograd.grad((le.sum() + 2 * lb.sum()), [x, *rm.predictor_parameters()])
+
+    x2 = x.detach().clone().requires_grad_(True)
+    ref_rewards = rm.reward(x2.detach())
+    flat = lambda t: t.reshape(-1, t.shape[-1])
+    le2, lb2 = rm.predictor_loss(flat(x2[:, nb:]), flat(x2[:, :nb]), idx_expert=idx[:, nb:].reshape(-1), idx_behavioral=idx[:, :nb].reshape(-1))
+    grads2 = torch.autograd.grad((le2.sum() + 2 * lb2.sum()), [x2, *rm.predictor_parameters()])
+
+    assert not rewards.requires_grad
+    torch.testing.assert_close(rewards, ref_rewards, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(le.reshape(-1), le2, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(lb.reshape(-1), lb2, rtol=1e-5, atol=1e-7)
+    for a, b in zip(grads, grads2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
