@@ -61,11 +61,12 @@ CHECKPOINT_FORMAT = 1
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         task="mw-reach",
-        steps=20_000,
+        steps=12_000,
         seed_steps=1_000,
-        eval_freq=5_000,
+        eval_freq=3_000,
         eval_episodes=10,
         num_demos=20,
+        # a small model: latent 64, MLPs of 128, RND outputs of 32 (SPEC sizes are 512/512/256)
         latent_dim=64,
         enc_dim=128,
         mlp_dim=128,
@@ -74,8 +75,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         rnd_target_hidden=(64, 64),
         rnd_predictor_hidden=(128, 128),
         batch_size=64,
-        mpc=False,
-        save_freq=5_000,
+        # MPPI as in the paper, with a smaller search than SPEC's 512 x 6
+        mpc=True,
+        num_samples=128,
+        num_elites=16,
+        num_pi_trajs=8,
+        iterations=4,
+        save_freq=3_000,
     ),
 }
 
