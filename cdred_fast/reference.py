@@ -34,6 +34,7 @@ exactly the unguarded value. Consequences, both tested:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_EPS = 1e-6
@@ -178,3 +179,43 @@ def mppi_select(
         first = first + std[:, 0] * eps
     # "clamped to [-1, 1]"
     return first.clamp(-1.0, 1.0)
+
+
+# =============================================================================== RND ensemble forward
+# SPEC.md section 2 (the K random targets f_k and the predictors f_phi, f_psi)
+# with the "Block" of section 0: every hidden layer is Linear -> LayerNorm -> Mish
+# (LayerNorm with its affine weight and bias), the last layer a plain Linear.
+# E members of identical architecture are evaluated together from stacked
+# parameters, exactly like cdred_fast.layers.Ensemble:
+#   weights[l] [E, out_l, in_l], biases[l] [E, out_l],
+#   ln_weights[l], ln_biases[l] [E, out_l] for the hidden layers l < L - 1.
+
+
+def ensemble_mlp(
+    x: Tensor,
+    weights: list[Tensor],
+    biases: list[Tensor],
+    ln_weights: list[Tensor],
+    ln_biases: list[Tensor],
+    ln_eps: float = 1e-5,
+    x_shared: Tensor | None = None,
+) -> Tensor:
+    """``E`` MLPs on ``x [N, I]`` (the same rows for every member) or ``x [E, N, I]``; returns ``[E, N, out]``.
+
+    ``x_shared [I_s]``, when given, is the first ``I_s`` input features of every
+    row (``x`` then holds the other ``I - I_s``): the MLPs see ``[x_shared ; x_n]``.
+    """
+    if x_shared is not None:
+        # "x = [z ; a]": the same z in front of every row.
+        x = torch.cat([x_shared.expand(*x.shape[:-1], x_shared.shape[0]), x], dim=-1)
+    h = x
+    for l in range(len(weights)):
+        # Linear (batched over the members): h [N, in] or [E, N, in] -> [E, N, out]
+        h = torch.matmul(h, weights[l].transpose(1, 2)) + biases[l].unsqueeze(1)
+        if l == len(weights) - 1:
+            break  # the last layer is a plain Linear
+        # LayerNorm (biased variance, eps) with the member's affine weight and bias
+        h = F.layer_norm(h, h.shape[-1:], eps=ln_eps) * ln_weights[l].unsqueeze(1) + ln_biases[l].unsqueeze(1)
+        # Mish
+        h = F.mish(h)
+    return h

@@ -63,6 +63,15 @@ TORCH_LIBRARY(cdred_fast, m) {
       "mppi_select(Tensor elite_actions, Tensor elite_weights, Tensor std, bool eval_mode, "
       "Generator? generator=None) -> Tensor",
       {at::Tag::nondeterministic_seeded});
+  // SPEC section 2: RND ensemble forward
+  // E MLPs of one architecture (Blocks Linear -> LayerNorm -> Mish, a last
+  // plain Linear) on rows x [N, I] shared by all members or x [E, N, I] per
+  // member; x_shared [I_s], when given, is the first I_s input features of every
+  // row. Returns [E, N, out]. _rnd_mish: the epilogue's Mish, elementwise (tests).
+  m.def(
+      "ensemble_mlp(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] ln_weights, Tensor[] ln_biases, "
+      "float ln_eps, Tensor? x_shared=None) -> Tensor");
+  m.def("_rnd_mish(Tensor x) -> Tensor");
   m.def("_build_info() -> str", &build_info);
 }
 

@@ -1,0 +1,481 @@
+"""Fused ensemble_mlp / rnd_reward against the reference (SPEC section 2 networks, section 0 Block)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cdred_fast import ops, reference
+from cdred_fast.config import CDREDConfig
+from cdred_fast.layers import Ensemble, mlp, target_init_, trunc_normal_init_
+from cdred_fast.reward import CDREDReward
+
+from conftest import DEVICES
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
+
+
+def _params(E, dims, dtype=torch.float64, device="cpu", seed=0):
+    """Stacked parameters of E MLPs with layer sizes dims = [I, h1, ..., out]; activations stay O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    ws, bs, lws, lbs = [], [], [], []
+    for l in range(len(dims) - 1):
+        i, o = dims[l], dims[l + 1]
+        ws.append(mk(E, o, i) / math.sqrt(i))
+        bs.append(0.1 * mk(E, o))
+        if l < len(dims) - 2:
+            lws.append(1.0 + 0.2 * mk(E, o))
+            lbs.append(0.3 * mk(E, o))
+    cast = lambda ts: [t.to(dtype=dtype, device=device) for t in ts]
+    return cast(ws), cast(bs), cast(lws), cast(lbs)
+
+
+def _rows(*shape, dtype=torch.float64, device="cpu", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+# (E, N, dims): layers = len(dims) - 1
+SHAPES = [
+    (1, 1, [5, 3]),  # one plain Linear, no hidden layer
+    (5, 37, [9, 7, 1]),  # hidden 7, out 1
+    (5, 513, [13, 512, 256]),  # hidden 512, out 256, N not a multiple of any width
+    (1, 37, [6, 1, 1, 1, 4]),  # 4 layers of hidden size 1 (LayerNorm of one value: beta)
+    (2, 37, [20, 7, 512, 7, 256]),  # 4 layers, mixed widths
+    (5, 0, [4, 8, 3]),  # empty batch
+]
+SHARED = ["none", "A=1", "A=3"]  # x_shared: none, I_s = I - 1 (one row feature), I_s = I - 3
+
+
+def _case(E, N, dims, x_mode, shared, dtype, device):
+    ws, bs, lws, lbs = _params(E, dims, dtype, device, seed=E * 100 + N + len(dims))
+    I = dims[0]
+    A = {"none": I, "A=1": 1, "A=3": min(3, I - 1)}[shared]
+    x = _rows(*((E,) if x_mode == "per-member" else ()), N, A, dtype=dtype, device=device, seed=N + A)
+    xs = None if shared == "none" else _rows(I - A, dtype=dtype, device=device, seed=7)
+    return x, ws, bs, lws, lbs, xs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shared", SHARED)
+@pytest.mark.parametrize("x_mode", ["shared-rows", "per-member"])
+@pytest.mark.parametrize("E,N,dims", SHAPES, ids=[f"E{e}-N{n}-{'x'.join(map(str, d))}" for e, n, d in SHAPES])
+def test_ensemble_mlp_matches_reference(E, N, dims, x_mode, shared, dtype, device):
+    if shared != "none" and dims[0] < 2:
+        pytest.skip("needs I >= 2")
+    x, ws, bs, lws, lbs, xs = _case(E, N, dims, x_mode, shared, dtype, device)
+    fused = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs)
+    ref = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference")
+    assert fused.shape == (E, N, dims[-1]) and fused.dtype == dtype and fused.device == x.device
+    torch.testing.assert_close(fused, ref, **TOL[dtype])
+    if xs is not None:  # the documented meaning of x_shared
+        full = torch.cat([xs.expand(*x.shape[:-1], xs.shape[0]), x], -1)
+        torch.testing.assert_close(fused, ops.ensemble_mlp(full, ws, bs, lws, lbs, impl="reference"), **TOL[dtype])
+
+
+def test_reference_equals_layers_ensemble():
+    """reference.ensemble_mlp is the Block stack of layers.mlp / layers.Ensemble, member by member."""
+    torch.manual_seed(3)
+    members = [target_init_(mlp(10, [16, 12], 6)) for _ in range(3)]
+    for m in members:  # non-trivial LayerNorm affine
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.data.normal_(1.0, 0.3)
+                mod.bias.data.normal_(0.0, 0.3)
+    ens = Ensemble(members)
+    x = torch.randn(9, 10)
+    params = _stack_sequentials(members)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in members])
+        torch.testing.assert_close(ens(x), expected)
+        for impl in ("reference", "fused"):
+            torch.testing.assert_close(ops.ensemble_mlp(x, *params, impl=impl), expected, rtol=1e-5, atol=1e-5)
+
+
+def _stack_sequentials(members):
+    """(weights, biases, ln_weights, ln_biases, ln_eps) of nn.Sequential MLPs built by layers.mlp."""
+    depth = len(members[0])
+    ws = [torch.stack([m[l].weight for m in members]) for l in range(depth)]
+    bs = [torch.stack([m[l].bias for m in members]) for l in range(depth)]
+    lws = [torch.stack([m[l].ln.weight for m in members]) for l in range(depth - 1)]
+    lbs = [torch.stack([m[l].ln.bias for m in members]) for l in range(depth - 1)]
+    return ws, bs, lws, lbs, members[0][0].ln.eps
+
+
+def _stack_ensemble(ens: Ensemble):
+    layers = list(ens.layers)
+    return (
+        [l.weight for l in layers],
+        [l.bias for l in layers],
+        [l.ln_weight for l in layers[:-1]],
+        [l.ln_bias for l in layers[:-1]],
+        layers[0].ln_eps,
+    )
+
+
+@pytest.mark.parametrize("E,N,dims", [(5, 513, [518, 64, 256]), (2, 37, [9, 300, 300, 5])])
+def test_parity_across_thread_counts(E, N, dims, threads):
+    for x_mode, shared in (("shared-rows", "none"), ("per-member", "A=3"), ("shared-rows", "A=1")):
+        x, ws, bs, lws, lbs, xs = _case(E, N, dims, x_mode, shared, torch.float32, "cpu")
+        torch.testing.assert_close(
+            ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs),
+            ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference"),
+            **TOL[torch.float32],
+        )
+
+
+def test_non_contiguous_inputs():
+    E, N, dims = 3, 11, [7, 9, 5]
+    x, ws, bs, lws, lbs, xs = _case(E, N, dims, "shared-rows", "A=3", torch.float32, "cpu")
+    ws_nc = [w.transpose(1, 2).contiguous().transpose(1, 2) for w in ws]
+    x_nc = x.t().contiguous().t()
+    assert not ws_nc[0].is_contiguous() and not x_nc.is_contiguous()
+    torch.testing.assert_close(
+        ops.ensemble_mlp(x_nc, ws_nc, bs, lws, lbs, 1e-5, xs),
+        ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference"),
+        **TOL[torch.float32],
+    )
+
+
+# ----------------------------------------------------------------------------- Mish / exp / LayerNorm
+def _ulps(got, ref64, dtype):
+    """|got - ref64| in units of the ulp of ref64 rounded to dtype."""
+    r = ref64.to(dtype).abs()
+    ulp = (torch.nextafter(r, torch.full_like(r, math.inf)) - r).double()
+    return (got.double() - ref64).abs() / ulp
+
+
+def _mish_grid(dtype, device="cpu"):
+    dense = torch.linspace(-87.0, 30.0, 400_001, dtype=torch.float64)  # step ~3e-4 through the interesting range
+    wide = torch.cat([torch.logspace(-30, 38 if dtype == torch.float32 else 300, 2001, dtype=torch.float64)])
+    grid = torch.cat([dense, wide, -wide, torch.tensor([0.0, -0.0, 20.0, -20.0, 19.999, 20.001])])
+    return grid.to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mish_accuracy_on_dense_grid(dtype, device):
+    """The epilogue's Mish against torch.nn.functional.mish evaluated in float64.
+
+    float32: <= 6 ulp where |Mish| > 1e-30 (4.5 measured on the CPU; F.mish in float32
+    itself is 2.9 ulp off; 8 allowed on CUDA, whose expf is <= 2 ulp), abs error
+    < 1.2e-36 below that (the exp underflow);
+    float64: relative error <= 1e-14 where |Mish| > 1e-290.
+    """
+    y = _mish_grid(dtype, device)
+    got = torch.ops.cdred_fast._rnd_mish(y).cpu()
+    y = y.cpu()
+    exact = F.mish(y.double())
+    tol = dict(rtol=4e-6, atol=1e-35) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-300)
+    torch.testing.assert_close(got, F.mish(y), **tol)  # torch's own Mish in the same dtype
+    big = exact.abs() > (1e-30 if dtype == torch.float32 else 1e-290)
+    if dtype == torch.float32:
+        ulps = _ulps(got[big], exact[big], dtype)
+        bound = 6 if device == "cpu" else 8  # the device's expf is <= 2 ulp, the CPU polynomial <= 1.01
+        assert ulps.max() <= bound, (ulps.max(), y[big][ulps.argmax()])
+        assert (got[~big].double() - exact[~big]).abs().max() < 1.2e-36
+    else:
+        rel = (got[big] - exact[big]).abs() / exact[big].abs()
+        assert rel.max() <= 1e-14, (rel.max(), y[big][rel.argmax()])
+    # large |y|: Mish(y) = y above the softplus threshold, -> -0 far below
+    assert torch.equal(got[y > 20], y[y > 20])
+    assert (got[y < (-110 if dtype == torch.float32 else -750)] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mish_special_values(dtype, device):
+    y = torch.tensor([math.inf, -math.inf, math.nan, 0.0, -0.0], dtype=dtype, device=device)
+    got = torch.ops.cdred_fast._rnd_mish(y)
+    torch.testing.assert_close(got, F.mish(y), equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_epilogue_mish_through_zero_variance_layernorm(dtype, device):
+    """Inside the op: a zero first Linear gives zero-variance rows, LayerNorm returns exactly
+    beta, the epilogue's Mish is applied, and an identity last Linear returns Mish(beta)."""
+    E, H = 256, 64
+    grid = torch.cat([torch.linspace(-90, 30, E * H - 8, dtype=torch.float64),
+                      torch.tensor([1e4, -1e4, 1e30, -1e30, 20.0, -20.0, 0.0, 1e-20], dtype=torch.float64)])
+    beta = grid.view(E, H).to(dtype=dtype, device=device)
+    opts = dict(dtype=dtype, device=device)
+    ws = [torch.zeros(E, H, 3, **opts), torch.eye(H, **opts).expand(E, H, H).contiguous()]
+    bs = [torch.zeros(E, H, **opts), torch.zeros(E, H, **opts)]
+    lws, lbs = [torch.randn(E, H, **opts)], [beta]
+    x = _rows(2, 3, **opts)
+    got = ops.ensemble_mlp(x, ws, bs, lws, lbs)  # [E, 2, H]
+    expected = F.mish(beta.double()).to(dtype).unsqueeze(1).expand(E, 2, H)
+    tol = dict(rtol=4e-6, atol=1e-35) if dtype == torch.float32 else dict(rtol=1e-14, atol=1e-300)
+    torch.testing.assert_close(got, expected, **tol)
+    torch.testing.assert_close(ops.ensemble_mlp(x, ws, bs, lws, lbs, impl="reference"), expected, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layernorm_zero_variance_rows(dtype, device):
+    """Constant (non-zero) pre-activation rows: LayerNorm gives exactly beta, like the reference."""
+    E, N, I, H, O = 3, 9, 5, 16, 4
+    ws, bs, lws, lbs = _params(E, [I, H, O], dtype, device)
+    ws[0] = ws[0][:, :1, :].expand(E, H, I).contiguous()  # every hidden unit sees the same weights
+    bs[0] = bs[0][:, :1].expand(E, H).contiguous()
+    x = _rows(N, I, dtype=dtype, device=device)
+    x[0] = 0.0
+    fused = ops.ensemble_mlp(x, ws, bs, lws, lbs)
+    ref = ops.ensemble_mlp(x, ws, bs, lws, lbs, impl="reference")
+    assert torch.isfinite(fused).all()
+    torch.testing.assert_close(fused, ref, **TOL[dtype])
+    expected = torch.einsum("eoh,eh->eo", ws[1], F.mish(lbs[0])) + bs[1]  # hidden = Mish(beta) for every row
+    torch.testing.assert_close(fused, expected.unsqueeze(1).expand(E, N, O), **TOL[dtype])
+
+
+def test_layernorm_large_mean_small_spread():
+    """|mean| >> std: the shifted one-pass moments keep the variance (float32)."""
+    E, N, I, H, O = 2, 7, 4, 64, 3
+    ws, bs, lws, lbs = _params(E, [I, H, O], torch.float64)
+    bs[0] = bs[0] + 1e3  # pre-activations ~1e3 +- 1
+    args = ([w.float() for w in ws], [b.float() for b in bs], [w.float() for w in lws], [b.float() for b in lbs])
+    x = _rows(N, I)
+    fused = ops.ensemble_mlp(x.float(), *args)
+    ref64 = ops.ensemble_mlp(x, ws, bs, lws, lbs, impl="reference")
+    ref32 = ops.ensemble_mlp(x.float(), *args, impl="reference")
+    err_fused = (fused.double() - ref64).abs().max()
+    err_ref = (ref32.double() - ref64).abs().max()
+    assert err_fused <= 3 * err_ref + 1e-5, (err_fused, err_ref)
+
+
+# ----------------------------------------------------------------------------- autograd, opcheck, compile
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_grad", [False, True])
+@pytest.mark.parametrize("x_mode,shared", [("shared-rows", "none"), ("per-member", "A=3"), ("shared-rows", "A=1")])
+def test_opcheck(x_mode, shared, with_grad, device):
+    x, ws, bs, lws, lbs, xs = _case(3, 5, [6, 4, 4, 2], x_mode, shared, torch.float64, device)
+    if with_grad:
+        for t in [x, *ws, *bs, *lws, *lbs] + ([xs] if xs is not None else []):
+            t.requires_grad_()
+    torch.library.opcheck(torch.ops.cdred_fast.ensemble_mlp.default, (x, ws, bs, lws, lbs, 1e-5, xs))
+    torch.library.opcheck(torch.ops.cdred_fast._rnd_mish.default, (x.detach(),))
+
+
+@pytest.mark.parametrize("x_mode,shared", [("shared-rows", "none"), ("per-member", "A=1"), ("shared-rows", "A=3")])
+@pytest.mark.parametrize("dims", [[4, 3, 2], [5, 1, 3], [3, 2]])
+def test_gradcheck(x_mode, shared, dims):
+    x, ws, bs, lws, lbs, xs = _case(2, 3, dims, x_mode, shared, torch.float64, "cpu")
+    L, nh = len(ws), len(lws)
+    flat = [x, *ws, *bs, *lws, *lbs] + ([xs] if xs is not None else [])
+    for t in flat:
+        t.requires_grad_()
+
+    def fn(*ts):
+        x, rest = ts[0], ts[1:]
+        w, b, lw, lb = rest[:L], rest[L : 2 * L], rest[2 * L : 2 * L + nh], rest[2 * L + nh : 2 * L + 2 * nh]
+        s = rest[2 * L + 2 * nh] if xs is not None else None
+        return ops.ensemble_mlp(x, list(w), list(b), list(lw), list(lb), 1e-5, s)
+
+    assert torch.autograd.gradcheck(fn, tuple(flat))
+
+
+def test_gradients_match_reference_for_predictor_loss():
+    """The training use: gradients w.r.t. x and the predictors' parameters, targets constant."""
+    E, N, dims = 2, 17, [12, 32, 32, 8]
+    x, ws, bs, lws, lbs, _ = _case(E, N, dims, "shared-rows", "none", torch.float32, "cpu")
+    target = _rows(E, N, dims[-1], dtype=torch.float32)
+    grads = {}
+    for impl in ("fused", "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in [x, *ws, *bs, *lws, *lbs]]
+        xl, rest = leaves[0], leaves[1:]
+        L, nh = len(ws), len(lws)
+        out = ops.ensemble_mlp(xl, rest[:L], rest[L : 2 * L], rest[2 * L : 2 * L + nh], rest[2 * L + nh :], impl=impl)
+        (out - target).pow(2).mean().backward()
+        grads[impl] = [t.grad for t in leaves]
+    for a, b in zip(grads["fused"], grads["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # Only x requires grad: parameters get none and nothing fails.
+    xl = x.detach().clone().requires_grad_()
+    ops.ensemble_mlp(xl, ws, bs, lws, lbs).sum().backward()
+    assert xl.grad is not None and all(w.grad is None for w in ws)
+
+
+def test_torch_compile_fullgraph():
+    x, ws, bs, lws, lbs, xs = _case(3, 16, [8, 12, 4], "shared-rows", "A=3", torch.float32, "cpu")
+    pw, pb, plw, plb = _params(2, [8, 20, 20, 4], torch.float32)
+
+    @torch.compile(fullgraph=True)
+    def f(x, xs):
+        t = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs)
+        r = ops.rnd_reward(x, (ws, bs, lws, lbs), (pw, pb, plw, plb), x_shared=xs)
+        return t.sum(-1), r
+
+    t, r = f(x, xs)
+    torch.testing.assert_close(t, ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference").sum(-1), **TOL[torch.float32])
+    ref = ops.rnd_reward(x, (ws, bs, lws, lbs), (pw, pb, plw, plb), x_shared=xs, impl="reference")
+    torch.testing.assert_close(r, ref, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- rnd_reward
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shared", ["none", "A=3"])
+@pytest.mark.parametrize("g", ["linear", "exp"])
+def test_rnd_reward_matches_reference(shared, g, device):
+    K, N, dims_t, dims_p = 5, 37, [11, 24, 24, 6], [11, 40, 40, 40, 6]
+    x, tw, tb, tlw, tlb, xs = _case(K, N, dims_t, "shared-rows", shared, torch.float32, device)
+    pw, pb, plw, plb = _params(2, dims_p, torch.float32, device, seed=9)
+    args = (x, (tw, tb, tlw, tlb), (pw, pb, plw, plb, 1e-5), 0.9, 0.8, 0.1 if g == "exp" else 1.0, g, 1e-6, xs)
+    fused = ops.rnd_reward(*args)
+    ref = ops.rnd_reward(*args, impl="reference")
+    assert fused.shape == (N,)
+    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
+    # = the composition of the three ops
+    full = x if xs is None else torch.cat([xs.expand(N, -1), x], -1)
+    t = reference.ensemble_mlp(full, tw, tb, tlw, tlb)
+    p = reference.ensemble_mlp(full, pw, pb, plw, plb)
+    torch.testing.assert_close(fused, reference.cdred_reward(p[0], p[1], t, 0.9, 0.8, args[5], g, 1e-6), rtol=1e-4, atol=1e-4)
+
+
+def test_rnd_reward_equals_cdred_reward_module():
+    """The integration CDREDReward would use: stacked parameters of its modules -> ops.rnd_reward."""
+    cfg = CDREDConfig(num_targets=3, rnd_dim=8, rnd_target_hidden=(16, 16), rnd_predictor_hidden=(24, 24, 24))
+    torch.manual_seed(0)
+    model = CDREDReward(cfg, in_dim=10)
+    for p in model.predictor_parameters():  # trained-looking predictors (the init has zero biases)
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(33, 10)
+    targets = _stack_ensemble(model.target_nets)
+    stacked = _stack_sequentials([model.expert_predictor, model.behavioral_predictor])  # torch.stack: copies
+    pair = (_mlp_params(model.expert_predictor), _mlp_params(model.behavioral_predictor))  # views
+    assert pair[0][0][1].data_ptr() == model.expert_predictor[1].weight.data_ptr()
+    cfg_args = (cfg.alpha, cfg.zeta, cfg.sigma, cfg.g, cfg.reward_eps)
+    with torch.no_grad():
+        expected = model(x, impl="reference")
+        for impl in ("fused", "reference"):
+            for preds in (stacked, pair):
+                got = ops.rnd_reward(x, targets, preds, *cfg_args, impl=impl)
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        # planning form: x = [z ; a] with one z
+        z, a = torch.randn(7), torch.randn(33, 3)
+        expected = model(torch.cat([z.expand(33, -1), a], -1), impl="reference")
+        for preds in (stacked, pair):
+            got = ops.rnd_reward(a, targets, preds, *cfg_args, x_shared=z)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # training form: the predictor loss through the fused op reaches the module's parameters
+    idx = torch.randint(cfg.num_targets, (33,))
+    loss_ref = model._single_loss(model.expert_predictor, x, None, idx).mean()
+    grads_ref = torch.autograd.grad(loss_ref, list(model.expert_predictor.parameters()))
+    with torch.no_grad():
+        chosen = ops.ensemble_mlp(x, *targets)[idx, torch.arange(33)]
+    pred = ops.ensemble_mlp(x, *_mlp_params(model.expert_predictor))[0]
+    loss = (pred - chosen).pow(2).mean(dim=-1).mean()
+    grads = torch.autograd.grad(loss, list(model.expert_predictor.parameters()))
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _mlp_params(net):
+    """One layers.mlp as an E = 1 ensemble: unsqueeze(0) views of its parameters (the suggested integration)."""
+    hidden = list(net)[:-1]
+    return (
+        [m.weight.unsqueeze(0) for m in net],
+        [m.bias.unsqueeze(0) for m in net],
+        [m.ln.weight.unsqueeze(0) for m in hidden],
+        [m.ln.bias.unsqueeze(0) for m in hidden],
+        hidden[0].ln.eps if hidden else 1e-5,
+    )
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _good():
+    x, ws, bs, lws, lbs, _ = _case(3, 4, [5, 6, 2], "shared-rows", "none", torch.float32, "cpu")
+    return dict(x=x, weights=ws, biases=bs, ln_weights=lws, ln_biases=lbs, ln_eps=1e-5, x_shared=None)
+
+
+def _set(key, fn):
+    return lambda a: a.update({key: fn(a)})
+
+
+def _set_item(key, i, fn):
+    def mutate(a):
+        lst = list(a[key])
+        lst[i] = fn(lst[i])
+        a[key] = lst
+
+    return mutate
+
+
+BAD_CASES = [
+    # (description, mutator, exception type, message fragment)
+    ("x 1-D", _set("x", lambda a: a["x"][0]), ValueError, "'?x'? must have shape"),
+    ("x 4-D", _set("x", lambda a: a["x"][None, None]), ValueError, "'?x'? must have shape"),
+    ("x int", _set("x", lambda a: a["x"].long()), TypeError, "'?x'? must be float32"),
+    ("x half", _set("x", lambda a: a["x"].half()), TypeError, "'?x'? must be float32"),
+    ("x features", _set("x", lambda a: a["x"][:, :4]), ValueError, "'?x'? has 4 features"),
+    ("x per-member E", _set("x", lambda a: a["x"].expand(2, -1, -1)), ValueError, "'?x'? has shape"),
+    ("weights empty", _set("weights", lambda a: []), ValueError, "'?weights'? must hold at least one layer"),
+    ("weights[1] 2-D", _set_item("weights", 1, lambda w: w[0]), ValueError, r"weights\[1\]'? must have shape"),
+    ("weights[1] in", _set_item("weights", 1, lambda w: w[:, :, :5]), ValueError, r"weights\[1\]'? has shape"),
+    ("weights[1] E", _set_item("weights", 1, lambda w: w[:2]), ValueError, r"weights\[1\]'? has E = 2"),
+    ("weights[0] E=0", lambda a: a.update(weights=[w[:0] for w in a["weights"]]), ValueError, r"E >= 1"),
+    ("weights[0] dtype", _set_item("weights", 0, lambda w: w.double()), TypeError, r"weights\[0\]'? has dtype"),
+    ("biases count", _set("biases", lambda a: a["biases"][:1]), ValueError, "'?biases'? must hold one tensor per layer"),
+    ("biases[0] shape", _set_item("biases", 0, lambda b: b[:, :3]), ValueError, r"biases\[0\]'? must have shape"),
+    ("biases[1] dtype", _set_item("biases", 1, lambda b: b.double()), TypeError, r"biases\[1\]'? has dtype"),
+    ("ln_weights count", _set("ln_weights", lambda a: []), ValueError, "'?ln_weights'? must hold one tensor per hidden"),
+    ("ln_biases count", _set("ln_biases", lambda a: a["ln_biases"] * 2), ValueError, "'?ln_biases'? must hold one"),
+    ("ln_weights[0] shape", _set_item("ln_weights", 0, lambda t: t[:1]), ValueError, r"ln_weights\[0\]'? must have shape"),
+    ("ln_biases[0] dtype", _set_item("ln_biases", 0, lambda t: t.double()), TypeError, r"ln_biases\[0\]'? has dtype"),
+    ("ln_eps negative", _set("ln_eps", lambda a: -1.0), ValueError, "'?ln_eps'? must be finite"),
+    ("ln_eps nan", _set("ln_eps", lambda a: math.nan), ValueError, "'?ln_eps'? must be finite"),
+    ("x_shared 2-D", _set("x_shared", lambda a: torch.zeros(1, 2)), ValueError, "'?x_shared'? must have shape"),
+    ("x_shared too long", _set("x_shared", lambda a: torch.zeros(5)), ValueError, "'?x_shared'? has 5 features"),
+    ("x_shared dtype", _set("x_shared", lambda a: torch.zeros(2, dtype=torch.float64)), TypeError, "'?x_shared'? has dtype"),
+    ("x_shared + full x", _set("x_shared", lambda a: torch.zeros(2)), ValueError, "'?x'? has 5 features"),
+]
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("desc,mutate,exc,fragment", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_inputs_raise_named_errors_in_wrapper(desc, mutate, exc, fragment, impl):
+    args = _good()
+    mutate(args)
+    with pytest.raises(exc, match=fragment):
+        ops.ensemble_mlp(**args, impl=impl)
+
+
+@pytest.mark.parametrize("desc,mutate,exc,fragment", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_inputs_raise_named_errors_in_kernel(desc, mutate, exc, fragment):
+    """The C++ kernel checks its inputs itself (direct torch.ops calls skip the wrapper)."""
+    args = _good()
+    mutate(args)
+    with pytest.raises(exc, match="cdred_fast::ensemble_mlp: argument .*" + fragment.replace("'?", "'")):
+        torch.ops.cdred_fast.ensemble_mlp.default(*args.values())
+
+
+def test_bad_wrapper_only_arguments():
+    a = _good()
+    with pytest.raises(ValueError, match="impl"):
+        ops.ensemble_mlp(**a, impl="cuda")
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        ops.ensemble_mlp(**{**a, "x": a["x"].numpy()})
+    with pytest.raises(TypeError, match="weights must be a list or tuple"):
+        ops.ensemble_mlp(**{**a, "weights": a["weights"][0]})
+    with pytest.raises(TypeError, match="targets_params"):
+        ops.rnd_reward(a["x"], a["weights"], (a["weights"], a["biases"], a["ln_weights"], a["ln_biases"]))
+    t = (a["weights"], a["biases"], a["ln_weights"], a["ln_biases"])  # E = 3
+    with pytest.raises(ValueError, match="predictors_params must stack exactly 2"):
+        ops.rnd_reward(a["x"], t, t)
+    with pytest.raises(ValueError, match=r"predictors_params\[0\] must hold ONE predictor"):
+        ops.rnd_reward(a["x"], t, (t, t))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put one input on it")
+def test_mixed_devices_rejected():
+    a = _good()
+    a["weights"] = [a["weights"][0].cuda(), a["weights"][1]]
+    with pytest.raises(ValueError, match=r"weights\[0\]"):
+        ops.ensemble_mlp(**a)
+    with pytest.raises(ValueError, match=r"weights\[0\]"):
+        torch.ops.cdred_fast.ensemble_mlp.default(*a.values())
