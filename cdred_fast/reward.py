@@ -61,10 +61,51 @@ class CDREDReward(nn.Module):
         return resolve_impl(self.cfg.kernels, device)
 
     # ------------------------------------------------------------------ targets
+    # Parameter lists in the layout of ops.ensemble_mlp (views: no copies; gradients reach
+    # the Parameters through them).
+    def target_params(self) -> tuple:
+        """The K targets as one ensemble: ``(weights, biases, ln_weights, ln_biases, ln_eps)``."""
+        layers = list(self.target_nets.layers)
+        hidden = layers[:-1]
+        ln_eps = hidden[0].ln_eps if hidden else 1e-5
+        return (
+            [l.weight for l in layers],
+            [l.bias for l in layers],
+            [l.ln_weight for l in hidden],
+            [l.ln_bias for l in hidden],
+            ln_eps,
+        )
+
+    @staticmethod
+    def _mlp_params(net: nn.Sequential) -> tuple:
+        """One :func:`cdred_fast.layers.mlp` as an E = 1 ensemble (``unsqueeze(0)`` views)."""
+        layers = list(net)
+        hidden = layers[:-1]
+        return (
+            [m.weight.unsqueeze(0) for m in layers],
+            [m.bias.unsqueeze(0) for m in layers],
+            [m.ln.weight.unsqueeze(0) for m in hidden],
+            [m.ln.bias.unsqueeze(0) for m in hidden],
+            hidden[0].ln.eps if hidden else 1e-5,
+        )
+
+    def predictor_params(self) -> tuple:
+        """``(expert, behavioural)`` predictor parameters, each as an E = 1 ensemble."""
+        return self._mlp_params(self.expert_predictor), self._mlp_params(self.behavioral_predictor)
+
     @torch.no_grad()
     def targets(self, x: Tensor) -> Tensor:
-        """Outputs of the K targets, constants: ``x [..., in] -> [K, ..., D]``."""
-        return self.target_nets(x)
+        """Outputs of the K targets, constants: ``x [..., in] -> [K, ..., D]`` (``ops.ensemble_mlp``)."""
+        flat = x.reshape(-1, x.shape[-1])
+        out = ops.ensemble_mlp(flat, *self.target_params(), impl=self.impl(x.device))
+        return out.reshape(out.shape[0], *x.shape[:-1], out.shape[-1])
+
+    @torch.no_grad()
+    def _predict(self, predictor: nn.Sequential, x: Tensor) -> Tensor:
+        """A predictor's output without gradient through ``ops.ensemble_mlp``: ``[..., in] -> [..., D]``."""
+        flat = x.reshape(-1, x.shape[-1])
+        out = ops.ensemble_mlp(flat, *self._mlp_params(predictor), impl=self.impl(x.device))[0]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
     # ------------------------------------------------------------------ Eq. 6
     def predictor_loss(
@@ -125,8 +166,8 @@ class CDREDReward(nn.Module):
         f_phi_exp = self.expert_predictor(x_exp)  # f_phi, trained on the expert samples
         f_psi_beh = self.behavioral_predictor(x_beh)  # f_psi, trained on the behavioural samples
         with torch.no_grad():
-            f_phi = torch.cat([self.expert_predictor(x_beh.detach()), f_phi_exp.detach()], dim=-2)
-            f_psi = torch.cat([f_psi_beh.detach(), self.behavioral_predictor(x_exp.detach())], dim=-2)
+            f_phi = torch.cat([self._predict(self.expert_predictor, x_beh.detach()), f_phi_exp.detach()], dim=-2)
+            f_psi = torch.cat([f_psi_beh.detach(), self._predict(self.behavioral_predictor, x_exp.detach())], dim=-2)
             D = f_phi.shape[-1]
             rewards = ops.cdred_reward(
                 f_phi.reshape(-1, D),
@@ -152,23 +193,28 @@ class CDREDReward(nn.Module):
 
     # ------------------------------------------------------------------ Eq. 7
     @torch.no_grad()
-    def forward(self, x: Tensor, impl: Optional[str] = None) -> Tensor:
+    def forward(self, x: Tensor, impl: Optional[str] = None, x_shared: Optional[Tensor] = None) -> Tensor:
         """CDRED reward ``R(x)`` of SPEC Eq. 7 (no gradient): ``x [..., in] -> [...]``.
 
-        ``impl`` overrides the config's kernel choice (``"fused"`` / ``"reference"``).
+        Targets, predictors and the reward run through ``ops.rnd_reward``. ``x_shared [I_s]``,
+        when given, is the first ``I_s`` input features of every row (``x`` then holds the
+        remaining ones): the planning case ``x = [z ; a]`` with one ``z`` for all rows, where
+        the ``z`` part of every first layer is computed once. ``impl`` overrides the config's
+        kernel choice (``"fused"`` / ``"reference"``).
         """
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         cfg = self.cfg
-        r = ops.cdred_reward(
-            self.expert_predictor(flat),
-            self.behavioral_predictor(flat),
-            self.targets(flat),
+        r = ops.rnd_reward(
+            flat,
+            self.target_params(),
+            self.predictor_params(),
             cfg.alpha,
             cfg.zeta,
             cfg.sigma,
             cfg.g,
             cfg.reward_eps,
+            x_shared=x_shared,
             impl=impl if impl is not None else self.impl(flat.device),
         )
         return r.reshape(lead)

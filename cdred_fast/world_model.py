@@ -239,6 +239,10 @@ class WorldModel(nn.Module):
         """The planning reward (no gradient): ``[...]``. CDRED reward ``R(z, a)`` for
         ``method="cdred"``; the decoded reward head for ``method="tdmpc2"``."""
         if self.reward_head is None:
+            if z.dim() == 2 and a.dim() == 2 and z.shape[0] > 1 and z.stride(0) == 0:
+                # every row has the same z (the first planning step): its part of each first
+                # layer is computed once (SPEC section 4, last paragraph)
+                return self.reward_model(a, x_shared=z[0])
             return self.reward_model(torch.cat([z, a], dim=-1))
         with torch.no_grad():
             return self.q_value(self.reward_logits(z, a))

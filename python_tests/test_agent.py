@@ -336,3 +336,19 @@ def test_one_target_evaluation_equals_separate_reward_and_loss(kernels):
     torch.testing.assert_close(lb.reshape(-1), lb2, rtol=1e-5, atol=1e-7)
     for a, b in zip(grads, grads2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "reference"])
+def test_planning_reward_with_a_shared_latent_equals_the_full_input(kernels):
+    """model.reward(z, a) with one z expanded over the rows (the first planning step) takes the
+    x_shared path; it must equal the reward on the materialised [z ; a] rows."""
+    agent = make_agent(kernels=kernels)
+    m = agent.model
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(1, agent.cfg.latent_dim, generator=g).expand(7, -1)
+    a = torch.rand(7, agent.action_dim, generator=g) * 2 - 1
+    assert z.stride(0) == 0
+    shared = m.reward(z, a)
+    full = m.reward(z.contiguous(), a)
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(full, m.reward_model.reward(torch.cat([z, a], -1), impl="reference"), rtol=1e-5, atol=1e-6)
