@@ -103,11 +103,11 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
         sys.exit(130)
     before, after = result["before"], result["after"]
     click.echo(
-        f"\nevaluation over {cfg.eval_episodes} episodes\n"
-        f"  before training (step {before['step']:.0f}): success {before['success']:.2f}  "
-        f"return {before['episode_return']:.1f}\n"
-        f"  after training  (step {after['step']:.0f}): success {after['success']:.2f}  "
-        f"return {after['episode_return']:.1f}\n"
+        f"\nevaluation over {cfg.eval_episodes} episodes (success: at the last step / at any step)\n"
+        f"  before training (step {before['step']:.0f}): success {before['success']:.2f} / "
+        f"{before.get('success_any', 0.0):.2f}  return {before['episode_return']:.1f}\n"
+        f"  after training  (step {after['step']:.0f}): success {after['success']:.2f} / "
+        f"{after.get('success_any', 0.0):.2f}  return {after['episode_return']:.1f}\n"
         f"learning curve: {result['learning_curve']}\ncheckpoint: {Path(work_dir) / 'checkpoint.pt'}"
     )
 

@@ -473,11 +473,15 @@ class Trainer:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        for key, ax, label in (("success", axes[0], "eval success (last step)"), ("episode_return", axes[1], "eval return")):
+        for key, label in (("success", "at the last step"), ("success_any", "at any step")):
             x, y = self.eval_log.column(key)
-            ax.plot(x, y, marker="o")
+            axes[0].plot(x, y, marker="o", label=label)
+        axes[0].legend()
+        x, y = self.eval_log.column("episode_return")
+        axes[1].plot(x, y, marker="o")
+        for ax, title in ((axes[0], "eval success"), (axes[1], "eval return")):
             ax.set_xlabel("environment steps")
-            ax.set_title(label)
+            ax.set_title(title)
             ax.grid(alpha=0.3)
         axes[0].set_ylim(-0.05, 1.05)
         tdmpc2 = self.cfg.method == "tdmpc2"
