@@ -34,14 +34,17 @@ import numpy as np
 from .config import CDREDConfig
 
 
-def build_config(preset: str | None, config_file: str | None, overrides: tuple[str, ...]) -> CDREDConfig:
-    """Defaults <- preset <- YAML file <- key=value overrides, validated by CDREDConfig."""
+def build_config(
+    preset: str | None, config_file: str | None, overrides: tuple[str, ...], base: dict | None = None
+) -> CDREDConfig:
+    """Defaults <- base (a resumed run's config) <- preset <- YAML file <- key=value overrides,
+    validated by CDREDConfig."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from .trainer import PRESETS
 
-    values: dict = {}
+    values: dict = dict(base or {})
     if preset is not None:
         if preset not in PRESETS:
             raise click.BadParameter(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}", param_hint="--preset")
@@ -76,6 +79,17 @@ _TRAIN_OPTIONS = [
 ]
 
 
+def _saved_config(work_dir: str | None) -> dict | None:
+    """The config stored in ``work_dir/checkpoint.pt`` (None when there is none to resume)."""
+    if work_dir is None or not (Path(work_dir) / "checkpoint.pt").is_file():
+        return None  # the Trainer reports the missing checkpoint
+    from .trainer import load_checkpoint
+
+    saved = dict(load_checkpoint(Path(work_dir) / "checkpoint.pt")["config"])
+    saved.pop("episode_length", None)  # filled in from the task again
+    return saved
+
+
 def _train_options(f):
     for option in reversed(_TRAIN_OPTIONS):
         f = option(f)
@@ -90,7 +104,8 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
     work_dir = work_dir or str(Path(cfg.work_dir) / default_dir)
     try:
         trainer = Trainer(cfg, work_dir, demos=demos, device=device, resume=resume, progress=not no_progress)
-    except NotImplementedError as exc:
+    except (NotImplementedError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        # unknown task, mismatched demonstrations or config, a run already in work_dir, ...
         raise click.UsageError(str(exc)) from exc
     data = "environment reward (TD-MPC2)" if expert else f"{trainer.demos.num_episodes} expert episodes"
     click.echo(
@@ -118,8 +133,12 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
 @click.option("--demos", type=click.Path(exists=True, dir_okay=False), help="Demonstrations (.npz); default: scripted Meta-World experts.")
 @_train_options
 def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
-    """Train CDRED online from expert demonstrations (key=value overrides)."""
-    cfg = build_config(preset, config_file, overrides)
+    """Train CDRED online from expert demonstrations (key=value overrides).
+
+    With --resume the run's saved config is the starting point: only what changes
+    (typically steps=...) needs to be given again.
+    """
+    cfg = build_config(preset, config_file, overrides, base=_saved_config(work_dir) if resume else None)
     _run_training(cfg, demos, work_dir, resume, device, no_progress)
 
 

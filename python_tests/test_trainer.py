@@ -146,10 +146,19 @@ def test_cli_collect_train_eval(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "before training (step 0)" in proc.stdout and "after training  (step 200)" in proc.stdout
 
+    # --resume starts from the run's saved config: only what changes is given again
+    proc = _cli("train", "--no-progress", "--resume", "--work-dir", str(tmp_path / "run"), "steps=300", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed at step 200" in proc.stdout and "after training  (step 300)" in proc.stdout
+    proc = _cli("train", "--no-progress", "--resume", "--work-dir", str(tmp_path / "run"), "steps=400", "zeta=0.5", cwd=tmp_path)
+    assert proc.returncode == 2 and "zeta" in proc.stderr
+    proc = _cli("train", "--no-progress", "--work-dir", str(tmp_path / "run"), *args[4:], cwd=tmp_path)
+    assert proc.returncode == 2 and "--resume" in proc.stderr  # an existing run is never overwritten
+
     proc = _cli("eval", str(tmp_path / "run" / "checkpoint.pt"), "--episodes", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["step"] == 200 and 0.0 <= out["success"] <= 1.0
+    assert out["step"] == 300 and 0.0 <= out["success"] <= 1.0
 
     proc = _cli("train", "--work-dir", str(tmp_path / "bad"), "zeta=2", cwd=tmp_path)
     assert proc.returncode == 2 and "zeta" in proc.stderr
