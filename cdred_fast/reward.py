@@ -140,9 +140,7 @@ class CDREDReward(nn.Module):
         n = x.shape[0]
         if idx is None:
             idx = torch.randint(self.num_targets, (n,), generator=generator, device=_gen_device(generator, x))
-        idx = idx.to(x.device).long()
-        chosen = self.targets(x)[idx, torch.arange(n, device=x.device)]  # f_{k_i}(x_i): [N, D]
-        return (predictor(x) - chosen).pow(2).mean(dim=-1)  # (1/D) ||f(x_i) - f_{k_i}(x_i)||^2
+        return self._loss_against(predictor(x), self.targets(x), idx)
 
     # ------------------------------------------------------------------ training path
     def reward_and_predictor_loss(
