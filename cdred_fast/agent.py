@@ -244,26 +244,18 @@ class CDREDAgent:
         ce = soft_ce(q_logits, td_targets.unsqueeze(0), cfg.vmin, cfg.vmax)  # [num_q, H, N]
         value = (ce.mean(dim=2) * rho_t).sum() / (H * cfg.num_q)
 
+        extra = {}
         if tdmpc2:
             # 6'. TD-MPC2 reward loss: (1/H) sum_t rho^t mean_i CE(R(z_t, a_t), twohot(r_t))
             reward_ce = soft_ce(m.reward_logits(zs[:-1], action), rewards, cfg.vmin, cfg.vmax)  # [H, N]
-            reward_loss = (reward_ce.mean(dim=1) * rho_t).sum() / H
-            total = cfg.consistency_coef * consistency + cfg.value_coef * value + cfg.reward_coef * reward_loss
-            return {
-                "consistency": consistency,
-                "value": value,
-                "reward": reward_loss,
-                "total": total,
-                "zs": zs.detach(),
-                "rewards": rewards,
-                "td_targets": td_targets,
-                "q_logits": q_logits.detach(),
-            }
-
-        # 6. predictor loss (SPEC section 2) on the roll-out latents: sum_t rho^t (l_phi + l_psi) / H
-        # (computed with the rewards of step 3 above, from one evaluation of the targets)
-        per_step = loss_exp.view(H, -1).mean(dim=1) + loss_beh.view(H, -1).mean(dim=1)
-        reward = (per_step * rho_t).sum() / H
+            reward = (reward_ce.mean(dim=1) * rho_t).sum() / H
+        else:
+            # 6. predictor loss (SPEC section 2) on the roll-out latents: sum_t rho^t (l_phi + l_psi) / H
+            # (computed with the rewards of step 3 above, from one evaluation of the targets)
+            loss_exp_t = (loss_exp.view(H, -1).mean(dim=1) * rho_t).sum() / H
+            loss_beh_t = (loss_beh.view(H, -1).mean(dim=1) * rho_t).sum() / H
+            reward = loss_exp_t + loss_beh_t
+            extra = {"reward_loss_expert": loss_exp_t.detach(), "reward_loss_behavioral": loss_beh_t.detach()}
 
         # 7. total loss
         total = cfg.consistency_coef * consistency + cfg.value_coef * value + cfg.reward_coef * reward
@@ -276,8 +268,7 @@ class CDREDAgent:
             "rewards": rewards,
             "td_targets": td_targets,
             "q_logits": q_logits.detach(),
-            "reward_loss_expert": (loss_exp.view(H, -1).mean(dim=1) * rho_t).sum().detach() / H,
-            "reward_loss_behavioral": (loss_beh.view(H, -1).mean(dim=1) * rho_t).sum().detach() / H,
+            **extra,
         }
 
     def policy_loss(self, zs: Tensor, noise: UpdateNoise, update_scale: bool = True) -> Tensor:
