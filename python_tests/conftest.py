@@ -11,6 +11,25 @@ DEVICES = [
 ]
 
 
+# A tiny CDRED model for end-to-end tests: every part of the method, sizes that run in
+# milliseconds on one CPU thread.
+TINY = dict(
+    latent_dim=16,
+    enc_dim=32,
+    mlp_dim=32,
+    num_bins=11,
+    num_targets=3,
+    rnd_dim=8,
+    rnd_target_hidden=(16, 16),
+    rnd_predictor_hidden=(16, 16),
+    batch_size=8,
+    num_samples=16,
+    num_elites=4,
+    num_pi_trajs=2,
+    iterations=2,
+)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     """Seed every test; run on one intra-op thread.

@@ -15,11 +15,10 @@ from cdred_fast.buffer import EpisodeBuffer
 from cdred_fast.data import Demonstrations
 from cdred_fast.layers import two_hot
 
+from conftest import TINY as CONFTEST_TINY
+
 OBS, ACT, H, B = 6, 2, 3, 16
-TINY = dict(
-    latent_dim=16, enc_dim=32, mlp_dim=32, num_bins=21, num_targets=3, rnd_dim=8, rnd_target_hidden=(16, 16),
-    rnd_predictor_hidden=(16, 16), batch_size=8, num_samples=16, num_elites=4, num_pi_trajs=2, iterations=2,
-)
+TINY = {**CONFTEST_TINY, "num_bins": 21}
 
 
 def expert_agent(**kw):

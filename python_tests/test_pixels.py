@@ -17,21 +17,10 @@ from cdred_fast.buffer import EpisodeBuffer
 from cdred_fast.data import DemonstrationError, Demonstrations, collect, render_pixels
 from cdred_fast.world_model import PixelEncoder, ShiftAug, WorldModel
 
-PIXEL_TINY = dict(
-    latent_dim=64,  # = num_channels * 4 * 4
-    num_channels=4,
-    mlp_dim=32,
-    num_bins=11,
-    num_targets=3,
-    rnd_dim=8,
-    rnd_target_hidden=(16, 16),
-    rnd_predictor_hidden=(16, 16),
-    batch_size=4,
-    num_samples=16,
-    num_elites=4,
-    num_pi_trajs=2,
-    iterations=2,
-)
+from conftest import TINY
+
+# the shared tiny model with a pixel latent: latent_dim = num_channels * 4 * 4 at 64x64
+PIXEL_TINY = {**TINY, "latent_dim": 64, "num_channels": 4, "batch_size": 4}
 
 
 # --------------------------------------------------------------------------- environment

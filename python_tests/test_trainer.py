@@ -15,21 +15,7 @@ from cdred_fast.data import Demonstrations, DemonstrationError, collect
 from cdred_fast.envs import make
 from cdred_fast.trainer import Trainer, load_checkpoint
 
-TINY = dict(
-    latent_dim=16,
-    enc_dim=32,
-    mlp_dim=32,
-    num_bins=11,
-    num_targets=3,
-    rnd_dim=8,
-    rnd_target_hidden=(16, 16),
-    rnd_predictor_hidden=(16, 16),
-    batch_size=8,
-    num_samples=16,
-    num_elites=4,
-    num_pi_trajs=2,
-    iterations=2,
-)
+from conftest import TINY
 
 
 def mw_cfg(**over):
