@@ -1,4 +1,4 @@
-// Device helpers shared by the CUDA kernels: block-wide sum reduction.
+// Device helpers shared by the CUDA kernels: warp- and block-wide sum reductions.
 // Only c10/cuda headers are used so that every .cu compiles against a CPU-only
 // torch install (the CI compile check) as well as a CUDA one.
 #pragma once
@@ -13,6 +13,14 @@ template <typename T>
 __device__ inline T warp_sum(T v) {
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the warp, result in every lane (butterfly).
+template <typename T>
+__device__ inline T warp_allsum(T v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 

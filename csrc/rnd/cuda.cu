@@ -38,14 +38,6 @@ constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / kWarpSize;
 constexpr int64_t kMaxBlocks = 65535;
 
-// Sum over the warp, result in every lane.
-template <typename T>
-__device__ inline T warp_allsum(T v) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // One warp per (member, row) segment s = e * N + n of the [E, N] grid: reads
 // src + e * src_se + n * src_sn, writes dst + s * D (possibly the same memory:
 // each element is read before it is written, by the same lane).
