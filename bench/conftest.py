@@ -1,25 +1,9 @@
-"""Benchmark helpers: device parametrisation and a fused-vs-reference ratio table.
+"""Benchmark hook: a fused-vs-reference ratio table (device helpers live in bench_utils.py).
 
 Each benchmark sets ``benchmark.group`` to the workload and ``benchmark.extra_info["impl"]``
 to "fused" or "reference"; at the end of the run a table of reference/fused speed-ups
 per group is printed (pytest-benchmark itself prints absolute times only).
 """
-
-import pytest
-import torch
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: CUDA benchmarks skipped"),
-    ),
-]
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -15,7 +15,7 @@ import torch
 
 from cdred_fast import CDREDAgent, CDREDConfig
 
-from conftest import DEVICES, sync
+from bench_utils import DEVICES, sync
 
 OBS_DIM = 39
 

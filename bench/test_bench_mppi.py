@@ -11,7 +11,7 @@ import torch
 
 from cdred_fast import ops
 
-from conftest import DEVICES, sync
+from bench_utils import DEVICES, sync
 
 H, N, N_PI, K = 3, 512, 24, 64
 CASES = [(1, 6), (1, 38), (64, 6)]  # (B, A)

@@ -24,7 +24,7 @@ from torch import nn
 
 from cdred_fast import Planner
 
-from conftest import DEVICES, sync
+from bench_utils import DEVICES, sync
 
 LATENT, HIDDEN, ACT, BINS, VMIN, VMAX, NUM_Q = 32, 64, 6, 101, -10.0, 10.0, 5
 CFG = SimpleNamespace(horizon=3, num_samples=512, num_elites=64, num_pi_trajs=24, iterations=6, temperature=0.5,

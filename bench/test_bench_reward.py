@@ -9,7 +9,7 @@ import torch
 
 from cdred_fast import ops
 
-from conftest import DEVICES, sync
+from bench_utils import DEVICES, sync
 
 N, D, K = 512, 256, 5
 

@@ -14,7 +14,7 @@ import torch
 
 from cdred_fast import ops
 
-from conftest import DEVICES, sync
+from bench_utils import DEVICES, sync
 
 N, L, A, D, K = 512, 512, 6, 256, 5
 I = L + A

@@ -15,10 +15,10 @@ from cdred_fast.buffer import EpisodeBuffer
 from cdred_fast.data import Demonstrations
 from cdred_fast.layers import two_hot
 
-from conftest import TINY as CONFTEST_TINY
+from testing_utils import TINY as SHARED_TINY
 
 OBS, ACT, H, B = 6, 2, 3, 16
-TINY = {**CONFTEST_TINY, "num_bins": 21}
+TINY = {**SHARED_TINY, "num_bins": 21}
 
 
 def expert_agent(**kw):

@@ -9,7 +9,7 @@ import torch
 
 from cdred_fast import ops, reference
 
-from conftest import DEVICES
+from testing_utils import DEVICES
 
 TOL = {torch.float32: dict(rtol=3e-5, atol=3e-6), torch.float64: dict(rtol=1e-11, atol=1e-12)}
 

@@ -17,7 +17,7 @@ from cdred_fast.buffer import EpisodeBuffer
 from cdred_fast.data import DemonstrationError, Demonstrations, collect, render_pixels
 from cdred_fast.world_model import PixelEncoder, ShiftAug, WorldModel
 
-from conftest import TINY
+from testing_utils import TINY
 
 # the shared tiny model with a pixel latent: latent_dim = num_channels * 4 * 4 at 64x64
 PIXEL_TINY = {**TINY, "latent_dim": 64, "num_channels": 4, "batch_size": 4}

@@ -9,7 +9,7 @@ import torch
 import cdred_fast
 from cdred_fast import ops, reference
 
-from conftest import DEVICES
+from testing_utils import DEVICES
 
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
 SHAPES = [  # (K, N, D)

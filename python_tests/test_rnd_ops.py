@@ -11,7 +11,7 @@ from cdred_fast.config import CDREDConfig
 from cdred_fast.layers import Ensemble, mlp, target_init_, trunc_normal_init_
 from cdred_fast.reward import CDREDReward
 
-from conftest import DEVICES
+from testing_utils import DEVICES
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
 

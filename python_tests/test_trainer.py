@@ -15,7 +15,7 @@ from cdred_fast.data import Demonstrations, DemonstrationError, collect
 from cdred_fast.envs import make
 from cdred_fast.trainer import Trainer, load_checkpoint
 
-from conftest import TINY
+from testing_utils import TINY
 
 
 def mw_cfg(**over):
