@@ -104,12 +104,15 @@ def policy_rollout(fns: RolloutFunctions, z: Tensor, horizon: int) -> Tensor:
     return torch.stack(actions)
 
 
-def trajectory_value(fns: RolloutFunctions, z: Tensor, actions: Tensor, discount: Union[float, Tensor]) -> Tensor:
-    """``G = sum_t gamma^t R(z_t, a_t) + gamma^H Q(z_H, pi(z_H))`` for ``z [R, L]``, ``actions [H, R, A]``.
+def rollout_return(fns: RolloutFunctions, z: Tensor, actions: Tensor, discount: Union[float, Tensor]):
+    """The model-rollout part of a sequence's value, ``sum_t gamma^t R(z_t, a_t)``, for ``z [R, L]``
+    and ``actions [H, R, A]``; ``discount`` is a number or a per-row tensor ``[R]``.
 
-    ``discount`` is a number or a per-row tensor ``[R]``. With a termination function, TD-MPC2's
-    episodic rule: a row stops collecting reward (and the bootstrap) after a step whose next latent
-    is terminal. Returns ``[R]``; NaN is left to the elite update (it counts as 0 there).
+    With a termination function, TD-MPC2's episodic rule: a row stops collecting reward (and the
+    bootstrap) after a step whose next latent is terminal. Returns ``(G [R], z_H [R, L], gamma^H,
+    done)`` with ``gamma^H`` a number or ``[R]`` and ``done`` ``[R]`` or None (no termination).
+    Reward and dynamics are deterministic, so the rows of a fixed action sequence (the policy
+    prior's) give the same result in every MPPI iteration.
     """
     G, gamma_t, done = 0.0, 1.0, None
     for t in range(actions.shape[0]):
@@ -120,8 +123,33 @@ def trajectory_value(fns: RolloutFunctions, z: Tensor, actions: Tensor, discount
         if fns.termination is not None:
             term = fns.termination(z)
             done = term if done is None else torch.clamp(done + term, max=1.0)
+    return G, z, gamma_t, done
+
+
+def bootstrap_value(fns: RolloutFunctions, G: Tensor, z: Tensor, gamma_h, done: Optional[Tensor]) -> Tensor:
+    """``G + gamma^H Q(z_H, pi(z_H))`` (0 for rows that terminated), from :func:`rollout_return`'s results."""
     q = fns.value(z, fns.policy(z))
-    return G + gamma_t * (q if done is None else (1.0 - done) * q)
+    return G + gamma_h * (q if done is None else (1.0 - done) * q)
+
+
+def trajectory_value(fns: RolloutFunctions, z: Tensor, actions: Tensor, discount: Union[float, Tensor]) -> Tensor:
+    """``G = sum_t gamma^t R(z_t, a_t) + gamma^H Q(z_H, pi(z_H))`` for ``z [R, L]``, ``actions [H, R, A]``.
+
+    ``discount`` is a number or a per-row tensor ``[R]``; termination as in :func:`rollout_return`.
+    Returns ``[R]``; NaN is left to the elite update (it counts as 0 there).
+    """
+    return bootstrap_value(fns, *rollout_return(fns, z, actions, discount))
+
+
+def _merge_rows(first: Any, second: Any, B: int) -> Any:
+    """Interleave per-problem row blocks: ``first [B * n1, ...]`` and ``second [B * n2, ...]`` ->
+    ``[B * (n1 + n2), ...]`` with each problem's ``first`` rows before its ``second`` rows (the
+    candidate order of :func:`mppi_plan`). Numbers and None pass through (they are the same for all rows)."""
+    if not isinstance(first, Tensor):
+        return first
+    a = first.reshape(B, -1, *first.shape[1:])
+    b = second.reshape(B, -1, *second.shape[1:])
+    return torch.cat([a, b], dim=1).reshape(-1, *first.shape[1:])
 
 
 def warm_start(prev_mean: Optional[Tensor], t0: Union[bool, Tensor], B: int, H: int, A: int, dtype, device) -> Tensor:
@@ -171,23 +199,34 @@ def mppi_plan(
     dtype, device = mean.dtype, mean.device
     std = torch.full((B, H, A), float(s.max_std), dtype=dtype, device=device)
     mask3 = None if mask is None else mask.to(dtype).view(B, 1, A)
-    if not isinstance(discount, (int, float)):
-        discount = discount.repeat_interleave(N)  # one per row
+    n_s = N - n_pi  # sampled sequences per problem (>= 1)
+    discount_s = discount if isinstance(discount, (int, float)) else discount.repeat_interleave(n_s)
 
-    pi_actions = None
+    pi_actions, pi_rollout = None, None
     if n_pi > 0:  # step 1: the N_pi policy sequences, candidates 0 .. N_pi - 1 of every problem
         z_pi = z.unsqueeze(1).expand(B, n_pi, L).reshape(B * n_pi, L)
-        pi_actions = policy_rollout(fns, z_pi, H).to(dtype).reshape(H, B, n_pi, A).permute(1, 0, 2, 3)
-    z_rows = z.unsqueeze(1).expand(B, N, L).reshape(B * N, L)
+        pi_actions = policy_rollout(fns, z_pi, H).to(dtype)  # [H, B * N_pi, A]
+        if mask3 is not None:
+            pi_actions = pi_actions * mask.to(dtype).repeat_interleave(n_pi, dim=0)
+        # Their actions are the same in every iteration, and reward and dynamics are deterministic,
+        # so their rewards and last latents are computed once per plan, not J times. Only the
+        # bootstrap Q(z_H, pi(z_H)) is redrawn each iteration (pi's noise, the two Q heads).
+        discount_pi = discount if isinstance(discount, (int, float)) else discount.repeat_interleave(n_pi)
+        pi_rollout = rollout_return(fns, z_pi, pi_actions, discount_pi)
+        pi_actions = pi_actions.reshape(H, B, n_pi, A).permute(1, 0, 2, 3)  # [B, H, N_pi, A]
+    z_rows = z.unsqueeze(1).expand(B, n_s, L).reshape(B * n_s, L)
 
     for _ in range(s.iterations):  # step 3
-        actions = ops.mppi_sample(mean, std, N - n_pi, generator, impl=impl)  # [B, H, N - N_pi, A]
-        if pi_actions is not None:
-            actions = torch.cat([pi_actions, actions], dim=2)  # [B, H, N, A]
+        sampled = ops.mppi_sample(mean, std, n_s, generator, impl=impl)  # [B, H, N - N_pi, A]
         if mask3 is not None:
-            actions = actions * mask3.unsqueeze(2)
-        rows = actions.permute(1, 0, 2, 3).reshape(H, B * N, A)
-        values = trajectory_value(fns, z_rows, rows, discount).reshape(B, N).to(dtype)
+            sampled = sampled * mask3.unsqueeze(2)
+        rollout = rollout_return(fns, z_rows, sampled.permute(1, 0, 2, 3).reshape(H, B * n_s, A), discount_s)
+        if pi_rollout is not None:
+            actions = torch.cat([pi_actions, sampled], dim=2)  # [B, H, N, A]
+            rollout = tuple(_merge_rows(p, r, B) for p, r in zip(pi_rollout, rollout))
+        else:
+            actions = sampled
+        values = bootstrap_value(fns, *rollout).reshape(B, N).to(dtype)
         mean, std, elite_actions, weights, _ = ops.mppi_elite_update(
             values, actions, s.num_elites, float(s.temperature), float(s.min_std), float(s.max_std), impl=impl
         )
@@ -865,7 +904,9 @@ __all__ = [
     "RolloutFunctions",
     "API_CHOICES",
     "mppi_plan",
+    "bootstrap_value",
     "policy_rollout",
+    "rollout_return",
     "trajectory_value",
     "warm_start",
 ]

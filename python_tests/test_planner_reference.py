@@ -157,6 +157,29 @@ def test_policy_trajectories_are_candidates():
     np.testing.assert_allclose(a.numpy(), target, atol=1e-6)
 
 
+def test_policy_sequences_rolled_out_once_per_plan():
+    """The N_pi policy sequences keep their actions through the J iterations, and reward and
+    dynamics are deterministic, so their rewards are computed once per plan: the reward model
+    sees H * N_pi + J * H * (N - N_pi) rows, not J * H * N. The bootstrap value still sees all N
+    rows in every iteration (pi's noise and the two Q heads are redrawn)."""
+    cfg = small_cfg(num_samples=32, num_pi_trajs=4, iterations=3)
+    rows = {"reward": 0, "value": 0}
+
+    def count(name, fn):
+        def wrapped(z, a):
+            rows[name] += z.shape[0]
+            return fn(z, a)
+
+        return wrapped
+
+    model = ToyModel([0.1, 0.2])
+    model.reward_fn = count("reward", model.reward_fn)
+    model.q_fn = count("value", model.q_fn)
+    MPPIPlanner(cfg, model, 2).plan(torch.zeros(1), t0=True, generator=torch.Generator().manual_seed(0))
+    H, N, n_pi, J = cfg.horizon, 32, 4, 3
+    assert rows == {"reward": H * n_pi + J * H * (N - n_pi), "value": J * N}
+
+
 def test_nan_values_count_as_zero():
     cfg = small_cfg(iterations=2)
     # The latent counts the steps (z = t), so G is NaN exactly when the FIRST action is positive.
