@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import ops
+from .config import KERNEL_CHOICES, resolve_impl
+
 
 # --------------------------------------------------------------------------- blocks
 class SimNorm(nn.Module):
@@ -47,11 +50,42 @@ class NormedLinear(nn.Linear):
         self.act = act if act is not None else nn.Mish()
         self.dropout = nn.Dropout(dropout) if dropout else None
 
+    # "reference": PyTorch's LayerNorm and Mish; "fused": ops.layernorm_mish (see use_kernels).
+    kernels: str = "reference"
+
     def forward(self, x: Tensor) -> Tensor:
         x = super().forward(x)
         if self.dropout is not None:
             x = self.dropout(x)
+        if _fused_block(self.kernels, self.act, x, self.ln.weight):
+            return ops.layernorm_mish(x, self.ln.weight, self.ln.bias, self.ln.eps)
         return self.act(self.ln(x))
+
+
+def _fused_block(kernels: str, act: Optional[nn.Module], x: Tensor, ln_weight: Tensor) -> bool:
+    """Whether a Block's LayerNorm -> act tail runs as the fused ``layernorm_mish`` op."""
+    return (
+        kernels != "reference"
+        and type(act) is nn.Mish
+        and x.dtype in (torch.float32, torch.float64)
+        and ln_weight.dtype == x.dtype
+        and resolve_impl(kernels, x.device) == "fused"
+    )
+
+
+def use_kernels(module: nn.Module, kernels: str) -> nn.Module:
+    """Set the ``kernels`` choice ("fused" or "reference") of every Block in ``module``.
+
+    With "fused" (and the extension built for the tensors' device), the Blocks whose activation
+    is Mish run ``LayerNorm -> Mish`` as the fused op :func:`cdred_fast.ops.layernorm_mish`
+    (forward and backward); the Linear and the dropout stay PyTorch's. Returns ``module``.
+    """
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    for m in module.modules():
+        if isinstance(m, (NormedLinear, _StackedLayer)):
+            m.kernels = kernels
+    return module
 
 
 def mlp(
@@ -161,6 +195,7 @@ class _StackedLayer(nn.Module):
         self.weight = nn.Parameter(torch.stack([m.weight.detach().clone() for m in members]))
         self.bias = nn.Parameter(torch.stack([m.bias.detach().clone() for m in members]))
         self.normed = isinstance(first, NormedLinear)
+        self.kernels = first.kernels if self.normed else "reference"  # see use_kernels
         self.dropout_p = 0.0
         self.act: Optional[nn.Module] = None
         if self.normed:
@@ -179,6 +214,8 @@ class _StackedLayer(nn.Module):
         if self.dropout_p:
             h = F.dropout(h, self.dropout_p, training=self.training)
         g, beta = (self.ln_weight, self.ln_bias) if index is None else (self.ln_weight[index], self.ln_bias[index])
+        if _fused_block(self.kernels, self.act, h, g):
+            return ops.layernorm_mish(h, g, beta, self.ln_eps)  # one affine per member
         h = F.layer_norm(h, h.shape[-1:], eps=self.ln_eps) * g.unsqueeze(1) + beta.unsqueeze(1)
         return self.act(h)
 
@@ -220,6 +257,7 @@ class Ensemble(nn.Module):
             out_f, in_f = layer.weight.shape[1:]
             if layer.normed:
                 m = NormedLinear(in_f, out_f, dropout=layer.dropout_p, act=layer.act)
+                m.kernels = layer.kernels
                 m.ln.weight.data.copy_(layer.ln_weight[k])
                 m.ln.bias.data.copy_(layer.ln_bias[k])
             else:
@@ -244,4 +282,5 @@ __all__ = [
     "two_hot_inv",
     "soft_ce",
     "Ensemble",
+    "use_kernels",
 ]

@@ -579,10 +579,13 @@ def ensemble_mlp(
         impl: ``"fused"`` or ``"reference"``.
 
     Returns: ``[E, N, out]``. Differentiable w.r.t. ``x``, ``x_shared`` and every
-    parameter tensor: the backward re-runs the reference forward on the saved
-    inputs and differentiates it (so a training step pays one unfused forward
-    more; only the inputs that need a gradient are differentiated). No dropout:
-    the CDRED targets and predictors have none.
+    parameter tensor. When grad mode is on and an input requires grad (training
+    the predictors), the fused path runs in its trainable form: ATen GEMMs with
+    the bias and the fused ``layernorm_mish`` op per hidden layer, so the
+    backward reuses the forward's activations and row statistics and runs one
+    fused LayerNorm + Mish backward kernel per hidden layer. Otherwise (planning,
+    the targets) one fused forward that keeps no activations. No dropout: the
+    CDRED targets and predictors have none.
     """
     _check_impl(impl)
     _check_ensemble_mlp_inputs(x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared)
@@ -591,7 +594,30 @@ def ensemble_mlp(
         return reference.ensemble_mlp(x, *args, x_shared)
     if not FUSED_AVAILABLE:
         _lib.require()  # raises with the reason
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, x_shared, *[t for group in args[:4] for t in group])
+    ):
+        return _ensemble_mlp_trainable(x, *args, x_shared)  # training: keep what the backward needs
     return torch.ops.cdred_fast.ensemble_mlp.default(x, *args, x_shared)
+
+
+def _ensemble_mlp_trainable(x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared=None) -> Tensor:
+    """The training form of the fused ensemble forward (same result as :func:`ensemble_mlp`).
+
+    Per layer a batched GEMM with the bias (``baddbmm``, ATen) and, for the hidden layers, the
+    fused ``layernorm_mish`` op, whose outputs and row statistics autograd keeps: the backward
+    is the GEMMs' transposed products plus one ``layernorm_mish_backward`` kernel per hidden
+    layer, and the forward is never recomputed.
+    """
+    if x_shared is not None:
+        x = torch.cat([x_shared.expand(*x.shape[:-1], x_shared.shape[0]), x], dim=-1)
+    E = weights[0].shape[0]
+    h = x if x.dim() == 3 else x.unsqueeze(0).expand(E, *x.shape)
+    for l in range(len(weights)):
+        h = torch.baddbmm(biases[l].unsqueeze(1), h, weights[l].transpose(1, 2))  # [E, N, out_l]
+        if l < len(weights) - 1:
+            h = torch.ops.cdred_fast.layernorm_mish.default(h, ln_weights[l], ln_biases[l], ln_eps)[0]
+    return h
 
 
 def _as_ensemble_params(name: str, params) -> tuple[list, list, list, list, float]:
@@ -697,8 +723,10 @@ def _register_rnd_family() -> None:
     def _(x):
         return torch.empty_like(x)
 
-    # Gradients: differentiate the reference on the saved inputs (the forward
-    # stays fused). Only the inputs that need a gradient are differentiated.
+    # Gradients of a direct torch.ops call (the wrapper routes differentiable
+    # calls to _ensemble_mlp_trainable instead): recompute the forward in its
+    # trainable form on the saved inputs and differentiate that. Only the inputs
+    # that need a gradient are differentiated.
     def _setup(ctx, inputs, output):
         x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared = inputs
         ctx.num_layers = len(weights)
@@ -726,7 +754,7 @@ def _register_rnd_family() -> None:
         grads = {}
         if wanted:
             with torch.enable_grad():
-                out = reference.ensemble_mlp(x_l, *groups_l, ctx.ln_eps, s_l)
+                out = _ensemble_mlp_trainable(x_l, *groups_l, ctx.ln_eps, s_l)
                 for t, gr in zip(wanted, torch.autograd.grad(out, wanted, grad, allow_unused=True)):
                     grads[id(t)] = gr
 
@@ -741,3 +769,101 @@ def _register_rnd_family() -> None:
 
 if FUSED_AVAILABLE:
     _register_rnd_family()
+
+
+# =============================================================================== Block tail: LayerNorm -> Mish (SPEC section 0)
+# The world model's Blocks (Linear -> [Dropout] -> LayerNorm -> Mish) and the
+# predictors' hidden layers during training run their Linear through ATen and
+# this op for the rest: one kernel forward, one kernel backward (no autograd
+# graph of the five or so elementwise ops PyTorch's LayerNorm + Mish record).
+
+
+def _check_layernorm_mish_inputs(x, gamma, beta, eps) -> tuple[int, int]:
+    """Validates and returns ``(E, D)``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() not in (1, 2):
+            raise ValueError(f"{name} must have shape [D] or [E, D] (per member), got shape {tuple(t.shape)}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; they must match")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; they must match")
+    if gamma.shape != beta.shape:
+        raise ValueError(f"gamma {tuple(gamma.shape)} and beta {tuple(beta.shape)} must have the same shape")
+    _check_nonneg("eps", eps)
+    D = gamma.shape[-1]
+    if x.dim() < 1 or x.shape[-1] != D or D < 1:
+        raise ValueError(f"x has shape {tuple(x.shape)} but gamma has D = {D} features; x must be [..., {D}]")
+    if gamma.dim() == 2:
+        E = gamma.shape[0]
+        if x.dim() < 2 or x.shape[0] != E:
+            raise ValueError(
+                f"gamma [E, D] = {tuple(gamma.shape)} has one affine per member, so x must be [E, ..., D] with "
+                f"E = {E}, got shape {tuple(x.shape)}"
+            )
+        return E, D
+    return 1, D
+
+
+def layernorm_mish(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5, *, impl: str = "fused") -> Tensor:
+    """``Mish(LayerNorm(x) * gamma + beta)`` over the last dimension (the SPEC Block's tail).
+
+    Args:
+        x: ``[..., D]`` with ``gamma, beta [D]``, or ``[E, ..., D]`` with ``gamma, beta [E, D]``
+            (E members with their own affine, as the stacked Q heads).
+        eps: LayerNorm epsilon (``nn.LayerNorm``'s default 1e-5); biased variance, as ``nn.LayerNorm``.
+        impl: ``"fused"`` or ``"reference"``.
+
+    Returns ``y`` with the shape of ``x``. Differentiable w.r.t. ``x``, ``gamma`` and ``beta``: the
+    fused backward is one kernel (``layernorm_mish_backward``) that reuses the forward's row
+    statistics; ``grad_gamma`` / ``grad_beta`` are summed over rows in a fixed order.
+    """
+    _check_impl(impl)
+    E, D = _check_layernorm_mish_inputs(x, gamma, beta, eps)
+    x3 = x.reshape(E, -1, D)
+    g2, b2 = gamma.reshape(E, D), beta.reshape(E, D)
+    if impl == "reference":
+        y = reference.layernorm_mish(x3, g2, b2, float(eps))[0]
+    else:
+        if not FUSED_AVAILABLE:
+            _lib.require()  # raises with the reason
+        y = torch.ops.cdred_fast.layernorm_mish.default(x3, g2, b2, float(eps))[0]
+    return y.reshape(x.shape)
+
+
+def _register_block_family() -> None:
+    @torch.library.register_fake("cdred_fast::layernorm_mish")
+    def _(x, gamma, beta, eps):
+        torch._check(x.dim() == 3)
+        stats = x.new_empty(x.shape[:2])
+        return torch.empty_like(x), stats, torch.empty_like(stats)
+
+    @torch.library.register_fake("cdred_fast::layernorm_mish_backward")
+    def _(grad_y, x, mean, rstd, gamma, beta):
+        torch._check(x.dim() == 3)
+        return torch.empty_like(x), torch.empty_like(gamma), torch.empty_like(beta)
+
+    def _setup(ctx, inputs, output):
+        x, gamma, beta, _eps = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, gamma, beta, mean, rstd)
+
+    def _backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, gamma, beta, mean, rstd = ctx.saved_tensors
+        if grad_y is None:
+            return None, None, None, None
+        gx, gg, gb = torch.ops.cdred_fast.layernorm_mish_backward.default(grad_y, x, mean, rstd, gamma, beta)
+        nig = ctx.needs_input_grad
+        return (gx if nig[0] else None), (gg if nig[1] else None), (gb if nig[2] else None), None
+
+    torch.library.register_autograd("cdred_fast::layernorm_mish", _backward, setup_context=_setup)
+
+
+if FUSED_AVAILABLE:
+    _register_block_family()

@@ -182,6 +182,25 @@ def mppi_select(
 
 
 # =============================================================================== RND ensemble forward
+# SPEC.md section 0, the tail of every "Block": LayerNorm (affine) -> Mish, for
+# E members with their own affine (E = 1: a single network):
+#   x [E, M, D], gamma, beta [E, D]
+#   mean = mean_D(x), var = mean_D((x - mean)^2) (biased), rstd = 1 / sqrt(var + eps)
+#   y = Mish((x - mean) * rstd * gamma + beta)
+# The fused op also returns mean and rstd [E, M] (its backward reuses them); the
+# gradient of this reference is PyTorch's autograd of these lines.
+
+
+def layernorm_mish(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y [E, M, D], mean [E, M], rstd [E, M])`` for ``x [E, M, D]`` and ``gamma, beta [E, D]``."""
+    mean = x.mean(dim=-1)
+    var = ((x - mean.unsqueeze(-1)) ** 2).mean(dim=-1)
+    rstd = 1.0 / torch.sqrt(var + eps)
+    xhat = (x - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
+    y = F.mish(xhat * gamma.unsqueeze(1) + beta.unsqueeze(1))
+    return y, mean, rstd
+
+
 # SPEC.md section 2 (the K random targets f_k and the predictors f_phi, f_psi)
 # with the "Block" of section 0: every hidden layer is Linear -> LayerNorm -> Mish
 # (LayerNorm with its affine weight and bias), the last layer a plain Linear.

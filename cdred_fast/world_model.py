@@ -27,7 +27,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from .config import CDREDConfig, conv_output_size
-from .layers import Ensemble, SimNorm, mlp, trunc_normal_init_, two_hot_inv
+from .layers import Ensemble, SimNorm, mlp, trunc_normal_init_, two_hot_inv, use_kernels
 from .reward import CDREDReward
 
 Q_RETURN_TYPES = ("all", "min", "avg")
@@ -195,6 +195,8 @@ class WorldModel(nn.Module):
             self.reward_model = None
             self.reward_head = trunc_normal_init_(mlp(L + A, [M, M], cfg.num_bins))
             nn.init.zeros_(self.reward_head[-1].weight)
+        # Blocks with Mish run LayerNorm -> Mish as one fused op unless kernels="reference"
+        use_kernels(self, cfg.kernels)
         self.train(False)  # acting is the default mode; the agent switches to train() for updates
 
     # ------------------------------------------------------------------ modes

@@ -72,6 +72,14 @@ TORCH_LIBRARY(cdred_fast, m) {
       "ensemble_mlp(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] ln_weights, Tensor[] ln_biases, "
       "float ln_eps, Tensor? x_shared=None) -> Tensor");
   m.def("_rnd_mish(Tensor x) -> Tensor");
+  // SPEC section 0: the Block's LayerNorm -> Mish tail as a trainable op (the
+  // world model's Blocks, and the predictors' gradients): x [E, M, D] with a
+  // per-member affine gamma, beta [E, D]; the forward also returns the row
+  // statistics mean, rstd [E, M] that the backward reuses.
+  m.def("layernorm_mish(Tensor x, Tensor gamma, Tensor beta, float eps) -> (Tensor y, Tensor mean, Tensor rstd)");
+  m.def(
+      "layernorm_mish_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor gamma, Tensor beta) "
+      "-> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)");
   m.def("_build_info() -> str", &build_info);
 }
 

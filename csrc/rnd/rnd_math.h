@@ -201,6 +201,22 @@ CDRED_HOST_DEVICE inline T mish(T y) {
   return select_value<T>(y > threshold, y, m);
 }
 
+// Mish'(y) = tanh(sp) + y * sigmoid(y) * (1 - tanh(sp)^2), sp = softplus(y), the
+// derivative torch's mish_backward computes. With e = exp(y), n = e (e + 2),
+// d = n + 2: tanh(sp) = n / d, 1 - tanh(sp)^2 = 4 (1 + e)^2 / d^2 and
+// sigmoid(y) = e / (1 + e), so Mish'(y) = n / d + 4 y e (1 + e) / d^2: one exp,
+// no cancellation. Above the threshold Mish(y) = y, so Mish'(y) = 1 (torch: 1 up
+// to < 1e-15). y -> -inf: Mish' ~ e (1 + y) -> 0; Mish'(-inf) = NaN (-inf * 0, as torch).
+template <typename T>
+CDRED_HOST_DEVICE inline T mish_grad(T y) {
+  const T threshold = T(20);
+  const T e = mish_exp<T>(select_value<T>(y < threshold, y, threshold));
+  const T n = e * (e + T(2));
+  const T d = n + T(2);
+  const T g = n / d + T(4) * y * e * (e + T(1)) / (d * d);
+  return select_value<T>(y > threshold, T(1), g);
+}
+
 // -----------------------------------------------------------------------------
 // LayerNorm statistics over one row of D values from the sums of the values
 // *shifted by the row's first value*, u_j = v_j - v_0 (one pass; the shift
