@@ -1,4 +1,7 @@
-"""Environments on the real simulators (dm_control, Meta-World v3), state observations."""
+"""Environments on the real simulators (dm_control, Meta-World v3), state observations.
+
+ManiSkill2 runs in its own Python environment; its simulator tests are in test_maniskill2.py.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ DMC_PAPER = {
     "dog-stand": (223, 38),
 }
 MW_PAPER = ["mw-box-close", "mw-bin-picking", "mw-reach-wall", "mw-stick-pull", "mw-stick-push", "mw-soccer"]
+MS2_PAPER = ["ms2-pick-cube", "ms2-lift-cube", "ms2-turn-faucet"]
 
 
 def _check_step_output(env, out, obs_dim):
@@ -30,11 +34,29 @@ def _check_step_output(env, out, obs_dim):
 
 
 def test_registry_lists_the_paper_tasks():
-    assert set(envs.PAPER_TASKS) == set(DMC_PAPER) | set(MW_PAPER)
+    assert set(envs.PAPER_TASKS) == set(DMC_PAPER) | set(MW_PAPER) | set(MS2_PAPER)
     assert set(envs.known_tasks("dmcontrol")) >= set(DMC_PAPER)
     assert set(envs.known_tasks("metaworld")) >= set(MW_PAPER) | {"mw-reach"}
+    assert envs.known_tasks("maniskill2") == MS2_PAPER
     assert envs.task_spec("mw-soccer").sim_steps == 200
     assert envs.task_spec("dog-stand").sim_steps == 1000
+    # TD-MPC2's ManiSkill2 settings: 100 agent steps x action repeat 2, these controllers
+    assert envs.task_spec("ms2-pick-cube").sim_name == ("PickCube-v0", "pd_ee_delta_pos")
+    assert envs.task_spec("ms2-lift-cube").sim_name == ("LiftCube-v0", "pd_ee_delta_pos")
+    assert envs.task_spec("ms2-turn-faucet").sim_name == ("TurnFaucet-v0", "pd_ee_delta_pose")
+    assert {envs.task_spec(t).sim_steps for t in MS2_PAPER} == {200}
+
+
+def test_cli_lists_the_tasks():
+    from click.testing import CliRunner
+
+    from cdred_fast.cli import main
+
+    result = CliRunner().invoke(main, ["tasks"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert list(lines) == envs.known_tasks()
+    assert lines["ms2-turn-faucet"].split() == ["ms2-turn-faucet", "maniskill2", "100", "steps", "x", "repeat", "2", "(paper)"]
 
 
 @pytest.mark.parametrize("task", list(DMC_PAPER))
@@ -157,6 +179,8 @@ def test_observation_type():
     # pixel observations (DMControl) are tested in test_pixels.py
     with pytest.raises(NotImplementedError, match="rgb"):
         envs.make("mw-reach-wall", obs="rgb")
+    with pytest.raises(NotImplementedError, match="rgb"):
+        envs.make("ms2-pick-cube", obs="rgb")
     with pytest.raises(ValueError, match="observation type"):
         envs.make("cheetah-run", obs="pixels")
 
@@ -220,3 +244,17 @@ def test_gymnasium_env_checker(task):
 
     with pytest.warns(UserWarning):  # it warns about wrappers and infinite observation bounds; errors raise
         check_env(envs.make(task, seed=0), skip_render_check=True)
+
+
+def test_maniskill2_options_and_missing_interpreter(monkeypatch):
+    from cdred_fast.envs.maniskill2 import ManiSkill2Unavailable
+
+    with pytest.raises(ValueError, match="ManiSkill2"):
+        envs.make("mw-reach", renderer="none")
+    with pytest.raises(ValueError, match="ManiSkill2"):
+        envs.make("cheetah-run", asset_dir="data")
+    # Without the ManiSkill2 interpreter the error says how to create it (no simulator needed here).
+    monkeypatch.setenv("CDRED_FAST_MS2_PYTHON", "/nonexistent/bin/python")
+    with pytest.raises(ManiSkill2Unavailable, match="scripts/setup.sh") as err:
+        envs.make("ms2-pick-cube")
+    assert "CDRED_FAST_MS2_PYTHON=/nonexistent/bin/python" in str(err.value) and "mani-skill2==0.5.3" in str(err.value)

@@ -12,10 +12,13 @@
 * :mod:`.dmcontrol` - DeepMind Control Suite (500 agent steps per episode); headless
   rendering for pixel observations (sets ``MUJOCO_GL=egl`` unless already set).
 * :mod:`.metaworld` - Meta-World v3 (100 agent steps) and :func:`scripted_policy`.
+* :mod:`.maniskill2` - ManiSkill2 0.5.3 (100 agent steps), run in a worker process in its
+  own Python environment (it needs numpy<1.24); state-only mode without a renderer.
 * :mod:`.wrappers` - action repeat, time limit, float32 cast, pixel observations and
   frame stacking, trembling hand.
 
-The simulators are imported only when a task of their suite is built.
+The simulators are imported only when a task of their suite is built (ManiSkill2 is
+never imported into this process).
 """
 
 from .registry import PAPER_TASKS, TASKS, TaskSpec, known_tasks, make, task_spec
@@ -24,7 +27,11 @@ __all__ = ["PAPER_TASKS", "TASKS", "TaskSpec", "known_tasks", "make", "task_spec
 
 
 def scripted_policy(task: str):
-    """Meta-World's scripted expert for ``task`` (see :func:`.metaworld.scripted_policy`)."""
-    from .metaworld import scripted_policy as _scripted_policy
+    """The scripted expert for ``task``: Meta-World's (:func:`.metaworld.scripted_policy`), or for
+    ``ms2-pick-cube`` / ``ms2-lift-cube`` a grasp-and-carry rule (:func:`.maniskill2.scripted_policy`)."""
+    if task.startswith("ms2-"):
+        from .maniskill2 import scripted_policy as _scripted_policy
+    else:
+        from .metaworld import scripted_policy as _scripted_policy
 
     return _scripted_policy(task)

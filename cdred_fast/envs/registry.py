@@ -2,13 +2,14 @@
 
 Every task has a :class:`TaskSpec`: its suite, the simulator's name for it, the
 action repeat and the episode length in agent steps (after the repeat). The
-paper's settings (SPEC section 5): DMControl 500 steps, Meta-World 100 steps,
-both with action repeat 2.
+paper's settings (SPEC section 5): DMControl 500 steps, Meta-World and ManiSkill2
+100 steps, all with action repeat 2.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -31,10 +32,11 @@ class TaskSpec:
     """How to build one task.
 
     Attributes:
-        name: the registered name, e.g. ``"cheetah-run"`` or ``"mw-reach-wall"``.
-        suite: ``"dmcontrol"`` or ``"metaworld"``.
+        name: the registered name, e.g. ``"cheetah-run"``, ``"mw-reach-wall"`` or ``"ms2-pick-cube"``.
+        suite: ``"dmcontrol"``, ``"metaworld"`` or ``"maniskill2"``.
         sim_name: the simulator's identifier: ``(domain, task)`` for dm_control,
-            the ``<name>-v3`` environment name for Meta-World.
+            the ``<name>-v3`` environment name for Meta-World, ``(env id, control mode)``
+            for ManiSkill2.
         action_repeat: simulator steps per agent step.
         episode_length: agent steps per episode (after the repeat).
         paper: whether the CDRED paper reports this task.
@@ -59,6 +61,10 @@ def _dmc(name: str, domain: str, task: str, paper: bool = False) -> TaskSpec:
 
 def _mw(name: str, paper: bool = False) -> TaskSpec:
     return TaskSpec(f"mw-{name}", "metaworld", f"{name}-v3", action_repeat=2, episode_length=100, paper=paper)
+
+
+def _ms2(name: str, env_id: str, control_mode: str, paper: bool = False) -> TaskSpec:
+    return TaskSpec(f"ms2-{name}", "maniskill2", (env_id, control_mode), action_repeat=2, episode_length=100, paper=paper)
 
 
 _SPECS = [
@@ -89,6 +95,10 @@ _SPECS = [
     _mw("button-press"),
     _mw("drawer-open"),
     _mw("door-open"),
+    # ManiSkill2 0.5.3, the paper's tasks (TD-MPC2's controllers)
+    _ms2("pick-cube", "PickCube-v0", "pd_ee_delta_pos", paper=True),
+    _ms2("lift-cube", "LiftCube-v0", "pd_ee_delta_pos", paper=True),
+    _ms2("turn-faucet", "TurnFaucet-v0", "pd_ee_delta_pose", paper=True),
 ]
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
@@ -118,6 +128,8 @@ def make(
     trembling_hand: float = 0.0,
     frame_stack: int = 3,
     image_size: int = 64,
+    renderer: str | None = None,
+    asset_dir: str | os.PathLike | None = None,
 ) -> gym.Env:
     """Build a registered task with the paper's settings.
 
@@ -133,6 +145,11 @@ def make(
         trembling_hand: probability of replacing an agent action by a uniformly
             random one (the paper's robustness experiment); 0 disables it.
         frame_stack, image_size: pixel observations only (SPEC section 1: 3 and 64).
+        renderer: ManiSkill2 only: ``"auto"`` (default), ``"none"`` (state-only: the
+            physics without a renderer) or ``"sapien"``; ``None`` reads
+            ``$CDRED_FAST_MS2_RENDERER``. See :mod:`.maniskill2`.
+        asset_dir: ManiSkill2 only: the asset folder (``ms2-turn-faucet`` needs the
+            PartNet-Mobility faucets there); ``None`` reads ``$MS2_ASSET_DIR``, else ``data``.
 
     Returns:
         A gymnasium environment with action space ``Box(-1, 1, (A,), float32)``,
@@ -143,8 +160,11 @@ def make(
         on top, use ``env.get_wrapper_attr("max_episode_steps")``.)
 
     Raises:
-        ValueError: unknown task or observation type.
-        NotImplementedError: ``obs="rgb"`` for a Meta-World task.
+        ValueError: unknown task or observation type; ``renderer``/``asset_dir`` for a
+            task that is not a ManiSkill2 task.
+        NotImplementedError: ``obs="rgb"`` for a Meta-World or ManiSkill2 task.
+        FileNotFoundError: ``ms2-turn-faucet`` without its assets (says what to download).
+        ManiSkill2Unavailable: a ManiSkill2 task without the ManiSkill2 interpreter.
     """
     spec = task_spec(task)
     if obs not in ("state", "rgb"):
@@ -154,6 +174,8 @@ def make(
             f"obs='rgb' (pixel observations) is implemented for DMControl tasks only, not for the "
             f"{spec.suite} task {task!r} (the paper's pixel experiments are DMControl); use obs='state'"
         )
+    if spec.suite != "maniskill2" and (renderer is not None or asset_dir is not None):
+        raise ValueError(f"renderer= and asset_dir= are options of ManiSkill2 tasks, not of the {spec.suite} task {task!r}")
 
     if spec.suite == "dmcontrol":
         from .dmcontrol import DMControlEnv
@@ -164,6 +186,11 @@ def make(
         from .metaworld import MetaWorldEnv
 
         env = MetaWorldEnv(spec.sim_name, seed=seed, max_path_length=spec.sim_steps)
+    elif spec.suite == "maniskill2":
+        from .maniskill2 import ManiSkill2Env
+
+        env_id, control_mode = spec.sim_name
+        env = ManiSkill2Env(env_id, control_mode, seed=seed, renderer=renderer, asset_dir=asset_dir)
     else:  # pragma: no cover - the registry only holds the suites above
         raise AssertionError(f"no adapter for suite {spec.suite!r}")
 
