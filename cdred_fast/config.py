@@ -14,6 +14,7 @@ heuristic has one home:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -22,12 +23,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
+
 from . import _lib
 
 G_CHOICES = ("linear", "exp")
 OBS_CHOICES = ("state", "rgb")
 METHOD_CHOICES = ("cdred", "tdmpc2")
 KERNEL_CHOICES = ("fused", "reference")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 # --------------------------------------------------------------------------- kernel selection
@@ -39,13 +43,30 @@ def _cuda_kernels_built() -> bool:
     return bool(_lib.build_info().get("cuda_kernels", False))
 
 
-def resolve_impl(kernels: str, device: Any = None) -> str:
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """Run a block with ``torch.set_float32_matmul_precision(precision)``, then restore the
+    previous setting (see ``CDREDConfig.matmul_precision``)."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    previous = torch.get_float32_matmul_precision()
+    if previous == precision:
+        yield
+        return
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def resolve_impl(kernels: str, device: Any = None, warn: bool = True) -> str:
     """Map the ``kernels`` setting to the ``impl`` argument of :mod:`cdred_fast.ops`.
 
     ``"reference"`` -> ``"reference"``. ``"fused"`` -> ``"fused"`` when the C++
     extension is loaded (and, for a CUDA ``device``, was compiled with CUDA
     kernels); otherwise ``"reference"``, with ONE ``RuntimeWarning`` per
-    process and reason saying why.
+    process and reason saying why (``warn=False``: no warning).
     """
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
@@ -65,7 +86,7 @@ def resolve_impl(kernels: str, device: Any = None) -> str:
         )
     else:
         return "fused"
-    if reason not in _fallback_warned:
+    if warn and reason not in _fallback_warned:
         _fallback_warned.add(reason)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     return "reference"
@@ -218,6 +239,13 @@ class CDREDConfig:
 
     # ---- kernels
     kernels: str = "fused"  # "fused" (falls back to "reference" with a warning) or "reference"
+    # Precision of the float32 matrix products while the agent acts and updates
+    # (torch.set_float32_matmul_precision, restored afterwards): "highest" = IEEE float32
+    # (the default; the tolerances of the tests), "high" = TF32 tensor cores on CUDA (no
+    # effect on CPU), "medium" = bfloat16-based products (CUDA; CPUs with AVX512-BF16 or
+    # AMX through oneDNN). Epilogues, reductions and the MPPI ops stay float32. Measured
+    # effect: README, "Reduced-precision matrix products".
+    matmul_precision: str = "highest"
 
     # ----------------------------------------------------------------- validation
     def __post_init__(self) -> None:
@@ -301,6 +329,7 @@ class CDREDConfig:
             ("g", G_CHOICES),
             ("obs", OBS_CHOICES),
             ("kernels", KERNEL_CHOICES),
+            ("matmul_precision", MATMUL_PRECISIONS),
             ("method", METHOD_CHOICES),
         ):
             if getattr(self, name) not in choices:

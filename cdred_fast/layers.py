@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .config import KERNEL_CHOICES, resolve_impl
+from .config import resolve_impl
 
 
 # --------------------------------------------------------------------------- blocks
@@ -62,14 +62,22 @@ class NormedLinear(nn.Linear):
         return self.act(self.ln(x))
 
 
+# Whether the extension has kernels for a device type, fixed at import: module constants, so the
+# check below traces under torch.compile without a graph break (resolve_impl imports the library).
+_FUSED_DEVICE_TYPES = frozenset(
+    t for t in ("cpu", "cuda") if ops.FUSED_AVAILABLE and resolve_impl("fused", t, warn=False) == "fused"
+)
+
+
 def _fused_block(kernels: str, act: Optional[nn.Module], x: Tensor, ln_weight: Tensor) -> bool:
-    """Whether a Block's LayerNorm -> act tail runs as the fused ``layernorm_mish`` op."""
+    """Whether a Block's LayerNorm -> act tail runs as the fused ``layernorm_mish`` op (otherwise
+    PyTorch's; :func:`use_kernels` warns once when "fused" cannot be honoured)."""
     return (
-        kernels != "reference"
+        kernels == "fused"
         and type(act) is nn.Mish
+        and x.device.type in _FUSED_DEVICE_TYPES
         and x.dtype in (torch.float32, torch.float64)
         and ln_weight.dtype == x.dtype
-        and resolve_impl(kernels, x.device) == "fused"
     )
 
 
@@ -80,8 +88,7 @@ def use_kernels(module: nn.Module, kernels: str) -> nn.Module:
     is Mish run ``LayerNorm -> Mish`` as the fused op :func:`cdred_fast.ops.layernorm_mish`
     (forward and backward); the Linear and the dropout stay PyTorch's. Returns ``module``.
     """
-    if kernels not in KERNEL_CHOICES:
-        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    resolve_impl(kernels)  # validates; warns once if the extension is not built
     for m in module.modules():
         if isinstance(m, (NormedLinear, _StackedLayer)):
             m.kernels = kernels

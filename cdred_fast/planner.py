@@ -280,7 +280,13 @@ class MPPIPlanner:
         """Forget the warm start (the next plan starts from mean 0)."""
         self._prev_mean = None
 
-    def _functions(self, generator: Optional[torch.Generator]) -> RolloutFunctions:
+    @property
+    def prev_mean(self) -> Optional[Tensor]:
+        """The last plan's mean ``[H, A]`` (the next plan's warm start), or None after :meth:`reset`."""
+        return self._prev_mean
+
+    def rollout_functions(self, generator: Optional[torch.Generator] = None) -> RolloutFunctions:
+        """The model as :func:`mppi_plan` sees it; the policy's noise and the Q heads come from ``generator``."""
         m = self.model
         return RolloutFunctions(
             policy=lambda z: m.pi(z, generator=generator)[1],  # a sampled action
@@ -298,14 +304,14 @@ class MPPIPlanner:
     def policy_trajectories(self, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """Step 1: roll ``pi`` (sampled actions) and ``d`` from ``z [1, L]``: ``[H, N_pi, A]``."""
         z = z.reshape(1, -1).expand(self.cfg.num_pi_trajs, -1)
-        return policy_rollout(self._functions(generator), z, self.cfg.horizon)
+        return policy_rollout(self.rollout_functions(generator), z, self.cfg.horizon)
 
     @torch.no_grad()
     def estimate_value(self, z: Tensor, actions: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """``G = sum_t gamma^t R(z_t, a_t) + gamma^H Q_avg(z_H, pi(z_H))``.
 
         ``z [N, L]``, ``actions [H, N, A]`` -> ``[N]``."""
-        return trajectory_value(self._functions(generator), z, actions, self.discount)
+        return trajectory_value(self.rollout_functions(generator), z, actions, self.discount)
 
     @torch.no_grad()
     def plan(
@@ -323,7 +329,7 @@ class MPPIPlanner:
             z = z.reshape(1, -1).to(self.device)
             mean = self.initial_mean(t0).unsqueeze(0)
             action, mean = mppi_plan(
-                self._functions(generator), z, mean, self.settings, discount=self.discount,
+                self.rollout_functions(generator), z, mean, self.settings, discount=self.discount,
                 eval_mode=eval_mode, generator=generator, impl=self.impl,
             )
             self._prev_mean = mean[0]

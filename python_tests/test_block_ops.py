@@ -373,3 +373,19 @@ def _spy(fn, calls):
         return fn(*a, **k)
 
     return wrapped
+
+
+def test_fused_blocks_compile_without_graph_breaks():
+    """The Block's fused/unfused choice reads module constants only, so a network of fused Blocks
+    traces as one graph (fullgraph=True), forward and backward, and matches PyTorch's Blocks."""
+    torch.manual_seed(0)
+    net = use_kernels(mlp(6, [16, 16], 3), "fused")
+    x = torch.randn(5, 6)
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    (grad,) = torch.autograd.grad(out.square().sum(), net[0].weight)
+    use_kernels(net, "reference")
+    want = net(x)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), net[0].weight)
+    torch.testing.assert_close(out, want, **TOL[torch.float32])
+    torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-5)

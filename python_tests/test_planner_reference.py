@@ -144,7 +144,7 @@ def test_plan_finds_known_optimum(num_pi_trajs):
     assert a.shape == (2,)
     np.testing.assert_allclose(a.numpy(), target, atol=0.1)
     # the final mean moved to the optimum at every horizon step
-    np.testing.assert_allclose(planner._prev_mean.numpy(), np.tile(target, (3, 1)), atol=0.1)
+    np.testing.assert_allclose(planner.prev_mean.numpy(), np.tile(target, (3, 1)), atol=0.1)
 
 
 def test_policy_trajectories_are_candidates():
@@ -198,7 +198,7 @@ def test_warm_start_and_reset():
     planner = MPPIPlanner(cfg, ToyModel([0.5, 0.5]), 2)
     assert (planner.initial_mean(t0=False) == 0).all()  # no previous plan yet
     planner.plan(torch.zeros(1), t0=True, generator=torch.Generator().manual_seed(0))
-    prev = planner._prev_mean.clone()
+    prev = planner.prev_mean.clone()
     m = planner.initial_mean(t0=False)
     torch.testing.assert_close(m[:-1], prev[1:])
     assert (m[-1] == 0).all()

@@ -1,0 +1,188 @@
+"""The issue's GPU plan targets (fused kernels): one plan <= 1 ms on an H100 at the SPEC
+defaults, >= 20x the reference path in eager mode, >= 3x the reference path under
+``torch.compile(mode="reduce-overhead")``.
+
+One group per action dimension, the same plan in four variants: the agent's plan from a
+latent ``z [1, L]`` on the GPU to the action, from the episode start (mean 0), with the default
+CUDA generator (as ``agent.act(obs, t0=True)`` without a generator, minus the encoder and the
+copy of the action to the host), each timed to a synchronised result.
+
+* ``fused``: ``agent.planner.plan``, ``kernels="fused"``, eager.
+* ``reference``: the same with ``kernels="reference"`` (pure-PyTorch ops), eager.
+* ``reference-compiled``: the reference plan compiled whole with
+  ``torch.compile(mode="reduce-overhead", fullgraph=True)``: ``mppi_plan`` with
+  ``impl="reference"`` (policy roll-out, J iterations of sampling + value roll-out + elite
+  update, the final draw). It traces as one graph with the default generator (checked on CPU
+  by python_tests/test_plan_compile.py); with an explicit ``torch.Generator`` Dynamo breaks the
+  graph at every draw (``randn`` of the policy noise, ``randperm`` of the Q heads, the sampling
+  ``randn``, ``multinomial``: 26 graphs at TINY sizes), so the benchmark, like TD-MPC2's
+  planner, uses the default generator. Inductor draws its own random numbers
+  (``fallback_random=False``, its fastest setting), so the compiled plan is not bitwise the
+  eager one; the CPU smoke test below compiles with ``fallback_random=True`` and checks that
+  it is. Compilation and the CUDA-graph recording happen before the timing.
+* ``fused-graph``: the fused plan replayed from a CUDA graph: ``Planner.from_functions``
+  around the agent's world model with ``capture_graph=True`` (the agent's own
+  ``MPPIPlanner`` has no CUDA-graph option; python_tests/test_plan_compile.py checks on CPU
+  that this wrapper plans exactly like the agent). Captured before the timing.
+
+The summary (bench/conftest.py) prints reference / fused for every pair of a ``reference*``
+and a ``fused*`` variant of a group: the targets read ``reference / fused-graph`` (or
+``/ fused``) >= 20 and ``reference-compiled / fused-graph`` >= 3.
+
+CUDA only (skipped without a CUDA device). ``test_bench_plan_compile_smoke_cpu`` runs the
+compiled-reference code path on the CPU at TINY sizes (``mode="reduce-overhead"`` there is
+plain Inductor: CUDA graphs need CUDA tensors) and checks the action against the eager plan;
+compiling takes ~30-80 s on 2 cores.
+
+Run on a GPU machine: pytest bench/test_bench_plan_gpu.py --benchmark-only (``-k A6``: the
+target group only; compiling the unrolled reference plan at the SPEC sizes may take minutes)
+"""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cdred_fast import CDREDAgent, CDREDConfig, Planner
+from cdred_fast.planner import mppi_plan
+
+from bench_utils import sync
+
+OBS_DIM = 39
+VARIANTS = ["fused", "reference", "reference-compiled", "fused-graph"]
+NO_CUDA = "no CUDA device visible: the GPU plan benchmark (CUDA graphs, reduce-overhead) needs one"
+# TINY sizes of python_tests/testing_utils.py with J = 1, H = 2: the CPU smoke compiles in ~30 s, not minutes
+SMOKE = dict(latent_dim=16, enc_dim=32, mlp_dim=32, num_bins=11, num_targets=3, rnd_dim=8,
+             rnd_target_hidden=(16, 16), rnd_predictor_hidden=(16, 16), num_samples=16, num_elites=4,
+             num_pi_trajs=2, iterations=1, horizon=2)
+
+
+def _agent(kernels: str, action_dim: int, device: str, **kw) -> CDREDAgent:
+    torch.manual_seed(0)
+    return CDREDAgent(CDREDConfig(kernels=kernels, episode_length=500, **kw), OBS_DIM, action_dim, device=device)
+
+
+def _latent(agent: CDREDAgent) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        return agent.model.encode(torch.randn(1, OBS_DIM, generator=g).to(agent.device))
+
+
+def reference_plan_fn(agent: CDREDAgent):
+    """``agent.planner.plan(z, t0=True)`` with the default generator as a function of tensors,
+    ``(z [1, L], mean [1, H, A]) -> (action [1, A], mean)``: the region torch.compile compiles."""
+    planner = agent.planner
+    assert not agent.model.training  # eval mode (no Q dropout), as inside planner.plan
+    fns, settings, discount, impl = planner.rollout_functions(None), planner.settings, planner.discount, planner.impl
+
+    def plan(z, mean):
+        return mppi_plan(fns, z, mean, settings, discount=discount, generator=None, impl=impl)
+
+    return plan
+
+
+def drop_in_planner(agent: CDREDAgent, capture_graph: bool) -> Planner:
+    """``Planner.from_functions`` around the agent's world model (same plan as the agent's)."""
+    c, m = agent.cfg, agent.model
+    cfg = SimpleNamespace(horizon=c.horizon, num_samples=c.num_samples, num_elites=c.num_elites,
+                          num_pi_trajs=c.num_pi_trajs, iterations=agent.planner.iterations, temperature=c.temperature,
+                          min_std=c.min_std, max_std=c.max_std, action_dim=agent.action_dim)
+    return Planner.from_functions(
+        dynamics=m.next, reward=m.reward, value=lambda z, a: m.Q(z, a, "avg"), policy=lambda z: m.pi(z)[1],
+        cfg=cfg, kernels=c.kernels, iterations=agent.planner.iterations, discount=agent.discount,
+        capture_graph=capture_graph,
+    )
+
+
+def _cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
+def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
+    """``(run, info)``: ``run()`` plans once from a fixed latent and returns the action [A] (synchronised)."""
+    agent = _agent("reference" if impl.startswith("reference") else "fused", action_dim, device, **cfg)
+    z = _latent(agent)
+    info = {"impl": impl, "iterations": agent.planner.iterations}
+    if impl in ("fused", "reference"):
+        def run():
+            a = agent.planner.plan(z, t0=True)
+            sync(device)
+            return a
+    elif impl == "reference-compiled":
+        torch._dynamo.reset()
+        compiled = torch.compile(reference_plan_fn(agent), mode="reduce-overhead", fullgraph=True)
+        mean = agent.planner.initial_mean(True).unsqueeze(0)
+        skips = _cudagraph_skips()
+
+        def run():
+            if device == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # a new plan: earlier outputs may be overwritten
+            a = compiled(z, mean)[0][0].clone()
+            sync(device)
+            return a
+
+        for _ in range(3):  # compile, then record the CUDA graph (cudagraph trees record on a later call)
+            run()
+        info["cudagraph_skips"] = _cudagraph_skips() - skips  # > 0: reduce-overhead fell back to plain Inductor
+        if device == "cuda" and info["cudagraph_skips"]:
+            print(f"reference-compiled: {info['cudagraph_skips']} CUDA-graph skip(s), see TORCH_LOGS=perf_hints",
+                  file=sys.stderr)
+    elif impl == "fused-graph":
+        planner = drop_in_planner(agent, capture_graph=True)
+
+        def run():
+            a = planner.plan(z, t0=True)[0]
+            sync(device)
+            return a
+
+        run()  # capture
+    else:
+        raise ValueError(impl)
+    return run, info
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.parametrize("action_dim", [6, 38], ids=["A6", "A38"])
+@pytest.mark.parametrize("impl", VARIANTS)
+def test_bench_plan_gpu(benchmark, impl, action_dim):
+    """SPEC defaults (H 3, N 512, k 64, J 6 (+2 for A >= 20), full-size model) on the GPU."""
+    run, info = _plan_runner(impl, action_dim, "cuda")
+    benchmark.group = f"plan from z, SPEC defaults A={action_dim} cuda: eager, compiled, CUDA graph"
+    benchmark.extra_info.update(info)
+    action = benchmark.pedantic(run, rounds=30, warmup_rounds=3)
+    assert action.shape == (action_dim,) and bool(torch.isfinite(action).all()) and bool((action.abs() <= 1).all())
+    if impl == "reference-compiled":
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference", "reference-compiled"])
+def test_bench_plan_compile_smoke_cpu(benchmark, impl):
+    """The compiled-reference code path at TINY sizes on the CPU: ``torch.compile(mode="reduce-overhead")``
+    (plain Inductor on a CPU) with ``fallback_random=True`` plans exactly like the eager reference
+    from the same global-RNG state; the eager fused plan gives the same action up to rounding."""
+    import torch._inductor.config as inductor_config
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with inductor_config.patch(fallback_random=True):  # aten's random ops: the eager draws
+            run, info = _plan_runner(impl, 2, "cpu", **SMOKE)
+            eager, _ = _plan_runner("reference", 2, "cpu", **SMOKE)
+            for seed in (5, 6):
+                torch.manual_seed(seed)
+                want = eager()
+                torch.manual_seed(seed)
+                got = run()
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-5 if impl == "fused" else 1e-6)
+            benchmark.group = "plan TINY J=1 H=2 cpu: eager vs compiled (smoke)"
+            benchmark.extra_info.update(info)
+            action = benchmark.pedantic(run, rounds=20, warmup_rounds=2)
+        assert action.shape == (2,) and bool(torch.isfinite(action).all())
+    finally:
+        torch.set_num_threads(previous)
+        torch._dynamo.reset()
