@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import CDREDConfig
+from .config import CDREDConfig, matmul_precision
 from .layers import soft_ce
 from .planner import MPPIPlanner
 from .world_model import WorldModel, choose_two_heads, randn
@@ -121,7 +121,7 @@ class CDREDAgent:
         ``tanh(mu)`` when ``eval_mode``, a sample otherwise.
         """
         obs = self._obs_tensor(obs).reshape(1, *self.obs_shape)
-        with self.model.planning():
+        with self.model.planning(), matmul_precision(self.cfg.matmul_precision):
             z = self.model.encode(obs)
             if self.cfg.mpc:
                 a = self.planner.plan(z, t0=t0, eval_mode=eval_mode, generator=generator)
@@ -305,28 +305,29 @@ class CDREDAgent:
         noise = self.draw_noise(obs.shape[1], generator)
         m.train(True)  # Q dropout on (and the pixel encoder's random shift) for the losses (as released)
         try:
-            # steps 1-7: world model, Q ensemble and predictors (TD-MPC2: reward head)
-            losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
-            self.optim.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self._wm_params, cfg.grad_clip_norm)
-            self.optim.step()
-            self.scheduler.step()
+            with matmul_precision(cfg.matmul_precision):  # cfg.matmul_precision for every product
+                # steps 1-7: world model, Q ensemble and predictors (TD-MPC2: reward head)
+                losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
+                self.optim.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self._wm_params, cfg.grad_clip_norm)
+                self.optim.step()
+                self.scheduler.step()
 
-            # step 8: policy on the detached latents, Q parameters frozen
-            self.pi_optim.zero_grad(set_to_none=True)
-            m.track_q_grad(False)
-            try:
-                pi_loss = self.policy_loss(losses["zs"], noise)
-                pi_loss.backward()
-            finally:
-                m.track_q_grad(True)
-            pi_grad_norm = torch.nn.utils.clip_grad_norm_(m.pi_net.parameters(), cfg.grad_clip_norm)
-            self.pi_optim.step()
-            self.pi_scheduler.step()
+                # step 8: policy on the detached latents, Q parameters frozen
+                self.pi_optim.zero_grad(set_to_none=True)
+                m.track_q_grad(False)
+                try:
+                    pi_loss = self.policy_loss(losses["zs"], noise)
+                    pi_loss.backward()
+                finally:
+                    m.track_q_grad(True)
+                pi_grad_norm = torch.nn.utils.clip_grad_norm_(m.pi_net.parameters(), cfg.grad_clip_norm)
+                self.pi_optim.step()
+                self.pi_scheduler.step()
 
-            # step 9: Polyak-update the target Qs
-            m.soft_update_target_Q()
+                # step 9: Polyak-update the target Qs
+                m.soft_update_target_Q()
         finally:
             m.train(False)
         self.step += 1
