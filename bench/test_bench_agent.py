@@ -40,7 +40,7 @@ def test_bench_plan(benchmark, impl, action_dim, device):
         sync(device)
         return a
 
-    action = benchmark.pedantic(plan, rounds=3, warmup_rounds=1)
+    action = benchmark.pedantic(plan, rounds=5, warmup_rounds=1)
     assert action.shape == (action_dim,) and torch.isfinite(action).all()
 
 

@@ -91,6 +91,11 @@ def test_simnorm_groups_of_8():
     y = SimNorm(8)(x)
     np.testing.assert_allclose(y.numpy(), np_simnorm(x.numpy().astype(np.float64)), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(y.reshape(3, 4, 3, 8).sum(-1).numpy(), 1.0, atol=1e-6)
+    # large logits (the max shift keeps exp finite) and the gradient (the shift is detached: exact)
+    big = SimNorm(8)(torch.tensor([[1000.0, 999.0] + [0.0] * 6]))
+    np.testing.assert_allclose(big[0, :2].numpy(), [1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))], rtol=1e-6)
+    x64 = (torch.randn(5, 16, dtype=torch.float64) * 3).requires_grad_(True)
+    assert torch.autograd.gradcheck(SimNorm(8), (x64,))
 
 
 def test_dropout_is_before_layernorm_and_only_in_train_mode():
