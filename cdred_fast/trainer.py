@@ -52,7 +52,7 @@ from .agent import CDREDAgent
 from .buffer import EpisodeBuffer
 from .config import CDREDConfig
 from .data import Demonstrations, collect
-from .envs import make, task_spec
+from .envs import make
 
 CHECKPOINT_FORMAT = 1
 
@@ -209,7 +209,8 @@ def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, floa
 
 # --------------------------------------------------------------------------- demonstrations
 def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | Demonstrations], env) -> Demonstrations:
-    """The expert data of a run: a given file/object, or scripted Meta-World experts collected now.
+    """The expert data of a run: a given file/object, or scripted experts collected now
+    (Meta-World, ManiSkill2 pick-cube / lift-cube: :func:`cdred_fast.envs.has_scripted_policy`).
 
     Files are validated against the environment (task name, observation shape and action size).
     """
@@ -219,11 +220,12 @@ def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | 
         return demos
     if demos is not None:
         return Demonstrations.load(demos, task=cfg.task, obs_shape=obs_shape, action_dim=action_dim)
-    if task_spec(cfg.task).suite != "metaworld":
+    from .envs import has_scripted_policy, scripted_policy
+
+    if not has_scripted_policy(cfg.task):
         raise ValueError(
             f"task {cfg.task!r} has no scripted expert: pass expert demonstrations (demos=PATH / --demos PATH)"
         )
-    from .envs import scripted_policy
 
     collect_env = make(cfg.task, cfg.obs, seed=cfg.seed + 20_000)  # the expert acts without trembling
     try:
@@ -239,7 +241,8 @@ class Trainer:
     Args:
         cfg: the run's configuration (``episode_length`` is filled in from the task).
         work_dir: where the run's files live (created if needed).
-        demos: a demonstrations file or object; None collects scripted experts (Meta-World).
+        demos: a demonstrations file or object; None collects scripted experts (Meta-World,
+            ManiSkill2 pick-cube / lift-cube).
         device: torch device of the agent.
         resume: continue from ``work_dir/checkpoint.pt``. Without it, a work dir that already
             holds a checkpoint is refused rather than overwritten.

@@ -262,3 +262,21 @@ def test_worker_messages_cannot_carry_code():
     assert _plain_loads(pickle.dumps(plain, protocol=4)) == plain
     with pytest.raises(pickle.UnpicklingError, match="only plain values"):
         _plain_loads(pickle.dumps(("ok", ValueError("x")), protocol=4))
+
+
+def test_trainer_collects_scripted_demonstrations_for_lift_cube(monkeypatch):
+    """Without --demos, a run on ms2-lift-cube collects successful scripted-expert episodes
+    (as for Meta-World); turn-faucet has no scripted expert and says so."""
+    from cdred_fast import CDREDConfig
+    from cdred_fast.trainer import obtain_demonstrations
+    from testing_utils import TINY
+
+    monkeypatch.setenv(ms2.RENDERER_ENV, "none")
+    cfg = CDREDConfig(**TINY, task="ms2-lift-cube", num_demos=1)
+    env = envs.make("ms2-lift-cube", seed=0)
+    try:
+        demos = obtain_demonstrations(cfg, None, env)
+    finally:
+        env.close()
+    assert demos.num_episodes == 1 and demos.success.all() and demos.task == "ms2-lift-cube"
+    assert envs.has_scripted_policy("ms2-pick-cube") and not envs.has_scripted_policy("ms2-turn-faucet")

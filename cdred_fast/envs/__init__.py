@@ -23,7 +23,16 @@ never imported into this process).
 
 from .registry import PAPER_TASKS, TASKS, TaskSpec, known_tasks, make, task_spec
 
-__all__ = ["PAPER_TASKS", "TASKS", "TaskSpec", "known_tasks", "make", "task_spec", "scripted_policy"]
+__all__ = ["PAPER_TASKS", "TASKS", "TaskSpec", "known_tasks", "make", "task_spec", "scripted_policy", "has_scripted_policy"]
+
+
+SCRIPTED_MS2_TASKS = ("ms2-pick-cube", "ms2-lift-cube")
+
+
+def has_scripted_policy(task: str) -> bool:
+    """Whether :func:`scripted_policy` has an expert for ``task`` (every Meta-World task,
+    ManiSkill2 pick-cube and lift-cube)."""
+    return task_spec(task).suite == "metaworld" or task in SCRIPTED_MS2_TASKS
 
 
 def scripted_policy(task: str):
