@@ -10,6 +10,8 @@
   distributional regression over ``num_bins`` bins in symlog space.
 * :class:`Ensemble` - ``E`` MLPs of identical shape evaluated together with stacked weights and a
   batched matmul (the 5 Q heads, the K CDRED targets).
+* :func:`use_kernels` - run the Mish Blocks of a module through the fused
+  :func:`cdred_fast.ops.layernorm_mish` (the world model does, unless ``kernels="reference"``).
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ here for both paths, with errors that name the argument; the C++ kernels check
 the same things again with ``TORCH_CHECK`` so direct ``torch.ops`` calls are safe.
 
 Each op also gets a fake (meta) implementation, so it traces under
-``torch.compile(fullgraph=True)``, and an autograd formula obtained by
-differentiating the reference, so gradients flow through the fused forward.
+``torch.compile(fullgraph=True)``, and an autograd formula: ``layernorm_mish`` has
+a backward kernel of its own (``layernorm_mish_backward``); ``ensemble_mlp`` runs a
+trainable form built on it when gradients are needed; the reward ops differentiate
+their reference on the saved inputs; the MPPI ops are not differentiable (planning).
 """
 
 from __future__ import annotations

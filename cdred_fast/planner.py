@@ -20,6 +20,11 @@ from ``w`` with std clamped to ``[min_std, max_std]``, the final elite drawn wit
 1e-9 (the released TD-MPC2 code adds 1e-9 to a sum that is 1 after the softmax; SPEC has no such
 term and the ops follow SPEC). Only NaN values are replaced; +-inf values are kept (see
 :func:`cdred_fast.reference.mppi_elite_update` for how the weights stay finite).
+
+Reward, dynamics (and termination) are taken to be deterministic functions of ``(z, a)``, as
+TD-MPC2's and CDRED's are in eval mode: the ``N_pi`` policy sequences keep their actions through
+the ``J`` iterations, so their rewards and last latents are computed once per plan, and only
+their bootstrap ``Q(z_H, pi(z_H))`` is redrawn in every iteration, like every other row's.
 """
 
 from __future__ import annotations
