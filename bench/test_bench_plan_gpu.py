@@ -41,7 +41,6 @@ target group only; compiling the unrolled reference plan at the SPEC sizes may t
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -84,19 +83,6 @@ def reference_plan_fn(agent: CDREDAgent):
     return plan
 
 
-def drop_in_planner(agent: CDREDAgent, capture_graph: bool) -> Planner:
-    """``Planner.from_functions`` around the agent's world model (same plan as the agent's)."""
-    c, m = agent.cfg, agent.model
-    cfg = SimpleNamespace(horizon=c.horizon, num_samples=c.num_samples, num_elites=c.num_elites,
-                          num_pi_trajs=c.num_pi_trajs, iterations=agent.planner.iterations, temperature=c.temperature,
-                          min_std=c.min_std, max_std=c.max_std, action_dim=agent.action_dim)
-    return Planner.from_functions(
-        dynamics=m.next, reward=m.reward, value=lambda z, a: m.Q(z, a, "avg"), policy=lambda z: m.pi(z)[1],
-        cfg=cfg, kernels=c.kernels, iterations=agent.planner.iterations, discount=agent.discount,
-        capture_graph=capture_graph,
-    )
-
-
 def _cudagraph_skips() -> int:
     from torch._dynamo.utils import counters
 
@@ -133,7 +119,7 @@ def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
             print(f"reference-compiled: {info['cudagraph_skips']} CUDA-graph skip(s), see TORCH_LOGS=perf_hints",
                   file=sys.stderr)
     elif impl == "fused-graph":
-        planner = drop_in_planner(agent, capture_graph=True)
+        planner = Planner.from_agent(agent, capture_graph=True)
 
         def run():
             a = planner.plan(z, t0=True)[0]

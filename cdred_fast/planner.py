@@ -524,6 +524,22 @@ class Planner:
         self._api, self._detected = "functions", True
         return self
 
+    @classmethod
+    def from_agent(cls, agent, capture_graph: bool = False) -> "Planner":
+        """The drop-in planner around a :class:`cdred_fast.CDREDAgent`'s world model, with the
+        agent's MPPI settings, kernels and discount: it plans exactly like ``agent.planner``
+        (same draws from the same generator state), with this class's options on top, e.g.
+        ``capture_graph=True`` to replay the whole plan from a CUDA graph. The agent's warm start
+        is not shared (this planner keeps its own ``prev_mean``)."""
+        c, m, iterations = agent.cfg, agent.model, agent.planner.iterations
+        settings = {name: getattr(c, name) for name in (
+            "horizon", "num_samples", "num_elites", "num_pi_trajs", "temperature", "min_std", "max_std")}
+        return cls.from_functions(
+            dynamics=m.next, reward=m.reward, value=lambda z, a: m.Q(z, a, "avg"), policy=lambda z: m.pi(z)[1],
+            cfg={**settings, "iterations": iterations, "action_dim": agent.action_dim},
+            kernels=c.kernels, iterations=iterations, discount=agent.discount, capture_graph=capture_graph,
+        )
+
     def _require_bins(self) -> tuple[int, float, float]:
         got = {name: _cfg_get(self.cfg, name, None) for name in ("num_bins", "vmin", "vmax")}
         missing = [name for name, v in got.items() if v is None]

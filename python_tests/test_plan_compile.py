@@ -13,7 +13,6 @@ the GPU plan benchmark (bench/test_bench_plan_gpu.py), which needs a CUDA device
   variant, the agent's own planner having no CUDA-graph option) plans exactly like the agent.
 """
 
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -76,24 +75,10 @@ def test_compiled_reference_plan_is_one_graph_and_matches_eager():
         torch._dynamo.reset()
 
 
-def drop_in_planner(agent: CDREDAgent, capture_graph: bool = False) -> Planner:
-    """``Planner.from_functions`` around the agent's world model: the agent's plan, with the
-    drop-in planner's options (``capture_graph``)."""
-    c, m = agent.cfg, agent.model
-    cfg = SimpleNamespace(horizon=c.horizon, num_samples=c.num_samples, num_elites=c.num_elites,
-                          num_pi_trajs=c.num_pi_trajs, iterations=agent.planner.iterations, temperature=c.temperature,
-                          min_std=c.min_std, max_std=c.max_std, action_dim=agent.action_dim)
-    return Planner.from_functions(
-        dynamics=m.next, reward=m.reward, value=lambda z, a: m.Q(z, a, "avg"), policy=lambda z: m.pi(z)[1],
-        cfg=cfg, kernels=c.kernels, iterations=agent.planner.iterations, discount=agent.discount,
-        capture_graph=capture_graph,
-    )
-
-
 @pytest.mark.parametrize("kernels", ["fused", "reference"])
 def test_drop_in_planner_around_the_agent_model_plans_like_the_agent(kernels):
     agent = _agent(kernels)
-    planner = drop_in_planner(agent)
+    planner = Planner.from_agent(agent)
     with torch.no_grad():
         z = agent.model.encode(torch.randn(1, OBS))
     for step, seed in enumerate((3, 4, 5)):  # from t0, then warm-started from the previous mean
