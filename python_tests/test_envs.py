@@ -258,3 +258,17 @@ def test_maniskill2_options_and_missing_interpreter(monkeypatch):
     with pytest.raises(ManiSkill2Unavailable, match="scripts/setup.sh") as err:
         envs.make("ms2-pick-cube")
     assert "CDRED_FAST_MS2_PYTHON=/nonexistent/bin/python" in str(err.value) and "mani-skill2==0.5.3" in str(err.value)
+
+
+def test_maniskill2_worker_messages_cannot_carry_code():
+    """Replies from the ManiSkill2 worker are unpickled without any class lookup: plain values pass,
+    a pickled object (which would import and call code) is refused. (Needs no simulator.)"""
+    import pickle
+
+    from cdred_fast.envs.maniskill2 import _plain_loads
+
+    plain = ("ok", {"obs": b"\x00" * 16, "reward": 1.5, "done": [True, None]})
+    assert _plain_loads(pickle.dumps(plain, protocol=4)) == plain
+    with pytest.raises(pickle.UnpicklingError, match="only plain values"):
+        _plain_loads(pickle.dumps(("ok", ValueError("x")), protocol=4))
+

@@ -251,19 +251,6 @@ def test_short_cdred_training_run_on_pick_cube(tmp_path, monkeypatch):
     assert state["config"]["task"] == "ms2-pick-cube" and state["step"] == 100 and state["episode"] == 1
 
 
-def test_worker_messages_cannot_carry_code():
-    """Replies from the worker are unpickled without any class lookup: plain values pass, a pickled
-    object (which would import and call code) is refused."""
-    import pickle
-
-    from cdred_fast.envs.maniskill2 import _plain_loads
-
-    plain = ("ok", {"obs": b"\x00" * 16, "reward": 1.5, "done": [True, None]})
-    assert _plain_loads(pickle.dumps(plain, protocol=4)) == plain
-    with pytest.raises(pickle.UnpicklingError, match="only plain values"):
-        _plain_loads(pickle.dumps(("ok", ValueError("x")), protocol=4))
-
-
 def test_trainer_collects_scripted_demonstrations_for_lift_cube(monkeypatch):
     """Without --demos, a run on ms2-lift-cube collects successful scripted-expert episodes
     (as for Meta-World); turn-faucet has no scripted expert and says so."""
