@@ -83,3 +83,32 @@ def test_bench_rnd_reward(benchmark, impl, shared, device):
     with torch.no_grad():
         ref = ops.rnd_reward(x, targets, preds, x_shared=xs, impl="reference")
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["fused", "fused-untiled", "reference"])
+def test_bench_targets_and_reward(benchmark, impl, device):
+    """The targets' forward and the reward from given predictor outputs, with the planning
+    latent shared: the tiled ``ensemble_reward`` op ("fused", no [K, N, D] tensor), the fused
+    ``ensemble_mlp`` + ``cdred_reward`` ("fused-untiled"), and the reference."""
+    weights, biases, ln_w, ln_b = _params(*TARGETS, device, seed=0)
+    x, xs = _inputs(device, True)
+    g = torch.Generator().manual_seed(5)
+    pe, pb = (torch.randn(N, D, generator=g).to(device) for _ in range(2))
+    benchmark.group = f"targets + reward K={K} N={N} x_shared {device}"
+    benchmark.extra_info["impl"] = impl
+
+    def run():
+        if impl == "fused":
+            out = torch.ops.cdred_fast.ensemble_reward(x, weights, biases, ln_w, ln_b, 1e-5, pe, pb, 0.9, 0.8, 1.0,
+                                                       "linear", 1e-6, xs)
+        else:
+            kind = "reference" if impl == "reference" else "fused"
+            t = ops.ensemble_mlp(x, weights, biases, ln_w, ln_b, 1e-5, xs, impl=kind)
+            out = ops.cdred_reward(pe, pb, t, impl=kind)
+        sync(device)
+        return out
+
+    out = benchmark(run)
+    t = ops.ensemble_mlp(x, weights, biases, ln_w, ln_b, 1e-5, xs, impl="reference")
+    torch.testing.assert_close(out, ops.cdred_reward(pe, pb, t, impl="reference"), rtol=1e-3, atol=1e-3)

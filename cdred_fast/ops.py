@@ -672,15 +672,16 @@ def rnd_reward(
 
     Returns: ``[N]`` reward per row.
 
-    Cost note: the target outputs ``[K, N, D]`` and the predictor outputs
-    ``[2, N, D]`` are materialised once per call (3.7 MB in float32 at the SPEC
-    sizes N = 512, K = 5, D = 256), written by the last GEMMs and read once by
-    ``cdred_reward``. A further fusion (the last Linear of every network and the
-    moment reduction of Eq. 8 in one kernel, tile of rows by tile of rows) would
-    keep them in cache and save that round trip: about 7 MB of memory traffic,
-    i.e. well under 1 ms on the CPU, against ~4.6 G multiply-adds of GEMMs
-    (~50-100 ms on one core here). Not worth replacing the BLAS GEMM on the CPU;
-    on a GPU it would also save two kernel launches per call.
+    Fused path without gradients (planning): the predictors run through
+    ``ensemble_mlp``; the targets through ``ensemble_reward``, which runs their
+    hidden layers, then their last Linear and the reward on tiles of rows whose
+    ``[K, rows, D]`` outputs stay in the CPU's L2 cache (512 KB; one tile on a
+    GPU): the ``[K, N, D]`` target tensor is never materialised. Measured on the
+    CPU this saves memory (2.6 MB per call at the SPEC sizes) but no time (15.9
+    vs 15.9 ms, interleaved A/B): the last layer's weights are as large as its
+    outputs at N = 512, so re-reading them per tile costs what the cached
+    outputs save (``bench/RESULTS.md``).
+    With gradients (or ``impl="reference"``): ``ensemble_mlp`` + ``cdred_reward``.
     """
     _check_impl(impl)
     if not isinstance(x, Tensor) or x.dim() != 2:
@@ -710,6 +711,16 @@ def rnd_reward(
             )
         preds = ensemble_mlp(x, *p_args, x_shared, impl=impl)  # [2, N, D]
         pred_expert, pred_behavioral = preds[0], preds[1]
+    t_tensors = (x, x_shared, pred_expert, pred_behavioral, *[t for group in t_args[:4] for t in group])
+    if impl == "fused" and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in t_tensors)):
+        # planning: the targets' last layer and the reward per tile of rows, no [K, N, D] tensor
+        _check_ensemble_mlp_inputs(x, *t_args, x_shared)
+        _check_unit("alpha", alpha)
+        _check_reward_args(zeta, sigma, g)
+        _check_nonneg("eps", eps)
+        return torch.ops.cdred_fast.ensemble_reward.default(
+            x, *t_args, pred_expert, pred_behavioral, float(alpha), float(zeta), float(sigma), g, float(eps), x_shared
+        )
     targets = ensemble_mlp(x, *t_args, x_shared, impl=impl)  # [K, N, D]
     return cdred_reward(pred_expert, pred_behavioral, targets, alpha, zeta, sigma, g, eps, impl=impl)
 
@@ -720,6 +731,20 @@ def _register_rnd_family() -> None:
         torch._check(x.dim() == 2 or x.dim() == 3)
         torch._check(len(weights) >= 1)
         return x.new_empty((weights[0].shape[0], x.shape[-2], weights[-1].shape[1]))
+
+    @torch.library.register_fake("cdred_fast::ensemble_reward")
+    def _(x, weights, biases, ln_weights, ln_biases, ln_eps, pred_expert, pred_behavioral, alpha, zeta, sigma, g, eps,
+          x_shared=None):
+        torch._check(x.dim() == 2 or x.dim() == 3)
+        return x.new_empty((x.shape[-2],))
+
+    def _no_gradient(ctx, grad):
+        raise RuntimeError(
+            "cdred_fast::ensemble_reward is the no-grad planning reward; differentiate ops.rnd_reward instead "
+            "(with inputs that require grad it runs ensemble_mlp + cdred_reward, which have gradients)"
+        )
+
+    torch.library.register_autograd("cdred_fast::ensemble_reward", _no_gradient)
 
     @torch.library.register_fake("cdred_fast::_rnd_mish")
     def _(x):

@@ -72,6 +72,13 @@ TORCH_LIBRARY(cdred_fast, m) {
       "ensemble_mlp(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] ln_weights, Tensor[] ln_biases, "
       "float ln_eps, Tensor? x_shared=None) -> Tensor");
   m.def("_rnd_mish(Tensor x) -> Tensor");
+  // The planning reward at the end of the targets' forward: cdred_reward(
+  // pred_expert, pred_behavioral, ensemble_mlp(x, <targets>)) without the
+  // [K, N, D] target outputs (the last Linear and the reward run per tile of rows).
+  m.def(
+      "ensemble_reward(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] ln_weights, Tensor[] ln_biases, "
+      "float ln_eps, Tensor pred_expert, Tensor pred_behavioral, float alpha, float zeta, float sigma, str g, "
+      "float eps, Tensor? x_shared=None) -> Tensor");
   // SPEC section 0: the Block's LayerNorm -> Mish tail as a trainable op (the
   // world model's Blocks, and the predictors' gradients): x [E, M, D] with a
   // per-member affine gamma, beta [E, D]; the forward also returns the row

@@ -479,3 +479,82 @@ def test_mixed_devices_rejected():
         ops.ensemble_mlp(**a)
     with pytest.raises(ValueError, match=r"weights\[0\]"):
         torch.ops.cdred_fast.ensemble_mlp.default(*a.values())
+
+
+# ----------------------------------------------------------------------------- ensemble_reward (targets + reward, tiled)
+# (K, N, dims): N spans several 512 KB tiles at D = 256 (102 rows per tile in float32, 51 in float64),
+# a one-layer network (its last Linear reads x itself), K = 1 (every coordinate degenerate), N = 0.
+ER_SHAPES = [(5, 300, [10, 64, 256]), (5, 513, [13, 512, 512, 256]), (3, 37, [9, 4]), (1, 150, [7, 16, 256]), (2, 0, [5, 8, 3])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("x_mode,shared", [("shared-rows", "none"), ("shared-rows", "A=3"), ("per-member", "none")])
+@pytest.mark.parametrize("K,N,dims", ER_SHAPES)
+def test_ensemble_reward_equals_targets_then_reward(K, N, dims, x_mode, shared, dtype, device):
+    x, ws, bs, lws, lbs, xs = _case(K, N, dims, x_mode, shared, dtype, device)
+    D = dims[-1]
+    pe, pb = _rows(N, D, dtype=dtype, device=device, seed=11), _rows(N, D, dtype=dtype, device=device, seed=12)
+    for g in ("linear", "exp"):
+        args = (0.9, 0.8, 0.5, g, 1e-6)
+        got = torch.ops.cdred_fast.ensemble_reward(x, ws, bs, lws, lbs, 1e-5, pe, pb, *args, xs)
+        targets = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs)
+        want = ops.cdred_reward(pe, pb, targets, *args)
+        assert got.shape == (N,) and got.dtype == dtype
+        torch.testing.assert_close(got, want, **TOL[dtype])
+        ref = ops.cdred_reward(pe, pb, ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference"), *args, impl="reference")
+        torch.testing.assert_close(got, ref, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-4 if dtype == torch.float32 else 1e-9)
+
+
+def test_rnd_reward_uses_the_tiled_op_only_without_gradients(monkeypatch):
+    x, ws, bs, lws, lbs, xs = _case(3, 40, [8, 12, 4], "shared-rows", "A=3", torch.float32, "cpu")
+    pw, pb, plw, plb = _params(2, [8, 20, 20, 4], torch.float32)
+    calls = []
+    real = torch.ops.cdred_fast.ensemble_reward.default
+
+    class Spy:
+        default = staticmethod(lambda *a: calls.append(1) or real(*a))
+
+    monkeypatch.setattr(torch.ops.cdred_fast, "ensemble_reward", Spy, raising=False)
+    r = ops.rnd_reward(x, (ws, bs, lws, lbs), (pw, pb, plw, plb), x_shared=xs)
+    assert calls == [1]
+    pw[0].requires_grad_(True)
+    r_grad = ops.rnd_reward(x, (ws, bs, lws, lbs), (pw, pb, plw, plb), x_shared=xs)
+    assert calls == [1] and r_grad.requires_grad
+    torch.testing.assert_close(r, r_grad.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ensemble_reward_opcheck_and_no_gradient(device):
+    x, ws, bs, lws, lbs, xs = _case(3, 130, [8, 12, 4], "shared-rows", "A=3", torch.float32, device)
+    pe, pb = _rows(130, 4, dtype=torch.float32, device=device, seed=3), _rows(130, 4, dtype=torch.float32, device=device, seed=4)
+    args = (x, ws, bs, lws, lbs, 1e-5, pe, pb, 0.9, 0.8, 1.0, "linear", 1e-6, xs)
+    torch.library.opcheck(torch.ops.cdred_fast.ensemble_reward.default, args, test_utils=("test_schema", "test_faketensor"))
+    out = torch.ops.cdred_fast.ensemble_reward(x, ws, bs, lws, lbs, 1e-5, pe.requires_grad_(True), pb, 0.9, 0.8, 1.0,
+                                               "linear", 1e-6, xs)
+    with pytest.raises(RuntimeError, match="no-grad planning reward"):
+        out.sum().backward()
+
+
+def test_ensemble_reward_bad_inputs_named():
+    x, ws, bs, lws, lbs, xs = _case(3, 20, [8, 12, 4], "shared-rows", "none", torch.float32, "cpu")
+    pe, pb = torch.zeros(20, 4), torch.zeros(20, 4)
+    op = torch.ops.cdred_fast.ensemble_reward.default
+    good = [x, ws, bs, lws, lbs, 1e-5, pe, pb, 0.9, 0.8, 1.0, "linear", 1e-6, None]
+
+    def call(**changes):
+        names = ["x", "weights", "biases", "ln_weights", "ln_biases", "ln_eps", "pred_expert", "pred_behavioral",
+                 "alpha", "zeta", "sigma", "g", "eps", "x_shared"]
+        args = [changes.get(n, v) for n, v in zip(names, good)]
+        return op(*args)
+
+    with pytest.raises(ValueError, match=r"ensemble_reward: argument 'pred_expert' must have shape \[N, D\] = \[20, 4\]"):
+        call(pred_expert=torch.zeros(20, 5))
+    with pytest.raises(TypeError, match="ensemble_reward: argument 'pred_behavioral' has dtype"):
+        call(pred_behavioral=pb.double())
+    with pytest.raises(ValueError, match="ensemble_reward: argument 'alpha' must be in"):
+        call(alpha=1.5)
+    with pytest.raises(ValueError, match="ensemble_reward: argument 'g' must be"):
+        call(g="tanh")
+    with pytest.raises(ValueError, match=r"ensemble_reward: argument 'weights\[1\]' has shape"):
+        call(weights=[ws[0], ws[1][:, :, :5]])

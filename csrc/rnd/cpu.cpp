@@ -120,6 +120,22 @@ at::Tensor ensemble_mlp_cpu(const at::Tensor& x, at::TensorList weights, at::Ten
   return ensemble_mlp_forward(s, x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared, epilogue_cpu);
 }
 
+// Tiles of the last layer's outputs small enough to stay in a core's L2 cache
+// between the GEMM that writes them and the reward that reads them.
+constexpr int64_t kRewardTileBytes = 512 * 1024;
+
+at::Tensor ensemble_reward_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                               at::TensorList ln_weights, at::TensorList ln_biases, double ln_eps,
+                               const at::Tensor& pred_expert, const at::Tensor& pred_behavioral, double alpha,
+                               double zeta, double sigma, c10::string_view g, double eps,
+                               const std::optional<at::Tensor>& x_shared) {
+  constexpr const char* op = "cdred_fast::ensemble_reward";
+  TORCH_CHECK_VALUE(!x.defined() || x.device().is_cpu(), op, ": CPU kernel called with tensors on ", x.device());
+  const at::AutoDispatchBelowADInplaceOrView guard;
+  return ensemble_reward_forward(op, x, weights, biases, ln_weights, ln_biases, ln_eps, pred_expert, pred_behavioral,
+                                 alpha, zeta, sigma, g, eps, x_shared, kRewardTileBytes, epilogue_cpu);
+}
+
 at::Tensor rnd_mish_cpu(const at::Tensor& x_in) {
   constexpr const char* op = "cdred_fast::_rnd_mish";
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
@@ -139,6 +155,7 @@ at::Tensor rnd_mish_cpu(const at::Tensor& x_in) {
 
 TORCH_LIBRARY_IMPL(cdred_fast, CPU, m) {
   m.impl("ensemble_mlp", &ensemble_mlp_cpu);
+  m.impl("ensemble_reward", &ensemble_reward_cpu);
   m.impl("_rnd_mish", &rnd_mish_cpu);
 }
 

@@ -107,6 +107,23 @@ at::Tensor ensemble_mlp_cuda(const at::Tensor& x, at::TensorList weights, at::Te
   return ensemble_mlp_forward(s, x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared, epilogue_cuda);
 }
 
+// One tile for any planning batch (the outputs live in L2 on a GPU anyway); the
+// bound only caps the buffer for very large N.
+constexpr int64_t kRewardTileBytes = 64LL * 1024 * 1024;
+
+at::Tensor ensemble_reward_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                                at::TensorList ln_weights, at::TensorList ln_biases, double ln_eps,
+                                const at::Tensor& pred_expert, const at::Tensor& pred_behavioral, double alpha,
+                                double zeta, double sigma, c10::string_view g, double eps,
+                                const std::optional<at::Tensor>& x_shared) {
+  constexpr const char* op = "cdred_fast::ensemble_reward";
+  TORCH_CHECK_VALUE(!x.defined() || x.is_cuda(), op, ": CUDA kernel called with 'x' on ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return ensemble_reward_forward(op, x, weights, biases, ln_weights, ln_biases, ln_eps, pred_expert, pred_behavioral,
+                                 alpha, zeta, sigma, g, eps, x_shared, kRewardTileBytes, epilogue_cuda);
+}
+
 at::Tensor rnd_mish_cuda(const at::Tensor& x_in) {
   constexpr const char* op = "cdred_fast::_rnd_mish";
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
@@ -129,6 +146,7 @@ at::Tensor rnd_mish_cuda(const at::Tensor& x_in) {
 
 TORCH_LIBRARY_IMPL(cdred_fast, CUDA, m) {
   m.impl("ensemble_mlp", &ensemble_mlp_cuda);
+  m.impl("ensemble_reward", &ensemble_reward_cuda);
   m.impl("_rnd_mish", &rnd_mish_cuda);
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/addmv.h>
 #include <ATen/ops/baddbmm.h>
@@ -24,11 +25,13 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/macros.h"
 
 namespace cdred {
@@ -380,14 +383,17 @@ inline EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor&
 // unit stride along D) and dst [E, N, D] contiguous, possibly the same memory;
 // dst <- Mish(LayerNorm(src + bias) * gamma + beta); bias/gamma/beta [E, D]
 // contiguous. Scratch: two ping-pong buffers of N * E * max(hidden) values.
-template <typename Epilogue>
-at::Tensor ensemble_mlp_forward(const EnsembleShape& s, const at::Tensor& x_in, at::TensorList weights,
-                                at::TensorList biases, at::TensorList ln_weights, at::TensorList ln_biases,
-                                double ln_eps, const std::optional<at::Tensor>& x_shared, Epilogue&& epilogue) {
+//
+// ensemble_mlp_layers runs every layer and hands the last, plain Linear to
+// `last(in, bias, wt, rows_2d)`: in = its input ([E, N, in], or x [N, I] itself
+// when rows_2d: a one-layer network on shared rows), bias [E, out], wt
+// [E, in, out] (the transposed weights). ensemble_mlp_forward writes it out;
+// ensemble_reward_forward (section 4) consumes it tile by tile.
+template <typename Epilogue, typename Last>
+void ensemble_mlp_layers(const EnsembleShape& s, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                         at::TensorList ln_weights, at::TensorList ln_biases, double ln_eps,
+                         const std::optional<at::Tensor>& x_shared, Epilogue&& epilogue, Last&& last) {
   const int64_t E = s.E, N = s.N, L = s.layers;
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor result = at::empty({E, N, s.out[L - 1]}, x.options());
-  if (N == 0) return result;
   const bool rows_shared = !s.per_member_x;
 
   // First layer: effective bias and the row-feature part of the weights.
@@ -414,14 +420,7 @@ at::Tensor ensemble_mlp_forward(const EnsembleShape& s, const at::Tensor& x_in, 
     const at::Tensor bias = l == 0 ? bias0.view({E, out0}) : biases[l].contiguous();  // [E, out]
     const at::Tensor wt = (l == 0 ? w0x : weights[l].contiguous()).transpose(1, 2);  // [E, in, out]
     if (l == L - 1) {  // the last, plain Linear
-      if (l == 0 && rows_shared) {
-        for (int64_t e = 0; e < E; ++e) {
-          at::Tensor d = result.select(0, e);
-          at::addmm_out(d, bias.select(0, e), x, wt.select(0, e));
-        }
-      } else {
-        at::baddbmm_out(result, bias.unsqueeze(1), l == 0 ? x : h, wt);
-      }
+      last(l == 0 ? x : h, bias, wt, l == 0 && rows_shared);
       break;
     }
     at::Tensor dst = buf[l % 2].narrow(0, 0, E * N * out).view({E, N, out});
@@ -437,7 +436,108 @@ at::Tensor ensemble_mlp_forward(const EnsembleShape& s, const at::Tensor& x_in, 
     epilogue(src, dst, bias, ln_weights[l].contiguous(), ln_biases[l].contiguous(), ln_eps);
     h = dst;
   }
+}
+
+// The last Linear into dst [E, n, out] for rows [r0, r0 + n) of its input (see ensemble_mlp_layers).
+inline void last_linear_rows(at::Tensor dst, const at::Tensor& in, const at::Tensor& bias, const at::Tensor& wt,
+                             bool rows_2d, int64_t r0, int64_t n) {
+  if (rows_2d) {
+    const at::Tensor rows = in.narrow(0, r0, n);
+    for (int64_t e = 0; e < dst.size(0); ++e) {
+      at::Tensor d = dst.select(0, e);
+      at::addmm_out(d, bias.select(0, e), rows, wt.select(0, e));
+    }
+  } else {
+    at::baddbmm_out(dst, bias.unsqueeze(1), in.narrow(1, r0, n), wt);
+  }
+}
+
+template <typename Epilogue>
+at::Tensor ensemble_mlp_forward(const EnsembleShape& s, const at::Tensor& x_in, at::TensorList weights,
+                                at::TensorList biases, at::TensorList ln_weights, at::TensorList ln_biases,
+                                double ln_eps, const std::optional<at::Tensor>& x_shared, Epilogue&& epilogue) {
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor result = at::empty({s.E, s.N, s.out[s.layers - 1]}, x.options());
+  if (s.N == 0) return result;
+  ensemble_mlp_layers(s, x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared, epilogue,
+                      [&](const at::Tensor& in, const at::Tensor& bias, const at::Tensor& wt, bool rows_2d) {
+                        last_linear_rows(result, in, bias, wt, rows_2d, 0, s.N);
+                      });
   return result;
+}
+
+// =============================================================================
+// 4. The planning reward at the end of the targets' forward (op ensemble_reward)
+// =============================================================================
+//
+// ensemble_reward(x, <K targets as for ensemble_mlp>, f_phi(x), f_psi(x), ...)
+// = cdred_reward(f_phi(x), f_psi(x), ensemble_mlp(x, <targets>), ...), without
+// the [K, N, D] target outputs: the hidden layers run as in ensemble_mlp, then
+// the last Linear and the reward (SPEC Eq. 7-8, the cdred_reward op, called
+// through the dispatcher so CPU and CUDA use their own kernel) run on tiles of
+// rows whose [K, rows, D] outputs stay within `tile_bytes` (the CPU passes a
+// size that stays in its L2 cache: the tile is written by the GEMM and read by
+// the reward while still cached; one buffer is reused for every tile).
+inline void check_ensemble_reward_preds(const char* op, const EnsembleShape& s, const at::Tensor& x,
+                                        const at::Tensor& pred_expert, const at::Tensor& pred_behavioral) {
+  const int64_t D = s.out[s.layers - 1];
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"pred_expert", &pred_expert},
+                                std::pair<const char*, const at::Tensor*>{"pred_behavioral", &pred_behavioral}}) {
+    check_rnd_float(op, name, *t, x, "x");
+    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == s.N && t->size(1) == D, op, ": argument '", name,
+                      "' must have shape [N, D] = [", s.N, ", ", D, "] (N rows of x, D outputs of the targets' "
+                      "last layer), got shape ", t->sizes());
+  }
+}
+
+inline at::Tensor ensemble_reward_forward_impl(const EnsembleShape& s, const at::Tensor& x, const at::Tensor& pe,
+                                               const at::Tensor& pb, double alpha, double zeta, double sigma,
+                                               c10::string_view g, double eps, int64_t tile_bytes,
+                                               const std::function<void(const std::function<void(
+                                                   const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>&)>&
+                                                   run_layers) {
+  static const auto reward_op = c10::Dispatcher::singleton()
+                                    .findSchemaOrThrow("cdred_fast::cdred_reward", "")
+                                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                                      double, double, c10::string_view, double)>();
+  const int64_t K = s.E, N = s.N, D = s.out[s.layers - 1];
+  at::Tensor out = at::empty({N}, x.options());
+  if (N == 0) return out;
+  const int64_t per_row = K * D * static_cast<int64_t>(x.element_size());
+  const int64_t T = std::min<int64_t>(N, std::max<int64_t>(1, tile_bytes / per_row));
+  at::Tensor buffer = at::empty({K * T * D}, x.options());
+  run_layers([&](const at::Tensor& in, const at::Tensor& bias, const at::Tensor& wt, bool rows_2d) {
+    for (int64_t r0 = 0; r0 < N; r0 += T) {
+      const int64_t n = std::min(T, N - r0);
+      at::Tensor targets = buffer.narrow(0, 0, K * n * D).view({K, n, D});  // contiguous
+      last_linear_rows(targets, in, bias, wt, rows_2d, r0, n);
+      out.narrow(0, r0, n).copy_(reward_op.call(pe.narrow(0, r0, n), pb.narrow(0, r0, n), targets, alpha, zeta,
+                                                sigma, g, eps));
+    }
+  });
+  return out;
+}
+
+template <typename Epilogue>
+at::Tensor ensemble_reward_forward(const char* op, const at::Tensor& x_in, at::TensorList weights,
+                                   at::TensorList biases, at::TensorList ln_weights, at::TensorList ln_biases,
+                                   double ln_eps, const at::Tensor& pred_expert, const at::Tensor& pred_behavioral,
+                                   double alpha, double zeta, double sigma, c10::string_view g, double eps,
+                                   const std::optional<at::Tensor>& x_shared, int64_t tile_bytes,
+                                   Epilogue&& epilogue) {
+  const EnsembleShape s = check_ensemble_mlp_inputs(op, x_in, weights, biases, ln_weights, ln_biases, ln_eps, x_shared);
+  check_ensemble_reward_preds(op, s, x_in, pred_expert, pred_behavioral);
+  check_unit_interval(op, "alpha", alpha);
+  check_unit_interval(op, "zeta", zeta);
+  check_nonnegative(op, "sigma", sigma);
+  check_nonnegative(op, "eps", eps);
+  parse_g(op, std::string(g));
+  const at::Tensor x = x_in.contiguous();
+  return ensemble_reward_forward_impl(
+      s, x, pred_expert.contiguous(), pred_behavioral.contiguous(), alpha, zeta, sigma, g, eps, tile_bytes,
+      [&](const auto& last) {
+        ensemble_mlp_layers(s, x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared, epilogue, last);
+      });
 }
 
 }  // namespace cdred
