@@ -25,7 +25,6 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -490,34 +489,6 @@ inline void check_ensemble_reward_preds(const char* op, const EnsembleShape& s, 
   }
 }
 
-inline at::Tensor ensemble_reward_forward_impl(const EnsembleShape& s, const at::Tensor& x, const at::Tensor& pe,
-                                               const at::Tensor& pb, double alpha, double zeta, double sigma,
-                                               c10::string_view g, double eps, int64_t tile_bytes,
-                                               const std::function<void(const std::function<void(
-                                                   const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>&)>&
-                                                   run_layers) {
-  static const auto reward_op = c10::Dispatcher::singleton()
-                                    .findSchemaOrThrow("cdred_fast::cdred_reward", "")
-                                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                                                      double, double, c10::string_view, double)>();
-  const int64_t K = s.E, N = s.N, D = s.out[s.layers - 1];
-  at::Tensor out = at::empty({N}, x.options());
-  if (N == 0) return out;
-  const int64_t per_row = K * D * static_cast<int64_t>(x.element_size());
-  const int64_t T = std::min<int64_t>(N, std::max<int64_t>(1, tile_bytes / per_row));
-  at::Tensor buffer = at::empty({K * T * D}, x.options());
-  run_layers([&](const at::Tensor& in, const at::Tensor& bias, const at::Tensor& wt, bool rows_2d) {
-    for (int64_t r0 = 0; r0 < N; r0 += T) {
-      const int64_t n = std::min(T, N - r0);
-      at::Tensor targets = buffer.narrow(0, 0, K * n * D).view({K, n, D});  // contiguous
-      last_linear_rows(targets, in, bias, wt, rows_2d, r0, n);
-      out.narrow(0, r0, n).copy_(reward_op.call(pe.narrow(0, r0, n), pb.narrow(0, r0, n), targets, alpha, zeta,
-                                                sigma, g, eps));
-    }
-  });
-  return out;
-}
-
 template <typename Epilogue>
 at::Tensor ensemble_reward_forward(const char* op, const at::Tensor& x_in, at::TensorList weights,
                                    at::TensorList biases, at::TensorList ln_weights, at::TensorList ln_biases,
@@ -532,12 +503,28 @@ at::Tensor ensemble_reward_forward(const char* op, const at::Tensor& x_in, at::T
   check_nonnegative(op, "sigma", sigma);
   check_nonnegative(op, "eps", eps);
   parse_g(op, std::string(g));
-  const at::Tensor x = x_in.contiguous();
-  return ensemble_reward_forward_impl(
-      s, x, pred_expert.contiguous(), pred_behavioral.contiguous(), alpha, zeta, sigma, g, eps, tile_bytes,
-      [&](const auto& last) {
-        ensemble_mlp_layers(s, x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared, epilogue, last);
-      });
+  static const auto reward_op = c10::Dispatcher::singleton()
+                                    .findSchemaOrThrow("cdred_fast::cdred_reward", "")
+                                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                                      double, double, c10::string_view, double)>();
+  const at::Tensor x = x_in.contiguous(), pe = pred_expert.contiguous(), pb = pred_behavioral.contiguous();
+  const int64_t K = s.E, N = s.N, D = s.out[s.layers - 1];
+  at::Tensor out = at::empty({N}, x.options());
+  if (N == 0) return out;
+  const int64_t per_row = K * D * static_cast<int64_t>(x.element_size());
+  const int64_t T = std::min<int64_t>(N, std::max<int64_t>(1, tile_bytes / per_row));
+  at::Tensor buffer = at::empty({K * T * D}, x.options());
+  ensemble_mlp_layers(s, x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared, epilogue,
+                      [&](const at::Tensor& in, const at::Tensor& bias, const at::Tensor& wt, bool rows_2d) {
+                        for (int64_t r0 = 0; r0 < N; r0 += T) {
+                          const int64_t n = std::min(T, N - r0);
+                          at::Tensor targets = buffer.narrow(0, 0, K * n * D).view({K, n, D});  // contiguous
+                          last_linear_rows(targets, in, bias, wt, rows_2d, r0, n);
+                          out.narrow(0, r0, n).copy_(reward_op.call(pe.narrow(0, r0, n), pb.narrow(0, r0, n),
+                                                                    targets, alpha, zeta, sigma, g, eps));
+                        }
+                      });
+  return out;
 }
 
 }  // namespace cdred
