@@ -596,11 +596,14 @@ def ensemble_mlp(
         return reference.ensemble_mlp(x, *args, x_shared)
     if not FUSED_AVAILABLE:
         _lib.require()  # raises with the reason
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, x_shared, *[t for group in args[:4] for t in group])
-    ):
+    if _needs_grad(x, x_shared, *[t for group in args[:4] for t in group]):
         return _ensemble_mlp_trainable(x, *args, x_shared)  # training: keep what the backward needs
     return torch.ops.cdred_fast.ensemble_mlp.default(x, *args, x_shared)
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd will record this call: grad mode is on and an input (None allowed) requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _ensemble_mlp_trainable(x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared=None) -> Tensor:
@@ -711,8 +714,8 @@ def rnd_reward(
             )
         preds = ensemble_mlp(x, *p_args, x_shared, impl=impl)  # [2, N, D]
         pred_expert, pred_behavioral = preds[0], preds[1]
-    t_tensors = (x, x_shared, pred_expert, pred_behavioral, *[t for group in t_args[:4] for t in group])
-    if impl == "fused" and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in t_tensors)):
+    target_tensors = [t for group in t_args[:4] for t in group]
+    if impl == "fused" and not _needs_grad(x, x_shared, pred_expert, pred_behavioral, *target_tensors):
         # planning: the targets' last layer and the reward per tile of rows, no [K, N, D] tensor
         _check_ensemble_mlp_inputs(x, *t_args, x_shared)
         _check_unit("alpha", alpha)
