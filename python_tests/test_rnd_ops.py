@@ -336,7 +336,7 @@ def test_rnd_reward_matches_reference(shared, g, device):
 
 
 def test_rnd_reward_equals_cdred_reward_module():
-    """The integration CDREDReward would use: stacked parameters of its modules -> ops.rnd_reward."""
+    """CDREDReward's integration: stacked parameters of its modules -> ops.rnd_reward."""
     cfg = CDREDConfig(num_targets=3, rnd_dim=8, rnd_target_hidden=(16, 16), rnd_predictor_hidden=(24, 24, 24))
     torch.manual_seed(0)
     model = CDREDReward(cfg, in_dim=10)
@@ -345,7 +345,7 @@ def test_rnd_reward_equals_cdred_reward_module():
     x = torch.randn(33, 10)
     targets = _stack_ensemble(model.target_nets)
     stacked = _stack_sequentials([model.expert_predictor, model.behavioral_predictor])  # torch.stack: copies
-    pair = (_mlp_params(model.expert_predictor), _mlp_params(model.behavioral_predictor))  # views
+    pair = model.predictor_params()  # unsqueeze(0) views of each predictor's parameters
     assert pair[0][0][1].data_ptr() == model.expert_predictor[1].weight.data_ptr()
     cfg_args = (cfg.alpha, cfg.zeta, cfg.sigma, cfg.g, cfg.reward_eps)
     with torch.no_grad():
@@ -366,24 +366,13 @@ def test_rnd_reward_equals_cdred_reward_module():
     grads_ref = torch.autograd.grad(loss_ref, list(model.expert_predictor.parameters()))
     with torch.no_grad():
         chosen = ops.ensemble_mlp(x, *targets)[idx, torch.arange(33)]
-    pred = ops.ensemble_mlp(x, *_mlp_params(model.expert_predictor))[0]
+    pred = ops.ensemble_mlp(x, *CDREDReward._mlp_params(model.expert_predictor))[0]
     loss = (pred - chosen).pow(2).mean(dim=-1).mean()
     grads = torch.autograd.grad(loss, list(model.expert_predictor.parameters()))
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
-
-def _mlp_params(net):
-    """One layers.mlp as an E = 1 ensemble: unsqueeze(0) views of its parameters (the suggested integration)."""
-    hidden = list(net)[:-1]
-    return (
-        [m.weight.unsqueeze(0) for m in net],
-        [m.bias.unsqueeze(0) for m in net],
-        [m.ln.weight.unsqueeze(0) for m in hidden],
-        [m.ln.bias.unsqueeze(0) for m in hidden],
-        hidden[0].ln.eps if hidden else 1e-5,
-    )
 
 
 # ----------------------------------------------------------------------------- bad inputs
