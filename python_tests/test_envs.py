@@ -11,6 +11,8 @@ import pytest
 from cdred_fast import envs
 from cdred_fast.envs.metaworld import scripted_policy
 
+from testing_utils import check_state_env, check_step_output
+
 # The paper's tasks and the sizes their simulators define.
 DMC_PAPER = {
     "cheetah-run": (17, 6),
@@ -22,15 +24,6 @@ DMC_PAPER = {
 }
 MW_PAPER = ["mw-box-close", "mw-bin-picking", "mw-reach-wall", "mw-stick-pull", "mw-stick-push", "mw-soccer"]
 MS2_PAPER = ["ms2-pick-cube", "ms2-lift-cube", "ms2-turn-faucet"]
-
-
-def _check_step_output(env, out, obs_dim):
-    obs, reward, terminated, truncated, info = out
-    assert isinstance(obs, np.ndarray) and obs.dtype == np.float32 and obs.shape == (obs_dim,)
-    assert np.all(np.isfinite(obs))
-    assert isinstance(reward, float) and np.isfinite(reward)
-    assert type(terminated) is bool and type(truncated) is bool
-    assert type(info["success"]) is bool
 
 
 def test_registry_lists_the_paper_tasks():
@@ -64,15 +57,10 @@ def test_dmcontrol_paper_task_shapes(task):
     obs_dim, act_dim = DMC_PAPER[task]
     env = envs.make(task, seed=0)
     assert env.max_episode_steps == 500 and env.action_repeat == 2 and env.task == task
-    assert env.observation_space.shape == (obs_dim,) and env.observation_space.dtype == np.float32
-    space = env.action_space
-    assert space.shape == (act_dim,) and space.dtype == np.float32
-    assert np.all(space.low == -1.0) and np.all(space.high == 1.0)
-    obs, info = env.reset()
-    assert obs.dtype == np.float32 and obs.shape == (obs_dim,) and info["success"] is False
+    check_state_env(env, obs_dim, act_dim)
     for _ in range(3):
-        out = env.step(space.sample())
-        _check_step_output(env, out, obs_dim)
+        out = env.step(env.action_space.sample())
+        check_step_output(out, obs_dim)
         assert out[4]["success"] is False and not out[2] and not out[3]
         assert 0.0 <= out[1] <= 2.0  # two dm_control rewards in [0, 1]
 
@@ -81,14 +69,10 @@ def test_dmcontrol_paper_task_shapes(task):
 def test_metaworld_paper_task_shapes(task):
     env = envs.make(task, seed=0)
     assert env.max_episode_steps == 100 and env.action_repeat == 2
-    assert env.observation_space.shape == (39,) and env.observation_space.dtype == np.float32
-    assert env.action_space.shape == (4,) and env.action_space.dtype == np.float32
-    assert np.all(env.action_space.low == -1.0) and np.all(env.action_space.high == 1.0)
-    obs, info = env.reset()
-    assert obs.dtype == np.float32 and obs.shape == (39,) and info["success"] is False
+    obs, info = check_state_env(env, 39, 4)
     assert np.any(obs[-3:] != 0.0), "the goal must be observable (last 3 entries)"
     for _ in range(3):
-        _check_step_output(env, env.step(env.action_space.sample()), 39)
+        check_step_output(env.step(env.action_space.sample()), 39)
 
 
 def test_dmcontrol_episode_length_and_action_repeat_against_raw_dm_control():

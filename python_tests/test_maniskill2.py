@@ -16,6 +16,8 @@ import pytest
 from cdred_fast import envs
 from cdred_fast.envs import maniskill2 as ms2
 
+from testing_utils import check_state_env, check_step_output
+
 _OK, _WHY = ms2.available()
 if not _OK:
     pytest.skip(f"ManiSkill2 is not installed: {_WHY}", allow_module_level=True)
@@ -35,16 +37,11 @@ def test_shapes_dtypes_and_spaces(task):
     try:
         assert env.task == task and env.suite == "maniskill2" and env.action_repeat == 2
         assert env.max_episode_steps == 100 and env.unwrapped.renderer == "none"
-        assert env.observation_space.shape == (obs_dim,) and env.observation_space.dtype == np.float32
-        space = env.action_space
-        assert space.shape == (act_dim,) and space.dtype == np.float32
-        assert np.all(space.low == -1.0) and np.all(space.high == 1.0)
-        obs, info = env.reset()
-        assert obs.dtype == np.float32 and obs.shape == (obs_dim,) and info["success"] is False
+        check_state_env(env, obs_dim, act_dim)
         for _ in range(3):
-            obs, reward, terminated, truncated, info = env.step(space.sample())
-            assert obs.dtype == np.float32 and obs.shape == (obs_dim,) and np.all(np.isfinite(obs))
-            assert isinstance(reward, float) and np.isfinite(reward)
+            out = env.step(env.action_space.sample())
+            check_step_output(out, obs_dim)
+            obs, reward, terminated, truncated, info = out
             assert terminated is False and truncated is False
             assert type(info["success"]) is bool and "is_obj_placed" in info
     finally:

@@ -4,6 +4,7 @@ A module of its own: ``conftest`` is not a unique module name when bench/ and
 python_tests/ are collected in one run, so test modules must not import from it.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,3 +33,27 @@ TINY = dict(
     num_pi_trajs=2,
     iterations=2,
 )
+
+
+# State-observation environments of every suite (test_envs.py, test_maniskill2.py).
+def check_state_env(env, obs_dim: int, act_dim: int):
+    """float32 Box spaces (observations ``[obs_dim]``, actions ``[act_dim]`` in [-1, 1]) and a
+    reset that gives such an observation with ``success`` False. Returns ``(obs, info)``."""
+    assert env.observation_space.shape == (obs_dim,) and env.observation_space.dtype == np.float32
+    space = env.action_space
+    assert space.shape == (act_dim,) and space.dtype == np.float32
+    assert np.all(space.low == -1.0) and np.all(space.high == 1.0)
+    obs, info = env.reset()
+    assert obs.dtype == np.float32 and obs.shape == (obs_dim,) and info["success"] is False
+    return obs, info
+
+
+def check_step_output(out, obs_dim: int) -> None:
+    """One ``env.step`` result: a finite float32 observation ``[obs_dim]``, a finite float reward,
+    bool terminated / truncated, a bool ``success``."""
+    obs, reward, terminated, truncated, info = out
+    assert isinstance(obs, np.ndarray) and obs.dtype == np.float32 and obs.shape == (obs_dim,)
+    assert np.all(np.isfinite(obs))
+    assert isinstance(reward, float) and np.isfinite(reward)
+    assert type(terminated) is bool and type(truncated) is bool
+    assert type(info["success"]) is bool
