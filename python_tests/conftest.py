@@ -3,6 +3,19 @@
 import pytest
 import torch
 
+from testing_utils import CUDA_SKIP_REASON
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test marked ``cuda`` when CUDA tests cannot run here, saying why (no visible
+    device, or an extension built without CUDA kernels: testing_utils.cuda_skip_reason)."""
+    if not CUDA_SKIP_REASON:
+        return
+    skip = pytest.mark.skip(reason=CUDA_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

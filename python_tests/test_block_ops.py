@@ -11,7 +11,7 @@ from torch import nn
 from cdred_fast import ops, reference
 from cdred_fast.layers import Ensemble, NormedLinear, mlp, use_kernels
 
-from testing_utils import DEVICES
+from testing_utils import DEVICES, needs_cuda
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
 
@@ -264,7 +264,7 @@ def test_bad_inputs_backward_kernel():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put one input on it")
+@needs_cuda
 def test_mixed_devices_rejected():
     a = _good()
     with pytest.raises(ValueError, match="gamma is on"):
@@ -274,7 +274,7 @@ def test_mixed_devices_rejected():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_no_host_sync():
     x, gamma, beta, gy = _case(3, 200, 64, torch.float32, "cuda")
     x.requires_grad_(True)

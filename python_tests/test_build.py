@@ -30,3 +30,109 @@ def test_isolated_build_stops_with_instructions(tmp_path):
     assert "torch is not importable" in out
     assert not list((tmp_path / "dist").glob("*.whl"))
     assert elapsed < 120, f"the isolated build took {elapsed:.0f} s to stop"
+
+
+def test_broken_extension_warns_once_and_reports_why(tmp_path):
+    """A library that exists but cannot load (here: a truncated binary) must not silently take
+    the CPU kernels away: one RuntimeWarning that says why, and build_info()["load_error"]."""
+    import importlib.machinery
+
+    pkg = tmp_path / "cdred_fast"
+    shutil.copytree(ROOT / "cdred_fast", pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (pkg / f"_C{suffix}").write_bytes(b"\x7fELF" + b"\0" * 60)  # an ELF header and nothing else
+    code = f"""
+import json, sys, warnings
+# the editable install's finder would send `cdred_fast` back to the source tree
+sys.meta_path = [f for f in sys.meta_path if "ScikitBuild" not in type(f).__name__]
+sys.path.insert(0, {str(tmp_path)!r})
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import cdred_fast
+    from cdred_fast import ops
+    info = cdred_fast.build_info()
+    cdred_fast.build_info()
+assert cdred_fast.__file__.startswith({str(tmp_path)!r}), cdred_fast.__file__
+print(json.dumps({{"info": info, "warnings": [str(w.message) for w in caught if w.category is RuntimeWarning]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["info"]["extension_loaded"] is False
+    assert "failed to load" in out["info"]["load_error"]
+    assert len(out["warnings"]) == 1, out["warnings"]
+    assert "unavailable" in out["warnings"][0] and "failed to load" in out["warnings"][0]
+
+
+def test_gpu_cases_run_on_the_cpu_kernels():
+    """The compute-sanitizer cases of scripts/gpu_check.sh, on the CPU kernels: they stay correct between GPU runs."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gpu_cases.py"), "all", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok ") == 13, proc.stdout
+
+
+def test_gpu_report_reads_results_and_checks_targets(tmp_path):
+    """tools/gpu_report.py on hand-made inputs: counts, sanitizer rows and the three plan targets."""
+    (tmp_path / "nvidia-smi.txt").write_text("NVIDIA H200, 570.00, 143771 MiB")
+    (tmp_path / "build.status").write_text("ok 95")
+    (tmp_path / "build_info.json").write_text(
+        '{"extension_loaded": true, "cuda_kernels": true, "torch_version_runtime": "2.13.0+cu130", '
+        '"cuda_version": "13.0", "nvcc_version": "13.0", "cuda_arch_list": ["90"]}'
+    )
+    (tmp_path / "cuda-tests.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="0" errors="0" skipped="1">'
+        '<testcase classname="a" name="t1"/><testcase classname="a" name="t2"/>'
+        '<testcase classname="a" name="t3"><skipped/></testcase></testsuite></testsuites>'
+    )
+    (tmp_path / "sanitizer.txt").write_text("mppi memcheck ok 12\nmppi racecheck ok 30\n")
+
+    def bench(times_ms):
+        return {"benchmarks": [
+            {"group": "A6", "extra_info": {"impl": impl}, "stats": {"median": ms / 1e3}} for impl, ms in times_ms.items()
+        ]}
+
+    import json
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gpu_report
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "bench.json").write_text(json.dumps(bench({"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0})))
+    text, ok = gpu_report.render(tmp_path, 300)
+    assert ok, text
+    assert "2 passed, 0 failed, 1 skipped" in text and "NVIDIA H200" in text and "24.0x" in text and "4.0x" in text
+    # A missed target (19x) and a failed test each make the report FAIL.
+    (tmp_path / "bench.json").write_text(json.dumps(bench({"fused-graph": 0.5, "reference": 9.5, "reference-compiled": 2.0})))
+    text, ok = gpu_report.render(tmp_path, 300)
+    assert not ok and "19.0x | **no**" in text
+    (tmp_path / "bench.json").write_text(json.dumps(bench({"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0})))
+    (tmp_path / "cuda-tests.xml").write_text(
+        '<testsuite tests="1" failures="1" errors="0" skipped="0"><testcase classname="a" name="t1">'
+        "<failure/></testcase></testsuite>"
+    )
+    text, ok = gpu_report.render(tmp_path, 300)
+    assert not ok and "`a::t1`" in text
+
+
+def test_cuda_skip_reason_names_what_is_missing(monkeypatch):
+    """CUDA tests skip without a visible device, and also with one when the extension has no
+    CUDA kernels; the reason says which."""
+    import cdred_fast
+    import testing_utils
+
+    monkeypatch.setattr(testing_utils.torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device is visible" in testing_utils.cuda_skip_reason()
+    monkeypatch.setattr(testing_utils.torch.cuda, "is_available", lambda: True)
+    info = {"extension_loaded": True, "cuda_kernels": False}
+    monkeypatch.setattr(cdred_fast, "build_info", lambda: dict(info))
+    assert "built without CUDA kernels" in testing_utils.cuda_skip_reason()
+    info["cuda_kernels"] = True
+    assert testing_utils.cuda_skip_reason() == ""
+    info.update(extension_loaded=False, load_error="not built")
+    assert "not loaded (not built)" in testing_utils.cuda_skip_reason()

@@ -9,7 +9,7 @@ import torch
 import cdred_fast
 from cdred_fast import ops, reference
 
-from testing_utils import DEVICES
+from testing_utils import DEVICES, needs_cuda
 
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
 SHAPES = [  # (K, N, D)
@@ -233,7 +233,7 @@ def test_bad_impl_and_non_tensor():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put one input on it")
+@needs_cuda
 def test_mixed_devices_rejected():
     pe, pb, t = _inputs(2, 3, 4)
     with pytest.raises(ValueError, match="pred_expert"):

@@ -11,7 +11,7 @@ from cdred_fast.config import CDREDConfig
 from cdred_fast.layers import Ensemble, mlp, target_init_, trunc_normal_init_
 from cdred_fast.reward import CDREDReward
 
-from testing_utils import DEVICES
+from testing_utils import DEVICES, needs_cuda
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
 
@@ -460,7 +460,7 @@ def test_bad_wrapper_only_arguments():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put one input on it")
+@needs_cuda
 def test_mixed_devices_rejected():
     a = _good()
     a["weights"] = [a["weights"][0].cuda(), a["weights"][1]]

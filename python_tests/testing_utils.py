@@ -8,12 +8,36 @@ import numpy as np
 import pytest
 import torch
 
-CUDA_SKIP_REASON = "CUDA kernels need a CUDA device; none is visible here (torch.cuda.is_available() is False)"
+import cdred_fast
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)]),
-]
+
+def cuda_skip_reason() -> str:
+    """Why the CUDA tests cannot run here, or ``""`` when they can.
+
+    They need both a visible CUDA device and an extension built with CUDA kernels (a build
+    made without nvcc, or against a CPU-only torch, has CPU kernels only, and every fused op
+    on a CUDA tensor would then fail to dispatch); the reason says which one is missing.
+    """
+    if not torch.cuda.is_available():
+        return "CUDA test skipped: no CUDA device is visible (torch.cuda.is_available() is False)"
+    info = cdred_fast.build_info()
+    if not info.get("extension_loaded"):
+        return f"CUDA test skipped: the cdred_fast extension is not loaded ({info.get('load_error')})"
+    if not info.get("cuda_kernels"):
+        return (
+            "CUDA test skipped: a CUDA device is visible but the cdred_fast extension was built without CUDA "
+            "kernels (cdred_fast.build_info()['cuda_kernels'] is False); rebuild it with nvcc and a CUDA torch"
+        )
+    return ""
+
+
+CUDA_SKIP_REASON = cuda_skip_reason()
+HAS_CUDA = not CUDA_SKIP_REASON
+# Tests that need CUDA are marked ``@pytest.mark.cuda``; python_tests/conftest.py skips them
+# with CUDA_SKIP_REASON. ``needs_cuda`` is the same skip as an explicit marker.
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON or "CUDA is available")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
 
 
 # A tiny CDRED model for end-to-end tests: every part of the method, sizes that run in
