@@ -198,8 +198,11 @@ if FUSED_AVAILABLE:
 # Random draws come only from ``generator`` (the device's default generator when
 # None), in the reference's shapes and order; with equal generator states the
 # fused and reference ops return the same samples. The CUDA ops never
-# synchronise with the host (the weights given to mppi_select are therefore not
-# checked on the host; torch.multinomial checks them with a device-side assert).
+# synchronise with the host, so a plan can be recorded in a CUDA graph: the fused
+# mppi_select makes torch.multinomial(w, 1)'s own draw (exponential_, then
+# argmax(w / q)) but not its validation of w, which reads a reduction on the host.
+# The CPU kernel validates w itself; on CUDA an invalid row (NaN, negative, all
+# zero) is not reported and draws some index in [0, k).
 
 
 def _is_number(x) -> bool:
@@ -366,7 +369,9 @@ def mppi_select(
     """The action to execute (SPEC section 4, step 4).
 
     Draws, from ``generator`` and in this order: (1) one elite per problem with
-    probability ``elite_weights``, as ``torch.multinomial(elite_weights, 1)``;
+    probability ``elite_weights``, as ``torch.multinomial(elite_weights, 1)`` (the fused
+    kernels repeat its calls, ``exponential_`` then ``argmax(w / q)``: the same index
+    and generator state);
     (2) unless ``eval_mode``, ``eps ~ torch.randn([B, A])``. Returns
     ``clamp(elite_actions[b, 0, choice_b] + std[b, 0] * eps_b, -1, 1)`` (no noise
     term in eval mode).
@@ -374,8 +379,10 @@ def mppi_select(
     Args:
         elite_actions: ``[B, H, k, A]`` (or ``[H, k, A]``), best first as returned by
             :func:`mppi_elite_update`.
-        elite_weights: ``[B, k]`` (or ``[k]``) non-negative with a positive sum per
-            problem (not checked on the host; torch.multinomial asserts it).
+        elite_weights: ``[B, k]`` (or ``[k]``) finite, non-negative, with a positive sum per
+            problem (not necessarily 1). Checked (RuntimeError) on the CPU and by the
+            reference; the fused CUDA kernel does not check it (no host synchronisation):
+            there an invalid row draws an unspecified index in ``[0, k)``.
         std: ``[B, H, A]`` (or ``[H, A]``); only ``std[:, 0]`` is used.
         eval_mode: no exploration noise (and no second draw).
         generator: the device's default generator when None.

@@ -114,7 +114,10 @@ def cdred_reward(
 #
 # Random draws use only ``generator`` (the default generator of the device when
 # None), in this order: mppi_sample draws randn([B, H, M, A]); mppi_select draws
-# multinomial(w, 1) and then, unless eval_mode, randn([B, A]).
+# multinomial(w, 1) and then, unless eval_mode, randn([B, A]). For one sample
+# torch.multinomial draws q = empty_like(w).exponential_() and returns
+# argmax(w / q); the fused kernels make those two calls themselves (the same
+# numbers, without multinomial's host-side check of w, so nothing synchronises).
 
 
 def mppi_sample(mean: Tensor, std: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from cdred_fast import ops, reference
 
-from testing_utils import DEVICES
+from testing_utils import DEVICES, needs_cuda
 
 TOL = {torch.float32: dict(rtol=3e-5, atol=3e-6), torch.float64: dict(rtol=1e-11, atol=1e-12)}
 
@@ -307,6 +307,71 @@ def test_select_draw_order(device):
     assert torch.equal(torch.randn((B, A), generator=g, device=device), eps)
 
 
+def _weights(kind, B, k, dtype, device, seed):
+    """Elite weights of several kinds, not necessarily normalised (multinomial does not need it)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(B, k, generator=g, dtype=torch.float64)
+    if kind == "softmax":
+        w = torch.softmax(3 * torch.randn(B, k, generator=g, dtype=torch.float64), dim=1)
+    elif kind == "ties":  # three distinct values: many equal weights in every row
+        w = torch.randint(1, 4, (B, k), generator=g).to(torch.float64) / 4
+    elif kind == "uniform":  # all weights equal: the argmax is decided by the exponentials alone
+        w = torch.full((B, k), 1.0 / k, dtype=torch.float64)
+    elif kind == "zeros":  # some exact zeros (never drawn), at least one positive weight per row
+        w = w * (torch.rand(B, k, generator=g) < 0.5)
+        w[:, int(torch.randint(k, (1,), generator=g))] = 0.25
+    elif kind == "one-hot":
+        w = torch.zeros(B, k, dtype=torch.float64)
+        w[torch.arange(B), torch.randint(k, (B,), generator=g)] = 1.0
+    return w.to(dtype=dtype, device=device)
+
+
+def _chosen_index(ea_scale, out):
+    return (out[:, 0] * ea_scale).round().long()
+
+
+DRAW_CASES = [(B, k) for B in (1, 2, 7, 64, 257) for k in (1, 2, 3, 8, 64, 129)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["rand", "softmax", "ties", "uniform", "zeros", "one-hot"])
+def test_select_draw_is_torch_multinomial(kind, dtype, device):
+    """The op draws the elite as ``torch.multinomial(w, 1)`` does (exponential_ then argmax(w / q),
+    without multinomial's host-side checks): the same index for every problem and the generator
+    left in the same state, across seeds, batch sizes and k (k = 1 included), with ties in w."""
+    H, A = 2, 1
+    for B, k in DRAW_CASES:
+        # elite j's first action is j / scale: exact in both dtypes, so the output names the index
+        scale = float(2 ** math.ceil(math.log2(k + 1)))
+        ea = (torch.arange(k, dtype=dtype, device=device) / scale).view(1, 1, k, 1).expand(B, H, k, A).contiguous()
+        std = torch.zeros(B, H, A, dtype=dtype, device=device)
+        w = _weights(kind, B, k, dtype, device, seed=B * 1000 + k)
+        for seed in range(4 if B * k < 5000 else 2):
+            g_op, g_ref = _gen(device, seed), _gen(device, seed)
+            out = ops.mppi_select(ea, w, std, True, g_op)
+            want = torch.multinomial(w, 1, generator=g_ref)[:, 0]
+            assert torch.equal(_chosen_index(scale, out), want), (B, k, seed)
+            assert torch.equal(g_op.get_state(), g_ref.get_state()), (B, k, seed)
+            # also through the raw op (no wrapper), with the default generator
+            torch.manual_seed(seed)
+            raw = torch.ops.cdred_fast.mppi_select(ea, w, std, True, None)
+            torch.manual_seed(seed)
+            assert torch.equal(_chosen_index(scale, raw), torch.multinomial(w, 1)[:, 0]), (B, k, seed)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_select_draw_non_contiguous_weights(device):
+    """Weights given as a transposed view: the draw still equals torch.multinomial's on that view."""
+    B, H, k, A = 6, 2, 5, 1
+    ea = (torch.arange(k, dtype=torch.float64, device=device) / 8).view(1, 1, k, 1).expand(B, H, k, A)
+    w = _weights("rand", k, B, torch.float64, device, 3).t()  # [B, k], not contiguous
+    std = torch.zeros(B, H, A, dtype=torch.float64, device=device)
+    for seed in range(5):
+        out = ops.mppi_select(ea, w, std, True, _gen(device, seed))
+        assert torch.equal(_chosen_index(8.0, out), torch.multinomial(w, 1, generator=_gen(device, seed))[:, 0])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_select_frequencies_follow_weights(device):
     B, k, A = 20000, 4, 1
@@ -481,17 +546,28 @@ def test_bad_impl_and_non_tensor_and_types():
 
 
 def test_invalid_weights_are_rejected_on_cpu():
+    """torch.multinomial's checks (finite, >= 0, positive row sum), made by the CPU kernel itself,
+    before anything is drawn."""
     ea, w, std = _elites(2, 3, 4, 5, torch.float32, "cpu", 1)
-    for bad in (torch.zeros_like(w), -w, w.masked_fill(w > 0, float("nan"))):
+    one_bad_entry = [w.clone() for _ in range(3)]
+    one_bad_entry[0][1, 2] = float("nan")
+    one_bad_entry[1][1, 0] = -1e-30
+    one_bad_entry[2][0, 3] = float("inf")
+    one_zero_row = w.clone()
+    one_zero_row[1] = 0
+    for bad in (torch.zeros_like(w), -w, w.masked_fill(w > 0, float("nan")), *one_bad_entry, one_zero_row):
         for impl in ("fused", "reference"):
+            g = _gen("cpu", 0)
             with pytest.raises(RuntimeError, match="probability|multinomial"):
-                ops.mppi_select(ea, bad, std, impl=impl)
+                ops.mppi_select(ea, bad, std, generator=g, impl=impl)
+            assert torch.equal(g.get_state(), _gen("cpu", 0).get_state())  # nothing was drawn
+    with pytest.raises(RuntimeError, match="row 1 has the weight nan"):
+        ops.mppi_select(ea, one_bad_entry[0], std)
+    with pytest.raises(RuntimeError, match="row 1 sums to 0"):
+        ops.mppi_select(ea, one_zero_row, std)
 
 
 # ============================================================================ CUDA only
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 @pytest.mark.cuda
 @needs_cuda
 def test_cuda_mixed_devices_rejected():

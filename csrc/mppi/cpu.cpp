@@ -1,9 +1,10 @@
 // CPU kernels of the MPPI planning ops (SPEC section 4).
 //
-// mppi_sample / mppi_select: the random draws are made by ATen itself
-// (at::randn / at::multinomial with the caller's generator, in the reference's
-// shapes and order), so they are the reference's draws bit for bit; the kernel
-// then applies one fused pass (mul-add-clamp) in place on the noise buffer.
+// mppi_sample / mppi_select: the random draws are made by ATen itself with the
+// caller's generator, in the reference's shapes and order (at::randn; for the
+// elite, the calls torch.multinomial(w, 1) makes, see mppi/elite_draw.h), so
+// they are the reference's draws bit for bit; the kernel then applies one fused
+// pass (mul-add-clamp) in place on the noise buffer.
 // These loops are compiled without target clones, i.e. without FMA, so the
 // arithmetic rounds exactly as the reference's separate multiply and add.
 //
@@ -19,17 +20,18 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/multinomial.h>
 #include <ATen/ops/randn.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <vector>
 
 #include "common/checks.h"
+#include "mppi/elite_draw.h"
 #include "mppi/mppi_math.h"
 
 namespace cdred {
@@ -209,6 +211,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mppi_elit
 }
 
 // ----------------------------------------------------------------------------- mppi_select
+// The checks torch.multinomial makes before it draws (elite_draw.h leaves them
+// out): every weight finite and >= 0, and each row with a positive sum. One pass
+// over the B * k weights; the messages name the first offending row.
+void check_elite_weights_cpu(const char* op, const at::Tensor& weights_in) {
+  const at::Tensor weights = weights_in.contiguous();
+  const int64_t B = weights.size(0), k = weights.size(1);
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "cdred_fast_mppi_select_check_cpu", [&] {
+    const scalar_t* w = weights.data_ptr<scalar_t>();
+    const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+    for (int64_t b = 0; b < B; ++b) {
+      bool positive = false;
+      for (int64_t j = 0; j < k; ++j) {
+        const scalar_t v = w[b * k + j];
+        // NaN fails both comparisons, so it is caught here too.
+        TORCH_CHECK(v >= 0 && v < inf, op, ": argument 'elite_weights' is not a probability distribution: row ", b,
+                    " has the weight ", v, " (the probability tensor must not contain inf, nan or an element < 0)");
+        positive = positive || v > 0;
+      }
+      TORCH_CHECK(positive, op, ": argument 'elite_weights' is not a probability distribution: row ", b,
+                  " sums to 0 (invalid multinomial distribution: sum of probabilities <= 0)");
+    }
+  });
+}
+
 at::Tensor mppi_select_cpu(const at::Tensor& elite_actions_in, const at::Tensor& elite_weights,
                            const at::Tensor& std_in, bool eval_mode, std::optional<at::Generator> generator) {
   constexpr const char* op = "cdred_fast::mppi_select";
@@ -221,8 +247,10 @@ at::Tensor mppi_select_cpu(const at::Tensor& elite_actions_in, const at::Tensor&
                 A = elite_actions.size(3);
   const auto opts = elite_actions.options();
   if (B == 0) return at::empty({0, A}, opts);
-  // Draw 1: one elite per problem with probability w (validates the weights).
-  const at::Tensor choice = at::multinomial(elite_weights, 1, /*replacement=*/false, generator).contiguous();
+  // Draw 1: one elite per problem with probability w; the weights are checked
+  // first, as torch.multinomial does, so a bad row consumes no random numbers.
+  check_elite_weights_cpu(op, elite_weights);
+  const at::Tensor choice = draw_elite_index(elite_weights, generator);  // [B]
   // Draw 2 (after draw 1, and only when not evaluating): eps ~ N(0, 1) of shape [B, A].
   at::Tensor out = eval_mode ? at::empty({B, A}, opts) : at::randn({B, A}, generator, opts);
   AT_DISPATCH_FLOATING_TYPES(elite_actions.scalar_type(), "cdred_fast_mppi_select_cpu", [&] {

@@ -1,10 +1,13 @@
 // CUDA kernels of the MPPI planning ops (SPEC section 4).
 //
-// mppi_sample / mppi_select: the random numbers come from ATen (at::randn,
-// at::multinomial) with the caller's generator, in the reference's shapes and
-// order, so they are the reference's draws; a single element-wise kernel then
-// applies mul-add-clamp in place on the noise buffer. mppi_select reads the
-// drawn elite index on the device: nothing is copied to the host.
+// mppi_sample / mppi_select: the random numbers come from ATen with the
+// caller's generator, in the reference's shapes and order (at::randn; for the
+// elite, the exponential_ / argmax calls of torch.multinomial(w, 1), see
+// mppi/elite_draw.h), so they are the reference's draws; a single element-wise
+// kernel then applies mul-add-clamp in place on the noise buffer. mppi_select
+// reads the drawn elite index on the device: nothing is copied to the host and
+// the weights are not validated (ATen's check would read a reduction on the
+// host), so a plan can be recorded in a CUDA graph.
 //
 // mppi_elite_update: one block per batch problem.
 //   1. Top-k: the N (value, index) pairs are sorted in shared memory with a
@@ -22,7 +25,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/multinomial.h>
 #include <ATen/ops/randn.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -36,6 +38,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "mppi/elite_draw.h"
 #include "mppi/mppi_math.h"
 
 namespace cdred {
@@ -328,9 +331,10 @@ at::Tensor mppi_select_cuda(const at::Tensor& elite_actions_in, const at::Tensor
                 A = elite_actions.size(3);
   const auto opts = elite_actions.options();
   if (B == 0) return at::empty({0, A}, opts);
-  // Draw 1: one elite per problem with probability w. at::multinomial checks the
-  // weights with device-side asserts, so this does not synchronise with the host.
-  const at::Tensor choice = at::multinomial(elite_weights, 1, /*replacement=*/false, generator).contiguous();
+  // Draw 1: one elite per problem with probability w, the draw of
+  // torch.multinomial(w, 1) without its host-side validation (elite_draw.h):
+  // no synchronisation, capturable. An invalid row still gives an index in [0, k).
+  const at::Tensor choice = draw_elite_index(elite_weights, generator);  // [B]
   // Draw 2 (after draw 1, and only when not evaluating): eps ~ N(0, 1) of shape [B, A].
   at::Tensor out = eval_mode ? at::empty({B, A}, opts) : at::randn({B, A}, generator, opts);
   if (A == 0) return out;
