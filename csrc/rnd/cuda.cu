@@ -40,7 +40,8 @@ constexpr int64_t kMaxBlocks = 65535;
 
 // One warp per (member, row) segment s = e * N + n of the [E, N] grid: reads
 // src + e * src_se + n * src_sn, writes dst + s * D (possibly the same memory:
-// each element is read before it is written, by the same lane).
+// in place, each element j is read and then written by the same lane, except
+// element 0, which every lane reads for the shift v0; see the __syncwarp below).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     ln_mish_kernel(const T* src, int64_t src_se, int64_t src_sn, T* dst, const T* __restrict__ bias,
@@ -57,6 +58,13 @@ __global__ void __launch_bounds__(kThreads)
     const T* g = gamma + e * D;
     const T* b = beta + e * D;
     const T v0 = in[0] + c[0];
+    // In place (dst aliases src), lane 0 overwrites in[0] with v0 in the loop
+    // below. Lanes of a warp are not guaranteed to run in lockstep (independent
+    // thread scheduling since Volta), so without a barrier another lane could
+    // read in[0] after that store and add the bias twice. __syncwarp() makes
+    // every lane's read of in[0] happen before any lane's first store (it also
+    // orders the memory accesses of the warp's lanes).
+    __syncwarp();
     T s1 = 0, s2 = 0;
     for (int64_t j = lane; j < D; j += kWarpSize) {
       const T vj = in[j] + c[j];  // the Linear's bias
