@@ -12,6 +12,9 @@
 #ifndef CDRED_CUDA_VERSION
 #define CDRED_CUDA_VERSION "None"
 #endif
+#ifndef CDRED_NVCC_VERSION
+#define CDRED_NVCC_VERSION ""
+#endif
 #ifndef CDRED_CUDA_ARCHS
 #define CDRED_CUDA_ARCHS ""
 #endif
@@ -38,9 +41,10 @@ std::string build_info() {
   }
   archs += "]";
   const std::string cuda_version = with_cuda ? std::string("\"") + CDRED_CUDA_VERSION + "\"" : "null";
+  const std::string nvcc_version = with_cuda ? std::string("\"") + CDRED_NVCC_VERSION + "\"" : "null";
   return std::string("{\"torch_version\": \"") + CDRED_TORCH_VERSION + "\", \"cpu_kernels\": true" +
          ", \"cuda_kernels\": " + (with_cuda ? "true" : "false") + ", \"cuda_arch_list\": " + archs +
-         ", \"cuda_version\": " + cuda_version + "}";
+         ", \"cuda_version\": " + cuda_version + ", \"nvcc_version\": " + nvcc_version + "}";
 }
 
 }  // namespace

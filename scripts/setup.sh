@@ -48,10 +48,11 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   fi
 fi
 
-# 3. Build tools needed by --no-build-isolation (cmake from PyPI if the system one is older than 3.24).
+# 3. Build tools needed by --no-build-isolation (cmake from PyPI if the system one is older
+#    than 3.26, the first that configures CUDA with C++20).
 "$PY" -m pip install -q -c "$CONSTRAINTS" "scikit-build-core>=0.10" ninja
-if ! cmake --version 2>/dev/null | awk 'NR==1{split($3,v,"."); exit !(v[1]>3 || (v[1]==3 && v[2]>=24))}'; then
-  "$PY" -m pip install -q "cmake>=3.24"
+if ! cmake --version 2>/dev/null | awk 'NR==1{split($3,v,"."); exit !(v[1]>3 || (v[1]==3 && v[2]>=26))}'; then
+  "$PY" -m pip install -q -c "$CONSTRAINTS" "cmake>=3.26,<5"
 fi
 
 # 4. cdred_fast itself with its optional dependencies.
