@@ -6,6 +6,7 @@ import functools
 import importlib
 import json
 import os
+import warnings
 
 import torch
 
@@ -14,7 +15,12 @@ _load_error: str | None = None
 
 @functools.lru_cache(maxsize=None)
 def load() -> bool:
-    """Import the op library once. Returns False (and remembers why) when it is missing or broken."""
+    """Import the op library once. Returns False (and remembers why) when it is missing or broken.
+
+    A library that exists but fails to load (an ABI mismatch, a CUDA runtime that is not
+    torch's) takes the CPU kernels down with the CUDA ones, so that case warns once, with
+    the reason; ``build_info()["load_error"]`` keeps it.
+    """
     global _load_error
     if os.environ.get("CDRED_FAST_DISABLE_EXTENSION") == "1":
         _load_error = "disabled by CDRED_FAST_DISABLE_EXTENSION=1"
@@ -27,10 +33,16 @@ def load() -> bool:
             "`pip install --no-build-isolation .` (torch installed first)."
         )
         return False
-    except ImportError as exc:  # ABI mismatch, missing symbols, ...
+    except ImportError as exc:  # ABI mismatch, missing symbols, a second CUDA runtime, ...
         _load_error = (
             f"cdred_fast._C failed to load against torch {torch.__version__}: {exc}. Rebuild it with "
             "`pip install --no-build-isolation --force-reinstall --no-deps .` under the torch you use."
+        )
+        warnings.warn(
+            f"cdred_fast: the fused ops (CPU and CUDA) are unavailable, every op runs the pure-PyTorch "
+            f"reference: {_load_error}",
+            RuntimeWarning,
+            stacklevel=2,
         )
         return False
     return True
@@ -58,7 +70,9 @@ def build_info() -> dict:
 
     Keys: ``torch_version`` (the torch it was built against), ``torch_version_runtime``,
     ``cpu_kernels`` and ``cuda_kernels`` (bools), ``cuda_arch_list`` (list of str),
-    ``cuda_version`` (str or None), ``extension_loaded`` and ``load_error``.
+    ``cuda_version`` (torch's CUDA version the kernels were built for, or None),
+    ``nvcc_version`` (the CUDA version of the nvcc that compiled them, or None),
+    ``extension_loaded`` and ``load_error``.
     """
     info = {
         "torch_version": None,
@@ -67,6 +81,7 @@ def build_info() -> dict:
         "cuda_kernels": False,
         "cuda_arch_list": [],
         "cuda_version": None,
+        "nvcc_version": None,
         "extension_loaded": load(),
         "load_error": _load_error,
     }
