@@ -1,0 +1,157 @@
+"""Write bench/RESULTS-gpu.md from the files scripts/gpu_check.sh leaves in its work folder.
+
+Usage: python tools/gpu_report.py WORK_DIR --out bench/RESULTS-gpu.md [--seconds S]
+
+Reads (each optional; a missing one is reported as not run): ``nvidia-smi.txt``,
+``build.status`` ("ok|FAIL SECONDS"), ``build_info.json``, ``cuda-tests.xml`` (pytest
+JUnit XML), ``sanitizer.txt`` (lines "family tool ok|FAIL|unavailable seconds") and
+``bench.json`` (pytest-benchmark JSON of bench/test_bench_plan_gpu.py).
+
+The plan targets, per benchmark group (one per action dimension): the fused plan
+(the CUDA-graph variant when present, else eager) <= 1 ms at the SPEC defaults,
+reference / fused >= 20x and reference-compiled / fused >= 3x. Exit status 1 when a
+check failed or a target was missed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from pathlib import Path
+
+PLAN_MS = 1.0
+EAGER_SPEEDUP = 20.0
+COMPILED_SPEEDUP = 3.0
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def junit_summary(path: Path) -> tuple[dict, list[str]]:
+    """``({tests, failures, errors, skipped}, [names of failed tests])``."""
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [
+        f"{case.get('classname')}::{case.get('name')}"
+        for case in root.iter("testcase")
+        if case.find("failure") is not None or case.find("error") is not None
+    ]
+    return counts, failed
+
+
+def plan_targets(bench: dict) -> list[dict]:
+    """One row per benchmark group: median ms per variant and the three targets."""
+    groups: dict[str, dict[str, float]] = {}
+    for b in bench.get("benchmarks", []):
+        impl = b.get("extra_info", {}).get("impl")
+        if impl:
+            groups.setdefault(b["group"], {})[impl] = b["stats"]["median"] * 1e3
+    rows = []
+    for group, ms in sorted(groups.items()):
+        fused_key = "fused-graph" if "fused-graph" in ms else "fused"
+        fused = ms.get(fused_key)
+        row = {"group": group, "ms": ms, "fused_key": fused_key, "checks": []}
+        if fused is not None:
+            row["checks"].append((f"{fused_key} <= {PLAN_MS:g} ms", f"{fused:.3f} ms", fused <= PLAN_MS))
+            if "reference" in ms:
+                r = ms["reference"] / fused
+                row["checks"].append((f"reference / {fused_key} >= {EAGER_SPEEDUP:g}x", f"{r:.1f}x", r >= EAGER_SPEEDUP))
+            if "reference-compiled" in ms:
+                r = ms["reference-compiled"] / fused
+                row["checks"].append(
+                    (f"reference-compiled / {fused_key} >= {COMPILED_SPEEDUP:g}x", f"{r:.1f}x", r >= COMPILED_SPEEDUP)
+                )
+        rows.append(row)
+    return rows
+
+
+def render(work: Path, seconds: int | None) -> tuple[str, bool]:
+    ok = True
+    lines = ["# GPU check (scripts/gpu_check.sh)", ""]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines.append(f"Written {stamp} by `bash scripts/gpu_check.sh`" + (f" in {seconds} s." if seconds else "."))
+    lines += ["", "## Machine", ""]
+    lines.append(f"- GPU: {_read(work / 'nvidia-smi.txt') or 'unknown (nvidia-smi gave nothing)'}")
+    info_text = _read(work / "build_info.json")
+    info = {}
+    try:
+        info = json.loads(info_text.splitlines()[-1]) if info_text else {}
+    except json.JSONDecodeError:
+        lines.append(f"- build_info: could not be read: {info_text}")
+    if info:
+        lines.append(
+            f"- torch {info.get('torch_version_runtime')} (CUDA {info.get('cuda_version')}), nvcc "
+            f"{info.get('nvcc_version')}, architectures {', '.join(info.get('cuda_arch_list', [])) or '-'}; "
+            f"Python {platform.python_version()}"
+        )
+    lines += ["", "## Checks", "", "| check | result |", "| --- | --- |"]
+
+    def row(name: str, result: str, passed: bool | None) -> None:
+        nonlocal ok
+        if passed is False:
+            ok = False
+        mark = {True: "pass", False: "**FAIL**", None: "not run"}[passed]
+        lines.append(f"| {name} | {mark}: {result} |" if result else f"| {name} | {mark} |")
+
+    build = _read(work / "build.status")
+    if build:
+        state, secs = build.split()
+        row("CUDA build", f"{secs} s", state == "ok")
+    else:
+        row("CUDA build", "skipped (GPU_CHECK_SKIP_BUILD=1)", None)
+    row("extension loaded with CUDA kernels", "" if info else "no build_info",
+        bool(info.get("extension_loaded") and info.get("cuda_kernels")))
+    failed: list[str] = []
+    if (work / "cuda-tests.xml").exists():
+        counts, failed = junit_summary(work / "cuda-tests.xml")
+        bad = counts["failures"] + counts["errors"]
+        passed = counts["tests"] - bad - counts["skipped"]
+        row("pytest -m cuda", f"{passed} passed, {bad} failed, {counts['skipped']} skipped", bad == 0 and passed > 0)
+    else:
+        row("pytest -m cuda", "no result file", False)
+    sanitizer = _read(work / "sanitizer.txt")
+    for line in (sanitizer or "").splitlines():
+        family, tool, result, secs = line.split()
+        row(f"compute-sanitizer {tool}: {family}", f"{secs} s" if result != "unavailable" else "compute-sanitizer not found",
+            {"ok": True, "FAIL": False}.get(result))
+    if failed:
+        lines += ["", "Failed tests:", ""] + [f"- `{name}`" for name in failed]
+
+    lines += ["", "## Plan benchmark (bench/test_bench_plan_gpu.py, median of 30 plans)", ""]
+    bench_path = work / "bench.json"
+    rows = plan_targets(json.loads(bench_path.read_text())) if bench_path.exists() else []
+    if not rows:
+        lines.append("Not run or no result.")
+        ok = False
+    for r in rows:
+        lines.append(f"**{r['group']}**: " + ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(r["ms"].items())))
+        lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
+        for name, measured, met in r["checks"]:
+            ok = ok and met
+            lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+        lines.append("")
+    lines.append(f"Overall: {'PASS' if ok else 'FAIL'}")
+    return "\n".join(lines) + "\n", ok
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=int, default=None)
+    args = parser.parse_args(argv)
+    text, ok = render(args.work, args.seconds)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
