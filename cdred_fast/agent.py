@@ -109,7 +109,8 @@ class CDREDAgent:
         self.pi_scheduler = torch.optim.lr_scheduler.StepLR(self.pi_optim, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         self._wm_params = [p for group in self.optim.param_groups for p in group["params"]]
         self.scale = RunningScale(cfg.tau, self.device)
-        self.planner = MPPIPlanner(cfg, m, action_dim, self.device, discount=self.discount)
+        self.planner = MPPIPlanner(cfg, m, action_dim, self.device, discount=self.discount,
+                                   capture_graph=cfg.capture_graph)
         self.step = 0  # number of updates done
 
     # ------------------------------------------------------------------ acting

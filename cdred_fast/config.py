@@ -246,6 +246,14 @@ class CDREDConfig:
     # AMX through oneDNN). Epilogues, reductions and the MPPI ops stay float32. Measured
     # effect: README, "Reduced-precision matrix products".
     matmul_precision: str = "highest"
+    # Replay each MPPI plan of the agent from a CUDA graph (recorded on the first plan with a
+    # given eval_mode and generator, then replayed with new inputs: the kernel launches of the
+    # whole plan at the cost of one). Needs a CUDA device and kernels="fused" with the CUDA
+    # kernels built (the reference mppi_select calls torch.multinomial, which synchronises);
+    # the agent checks both when it is built. Same draws as the eager plan from the same
+    # generator state; the graph reads the model's parameters in place, so update them in
+    # place (optimiser steps and load_state_dict do).
+    capture_graph: bool = False
 
     # ----------------------------------------------------------------- validation
     def __post_init__(self) -> None:
@@ -323,8 +331,9 @@ class CDREDConfig:
                 widths.append(w)
             setattr(self, name, tuple(widths))
 
-        if not isinstance(self.mpc, bool):
-            _fail("mpc", "a bool", self.mpc, TypeError)
+        for name in ("mpc", "capture_graph"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, "a bool", getattr(self, name), TypeError)
         for name, choices in (
             ("g", G_CHOICES),
             ("obs", OBS_CHOICES),

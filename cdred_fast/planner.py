@@ -250,6 +250,52 @@ def _check_generator_device(generator: Optional[torch.Generator], device: torch.
         )
 
 
+# ------------------------------------------------------------------------------- CUDA graphs of a plan
+def _check_capturable_impl(impl: str, where: str) -> None:
+    """A plan is recorded in a CUDA graph only on the fused ops: the reference mppi_select calls
+    torch.multinomial, whose check of the weights reads a value on the host (not capturable)."""
+    if impl != "fused":
+        raise RuntimeError(
+            f"{where}: capture_graph=True needs the fused CUDA ops, but the plan would run on the reference ops "
+            "(kernels='reference', or an extension built without CUDA kernels: see cdred_fast.build_info()); the "
+            "reference mppi_select calls torch.multinomial, which synchronises with the host and cannot be recorded"
+        )
+
+
+def _record_plan_graph(body: Callable[[], tuple[Tensor, Tensor]], device: torch.device,
+                       generator: Optional[torch.Generator]) -> tuple["torch.cuda.CUDAGraph", Tensor, Tensor]:
+    """Record ``body() -> (action, mean)`` in a CUDA graph: two warm-up runs on a side stream
+    (lazy initialisation, cuBLAS workspaces: they draw from the generator like any plan), then
+    the capture. ``generator`` (None: the default CUDA generator, which graphs track by
+    themselves) is registered with the graph, so each replay draws from its state at that
+    moment and advances it. Returns ``(graph, action, mean)``: the outputs are the graph's
+    static tensors, overwritten by every replay."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    if generator is not None:
+        register = getattr(graph, "register_generator_state", None)
+        if register is None:
+            raise RuntimeError(
+                "capture_graph=True with a custom generator needs CUDAGraph.register_generator_state "
+                "(a newer PyTorch); pass generator=None to use the default CUDA generator"
+            )
+        register(generator)
+    try:
+        with torch.cuda.graph(graph):
+            action, mean = body()
+    except Exception as exc:  # the model did something a CUDA graph cannot record
+        raise RuntimeError(
+            f"CUDA-graph capture of the plan failed ({type(exc).__name__}: {exc}); the model's methods must be "
+            "capturable (no host synchronisation, no CPU tensors); use capture_graph=False"
+        ) from exc
+    return graph, action, mean
+
+
 # =============================================================================== CDRED agent's planner
 class MPPIPlanner:
     """MPPI of SPEC section 4 for the CDRED agent, through :func:`mppi_plan` (one problem per call).
@@ -264,9 +310,16 @@ class MPPIPlanner:
         action_dim: ``A``; sets the number of iterations (+2 when ``A >= 20``).
         device: where the plan's tensors live.
         discount: overrides ``cfg.discount_for()``.
+        capture_graph: replay each plan from a CUDA graph (default ``cfg.capture_graph``): the
+            first plan with a given ``eval_mode`` and generator records the whole plan, later
+            ones copy ``z`` and the warm start into the graph's inputs and replay it. Same
+            actions as the eager plan from the same generator state. Needs ``device`` to be a
+            CUDA device and the fused CUDA ops (``RuntimeError`` otherwise, here). Not yet run on
+            a GPU by this project; python_tests/test_planner.py checks it where CUDA is available.
     """
 
-    def __init__(self, cfg: CDREDConfig, model, action_dim: int, device="cpu", discount: Optional[float] = None):
+    def __init__(self, cfg: CDREDConfig, model, action_dim: int, device="cpu", discount: Optional[float] = None,
+                 capture_graph: Optional[bool] = None):
         self.cfg = cfg
         self.model = model
         self.action_dim = int(action_dim)
@@ -279,6 +332,20 @@ class MPPIPlanner:
             num_pi_trajs=cfg.num_pi_trajs, iterations=self.iterations, temperature=cfg.temperature,
             min_std=cfg.min_std, max_std=cfg.max_std, action_dim=self.action_dim,
         )
+        capture_graph = getattr(cfg, "capture_graph", False) if capture_graph is None else capture_graph
+        if not isinstance(capture_graph, bool):
+            raise TypeError(f"capture_graph must be a bool, got {type(capture_graph).__name__}")
+        if capture_graph:
+            if self.device.type != "cuda" or not torch.cuda.is_available():
+                raise RuntimeError(
+                    f"capture_graph=True (CDREDConfig.capture_graph) replays plans from a CUDA graph and needs a CUDA "
+                    f"device, but the planner is on {self.device}"
+                    + ("" if torch.cuda.is_available() else " and torch.cuda.is_available() is False")
+                    + "; use capture_graph=False"
+                )
+            _check_capturable_impl(self.impl, "MPPIPlanner")
+        self.capture_graph = capture_graph
+        self._graphs: dict = {}  # (eval_mode, generator id, dtype) -> a recorded plan and its static tensors
         self._prev_mean: Optional[Tensor] = None  # the last plan's mean [H, A], for the warm start
 
     def reset(self) -> None:
@@ -332,13 +399,56 @@ class MPPIPlanner:
         _check_generator_device(generator, self.device)
         with self.model.planning():  # eval mode: Q dropout off
             z = z.reshape(1, -1).to(self.device)
-            mean = self.initial_mean(t0).unsqueeze(0)
-            action, mean = mppi_plan(
-                self.rollout_functions(generator), z, mean, self.settings, discount=self.discount,
-                eval_mode=eval_mode, generator=generator, impl=self.impl,
-            )
+            if self.capture_graph:
+                action, mean = self._plan_graphed(z, bool(t0), bool(eval_mode), generator)
+            else:
+                mean = self.initial_mean(t0).unsqueeze(0)
+                action, mean = mppi_plan(
+                    self.rollout_functions(generator), z, mean, self.settings, discount=self.discount,
+                    eval_mode=eval_mode, generator=generator, impl=self.impl,
+                )
             self._prev_mean = mean[0]
             return action[0]
+
+    def _plan_graphed(self, z: Tensor, t0: bool, eval_mode: bool, generator: Optional[torch.Generator]):
+        """The plan replayed from a CUDA graph: ``(action [1, A], mean [1, H, A])``, copies.
+
+        One graph per (eval_mode, generator object, dtype of z); reuse one generator (or None)
+        across plans. The graph's inputs are ``z``, the previous mean and a ``t0`` flag (the
+        warm start is computed inside the graph, as :func:`warm_start` with a tensor flag)."""
+        key = (eval_mode, None if generator is None else id(generator), z.dtype)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(z, eval_mode, generator)
+            self._graphs[key] = entry
+        entry["z"].copy_(z)
+        if self._prev_mean is None:
+            entry["prev"].zero_()
+            entry["t0"].fill_(True)
+        else:
+            entry["prev"].copy_(self._prev_mean.unsqueeze(0))
+            entry["t0"].fill_(t0)
+        entry["graph"].replay()
+        return entry["action"].clone(), entry["mean"].clone()
+
+    def _capture(self, z: Tensor, eval_mode: bool, generator: Optional[torch.Generator]) -> dict:
+        H, A, device = self.cfg.horizon, self.action_dim, self.device
+        static = {
+            "z": z.clone(),
+            "prev": torch.zeros(1, H, A, dtype=torch.float32, device=device),
+            "t0": torch.ones(1, dtype=torch.bool, device=device),
+        }
+        fns = self.rollout_functions(generator)
+
+        def body():
+            mean0 = warm_start(static["prev"], static["t0"], 1, H, A, torch.float32, device)
+            return mppi_plan(fns, static["z"], mean0, self.settings, discount=self.discount, eval_mode=eval_mode,
+                             generator=generator, impl=self.impl)
+
+        graph, action, mean = _record_plan_graph(body, device, generator)
+        # the graph reads these tensors' memory on every replay: keep them alive with it
+        static.update(graph=graph, action=action, mean=mean, keep_alive=(fns, generator))
+        return static
 
 
 # =============================================================================== drop-in Planner
@@ -892,29 +1002,8 @@ class Planner:
             return mppi_plan(fns, static["z"], mean0, s, discount=discount, mask=mask, eval_mode=eval_mode,
                              generator=generator, impl=impl)
 
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up (lazy initialisation outside the capture)
-            for _ in range(2):
-                body()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        if generator is not None:
-            register = getattr(graph, "register_generator_state", None)
-            if register is None:
-                raise RuntimeError(
-                    "capture_graph=True with a custom generator needs CUDAGraph.register_generator_state "
-                    "(a newer PyTorch); pass generator=None to use the default CUDA generator"
-                )
-            register(generator)
-        try:
-            with torch.cuda.graph(graph):
-                action, mean = body()
-        except Exception as exc:  # the model did something a CUDA graph cannot record
-            raise RuntimeError(
-                f"CUDA-graph capture of the plan failed ({type(exc).__name__}: {exc}); the model's methods must be "
-                "capturable (no host synchronisation, no CPU tensors); use capture_graph=False"
-            ) from exc
+        _check_capturable_impl(impl, "Planner")
+        graph, action, mean = _record_plan_graph(body, device, generator)
         # the graph reads these tensors' memory on every replay: keep them alive with it
         static.update(graph=graph, action=action, mean=mean, keep_alive=(fns, state, mask, discount, generator))
         return static

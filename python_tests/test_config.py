@@ -23,7 +23,7 @@ def test_defaults_are_the_released_values():
         mpc=True, iterations=6, num_samples=512, num_elites=64, num_pi_trajs=24, temperature=0.5,
         min_std=0.05, max_std=2.0,
         task="mw-reach-wall", obs="state", seed_steps=None, buffer_size=200_000, eval_freq=50_000,
-        eval_episodes=10, seed=1, num_demos=100, kernels="fused",
+        eval_episodes=10, seed=1, num_demos=100, kernels="fused", capture_graph=False,
     )
     for name, value in expected.items():
         assert getattr(c, name) == value, name
@@ -80,6 +80,8 @@ def test_derived_quantities():
         ("batch_size", True),
         ("horizon", "3"),
         ("mpc", "yes"),
+        ("capture_graph", 1),
+        ("capture_graph", "true"),
         ("rnd_target_hidden", (0, 4)),
         ("rnd_predictor_hidden", "wide"),
         ("discount", 1.0),
