@@ -288,6 +288,24 @@ def test_cuda_no_host_sync():
     assert torch.isfinite(gx).all()
 
 
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("E,M,D", [(1, 600_000, 4), (4097, 2, 4096)], ids=["rows", "columns"])
+def test_cuda_past_the_grid_cap(E, M, D):
+    """Sizes past the launch caps of csrc/block/cuda.cu (at most 65535 blocks), so each grid-stride
+    loop runs more than once: E * M = 600000 rows for the one-warp-per-row forward and backward
+    (65535 * 8 warps), and E * D = 16.8M columns for the column partials and sums (65535 * 256
+    threads)."""
+    assert E * M > 65535 * 8 or E * D > 65535 * 256
+    x, gamma, beta, gy = _case(E, M, D, torch.float64, "cuda")
+    fused = _grads(lambda *a: ops.layernorm_mish(*a), x, gamma, beta, gy)
+    ref = _grads(lambda *a: ops.layernorm_mish(*a, impl="reference"), x, gamma, beta, gy)
+    for name, got, want in zip(("y", "grad_x", "grad_gamma", "grad_beta"), fused, ref):
+        scale = 1.0 if name in ("y", "grad_x") else max(1.0, math.sqrt(M))
+        tol = {k: v * scale for k, v in TOL[torch.float64].items()}
+        torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}: {m}")
+
+
 # ----------------------------------------------------------------------------- in the networks
 def test_normed_linear_and_ensemble_fused_equal_pytorch():
     """A Block (and the stacked Q-style ensemble, with an index of members) with kernels="fused"

@@ -612,6 +612,74 @@ def test_cuda_ops_do_not_synchronise():
     assert out.shape == (B, A) and out_eval.shape == (B, A)
 
 
+# The element-wise MPPI kernels launch at most 65536 blocks of 256 threads (elementwise_blocks
+# in csrc/mppi/cuda.cu): past 2**24 elements their grid-stride loops run more than once.
+GRID_STRIDE_ELEMENTS = 65536 * 256
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_sample_and_select_past_the_grid_cap():
+    """mppi_sample over 20M elements and mppi_select over B * A > 2**24 outputs: every element
+    of the grid-stride loops' second pass equals the reference (same generator)."""
+    mean = _rand((1, 2, 2), 21, torch.float32, "cuda")
+    std = _rand((1, 2, 2), 22, torch.float32, "cuda").abs()
+    M = 5_000_000
+    assert 2 * M * 2 > GRID_STRIDE_ELEMENTS
+    fused = ops.mppi_sample(mean, std, M, _gen("cuda", 3))
+    ref = ops.mppi_sample(mean, std, M, _gen("cuda", 3), impl="reference")
+    _assert_same_samples(fused, ref)
+    del fused, ref
+
+    B, H, k, A = GRID_STRIDE_ELEMENTS // 16 + 1, 1, 2, 16
+    ea = _rand((B, H, k, A), 23, torch.float32, "cuda")
+    w = torch.rand(B, k, device="cuda", generator=_gen("cuda", 24)) + 0.1
+    std = _rand((B, H, A), 25, torch.float32, "cuda").abs()
+    for eval_mode in (False, True):
+        fused = ops.mppi_select(ea, w, std, eval_mode, _gen("cuda", 4))
+        ref = ops.mppi_select(ea, w, std, eval_mode, _gen("cuda", 4), impl="reference")
+        _assert_same_samples(fused, ref)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_graph_capture_of_the_ops():
+    """sample -> elite update -> select recorded in a CUDA graph (mppi_select makes no host
+    synchronisation any more) and replayed: each replay draws from the generator's state at
+    that moment, so it equals the eager ops run from the same state."""
+    B, H, N, A, k = 3, 3, 512, 6, 64
+    g = _gen("cuda", 0)
+    mean0 = torch.zeros(B, H, A, device="cuda")
+    std0 = torch.full((B, H, A), 2.0, device="cuda")
+
+    def step(generator):
+        a = ops.mppi_sample(mean0, std0, N, generator)
+        values = -(a - 0.3).pow(2).sum(dim=(1, 3))
+        mean, std, ea, w, _ = ops.mppi_elite_update(values, a, k)
+        return ops.mppi_select(ea, w, std, False, generator), mean
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step(g)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(g)
+    with torch.cuda.graph(graph):
+        action, mean = step(g)
+    replays = []
+    for _ in range(3):
+        state = g.get_state()
+        graph.replay()
+        twin = torch.Generator(device="cuda")
+        twin.set_state(state)
+        want_action, want_mean = step(twin)
+        torch.testing.assert_close(action, want_action, rtol=0, atol=0)
+        torch.testing.assert_close(mean, want_mean, rtol=0, atol=0)
+        replays.append(action.clone())
+    assert not torch.equal(replays[0], replays[1])  # the generator advanced between replays
+
+
 @pytest.mark.parametrize("B", [1, 64])
 def test_parity_across_thread_counts(B, threads):
     """at::parallel_for splits over the batch (or over H*A for B = 1): results must not depend on it."""

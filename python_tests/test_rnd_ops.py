@@ -470,6 +470,25 @@ def test_mixed_devices_rejected():
         torch.ops.cdred_fast.ensemble_mlp.default(*a.values())
 
 
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("x_mode", ["shared-rows", "per-member"])
+def test_cuda_past_the_grid_cap(x_mode):
+    """Sizes past the launch caps of csrc/rnd/cuda.cu, so the grid-stride loops run more than once:
+    the LayerNorm-Mish epilogue (one warp per (member, row), at most 65535 blocks of 8 warps)
+    over E * N = 600000 segments, in place for per-member rows, and _rnd_mish (at most 65535
+    blocks of 256 threads) over 17M values."""
+    E, N, dims = 2, 300_000, [3, 4, 2]
+    assert E * N > 65535 * 8
+    x, ws, bs, lws, lbs, _ = _case(E, N, dims, x_mode, "none", torch.float64, "cuda")
+    fused = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5)
+    ref = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, impl="reference")
+    torch.testing.assert_close(fused, ref, **TOL[torch.float64])
+    n = 65535 * 256 + 4097
+    y = torch.linspace(-30.0, 30.0, n, dtype=torch.float64, device="cuda")
+    torch.testing.assert_close(torch.ops.cdred_fast._rnd_mish(y), F.mish(y), rtol=1e-13, atol=1e-300)
+
+
 # ----------------------------------------------------------------------------- ensemble_reward (targets + reward, tiled)
 # (K, N, dims): N spans several 512 KB tiles at D = 256 (102 rows per tile in float32, 51 in float64),
 # a one-layer network (its last Linear reads x itself), K = 1 (every coordinate degenerate), N = 0.
