@@ -81,3 +81,55 @@ def check_step_output(out, obs_dim: int) -> None:
     assert isinstance(reward, float) and np.isfinite(reward)
     assert type(terminated) is bool and type(truncated) is bool
     assert type(info["success"]) is bool
+
+
+# Reduced-precision float32 matrix products on the CPU (torch.set_float32_matmul_precision).
+BF16_UNIT_ROUNDOFF = 2.0**-8  # bfloat16 keeps 8 significant bits: |round(x) - x| <= 2**-8 |x|
+
+
+def cpu_bf16_features() -> str:
+    """What this CPU offers for bf16 products, for messages: the /proc/cpuinfo flags (Linux), torch's
+    AMX probe where this torch has it, and ATen's CPU capability."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    found = [name for name in ("avx512_bf16", "amx_bf16", "amx_tile") if name in flags] or ["no bf16 flags"]
+    amx = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
+    if amx is not None:
+        found.append(f"torch AMX tiles: {amx()}")
+    return ", ".join(found) + f"; ATen CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def medium_matmul_error(shapes=((64, 18, 256), (64, 256, 256), (64, 256, 16), (256, 512, 512))) -> tuple[float, float]:
+    """Measured, not inferred from CPU flags: the largest relative error (max |error| / max |exact|)
+    of float32 ``F.linear`` products against float64, under the 'medium' and the 'highest' float32
+    matmul precision, over a few ``(rows, in, out)`` shapes like the test networks'. Returns
+    ``(medium, highest)``. 'medium' uses bf16 products on this CPU when its error is far above
+    float32 rounding: bf16-rounded inputs give errors of order 2**-9 on random data, float32
+    (or a split into three bf16 products) of order 1e-6."""
+    g = torch.Generator().manual_seed(0)
+    previous = torch.get_float32_matmul_precision()
+    worst = {"medium": 0.0, "highest": 0.0}
+    try:
+        for m, k, n in shapes:
+            x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+            exact = torch.nn.functional.linear(x.double(), w.double(), b.double())
+            for precision in worst:
+                torch.set_float32_matmul_precision(precision)
+                got = torch.nn.functional.linear(x, w, b).double()
+                err = ((got - exact).abs().max() / exact.abs().max()).item()
+                worst[precision] = max(worst[precision], err)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    return worst["medium"], worst["highest"]
+
+
+def medium_uses_bf16() -> bool:
+    """Whether 'medium' float32 products are bf16 products here (see medium_matmul_error)."""
+    return medium_matmul_error()[0] > 2.0**-12
