@@ -262,7 +262,9 @@ class WorldModel(nn.Module):
 
         ``(mu, rho) = pi_net(z)``; ``log_std = lo + 0.5 (hi - lo)(tanh(rho) + 1)``;
         ``u = mu + exp(log_std) * eps``; ``a = tanh(u)``;
-        ``log_prob = sum_i [-eps_i^2 / 2 - log_std_i - log(2 pi) / 2] - sum_i log(relu(1 - a_i^2) + 1e-6)``.
+        ``log_prob = A (sum_i [-eps_i^2 / 2 - log_std_i] - log(2 pi) / 2) - sum_i log(relu(1 - a_i^2) + 1e-6)``:
+        the released code's log-probability, whose Gaussian part is scaled by the action
+        dimension ``A`` (SPEC section 1; it sets the strength of the entropy bonus).
         ``eps`` defaults to standard normal draws (from ``generator`` if given).
         Shapes: ``mu, a, log_std: [..., A]``, ``log_prob: [...]``.
         """
@@ -272,7 +274,9 @@ class WorldModel(nn.Module):
         if eps is None:
             eps = randn(mu.shape, generator, mu.device, mu.dtype)
         u = mu + eps * log_std.exp()
-        gaussian = (-0.5 * eps.pow(2) - log_std).sum(dim=-1) - 0.5 * math.log(2 * math.pi) * mu.shape[-1]
+        A = mu.shape[-1]
+        # "A * (sum_i(-eps_i^2 / 2 - log sigma_i) - log(2 pi) / 2)"
+        gaussian = A * ((-0.5 * eps.pow(2) - log_std).sum(dim=-1) - 0.5 * math.log(2 * math.pi))
         a = torch.tanh(u)
         log_prob = gaussian - torch.log(F.relu(1.0 - a.pow(2)) + 1e-6).sum(dim=-1)  # tanh correction
         return torch.tanh(mu), a, log_prob, log_std

@@ -107,12 +107,15 @@ def test_policy_prior_by_hand(model):
     mu, rho = out[:, :ACT], out[:, ACT:]
     ls = -10 + 0.5 * 12 * (np.tanh(rho) + 1)
     u = mu + np.exp(ls) * eps.double().numpy()
+    # SPEC section 1 (the released code): the Gaussian part is scaled by the action dimension A.
     want_logp = np.zeros(6)
     for i in range(6):
+        residual = 0.0
         for j in range(ACT):
             sd = math.exp(ls[i, j])
-            want_logp[i] += -((u[i, j] - mu[i, j]) ** 2) / (2 * sd * sd) - math.log(sd) - 0.5 * math.log(2 * math.pi)
+            residual += -((u[i, j] - mu[i, j]) ** 2) / (2 * sd * sd) - math.log(sd)
             want_logp[i] -= math.log(1 - math.tanh(u[i, j]) ** 2 + 1e-6)
+        want_logp[i] += ACT * (residual - 0.5 * math.log(2 * math.pi))
     np.testing.assert_allclose(log_std.detach().numpy(), ls, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(a.detach().numpy(), np.tanh(u), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mu_t.detach().numpy(), np.tanh(mu), rtol=1e-5, atol=1e-6)
