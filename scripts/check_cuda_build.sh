@@ -119,4 +119,27 @@ for key in ("CPU", "CUDA"):
 print(f"[check_cuda_build] {len(ops)} ops have CPU and CUDA kernels")
 EOF
 ) || fail "the built package does not provide its CUDA kernels"
+# 6. An nvcc of another CUDA major must stop the configure with a message naming both
+#    versions. The nvcc here is wrapped so that `--version` reports CUDA (torch's major - 1);
+#    every other call goes to the real nvcc, so CMake's compiler checks still pass.
+WRAP=$(mktemp -d)
+trap 'rm -rf "$WRAP"' EXIT
+other=$(( CUDA_MAJOR - 1 ))
+cat > "$WRAP/nvcc" <<EOF_WRAP
+#!/bin/sh
+case " \$* " in *" --version "*) echo "Cuda compilation tools, release $other.8, V$other.8.93"; exit 0 ;; esac
+exec "$NVCC" "\$@"
+EOF_WRAP
+chmod +x "$WRAP/nvcc"
+if CUDACXX="$WRAP/nvcc" CMAKE_LIBRARY_PATH="$LIBS" "$VENV/bin/cmake" -S "$SRC" -B "$WRAP/build" -G Ninja \
+    -DCMAKE_MAKE_PROGRAM="$VENV/bin/ninja" -DPython_EXECUTABLE="$VENV/bin/python" -DCDRED_FAST_WITH_CUDA=ON \
+    > "$WRAP/configure.log" 2>&1; then
+  fail "configure accepted an nvcc of CUDA $other with torch's CUDA $TORCH_CUDA"
+fi
+said=$(tr -s ' \n' '  ' < "$WRAP/configure.log")  # CMake wraps its messages' lines
+case "$said" in
+  *"is CUDA $other.8, but torch"*"was built with CUDA $TORCH_CUDA"*"Their major versions must match"*) ;;
+  *) cat "$WRAP/configure.log" >&2; fail "configure with a CUDA $other nvcc failed without naming both versions" ;;
+esac
+log "ok: an nvcc of CUDA $other is refused at configure, naming both versions"
 log "ok: CUDA build of cdred_fast against torch $TORCH_FULL in $(( $(date +%s) - start )) s"
