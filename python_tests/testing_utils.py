@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cdred_fast
+from cdred_fast.config import matmul_precision
 
 
 def cuda_skip_reason() -> str:
@@ -114,22 +115,17 @@ def medium_matmul_error(shapes=((64, 18, 256), (64, 256, 256), (64, 256, 16), (2
     float32 rounding: bf16-rounded inputs give errors of order 2**-9 on random data, float32
     (or a split into three bf16 products) of order 1e-6."""
     g = torch.Generator().manual_seed(0)
-    previous = torch.get_float32_matmul_precision()
     worst = {"medium": 0.0, "highest": 0.0}
-    try:
-        for m, k, n in shapes:
-            x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-            exact = torch.nn.functional.linear(x.double(), w.double(), b.double())
-            for precision in worst:
-                torch.set_float32_matmul_precision(precision)
+    for m, k, n in shapes:
+        x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        exact = torch.nn.functional.linear(x.double(), w.double(), b.double())
+        for precision in worst:
+            with matmul_precision(precision):
                 got = torch.nn.functional.linear(x, w, b).double()
-                err = ((got - exact).abs().max() / exact.abs().max()).item()
-                worst[precision] = max(worst[precision], err)
-    finally:
-        torch.set_float32_matmul_precision(previous)
+            err = ((got - exact).abs().max() / exact.abs().max()).item()
+            worst[precision] = max(worst[precision], err)
     return worst["medium"], worst["highest"]
 
 
-def medium_uses_bf16() -> bool:
-    """Whether 'medium' float32 products are bf16 products here (see medium_matmul_error)."""
-    return medium_matmul_error()[0] > 2.0**-12
+# A 'medium' probe error above this means bf16 products (see medium_matmul_error).
+BF16_PROBE_THRESHOLD = 2.0**-12
