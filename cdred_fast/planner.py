@@ -296,6 +296,39 @@ def _record_plan_graph(body: Callable[[], tuple[Tensor, Tensor]], device: torch.
     return graph, action, mean
 
 
+class _PlanGraph:
+    """One plan recorded in a CUDA graph and replayed with new inputs.
+
+    The graph's inputs are static tensors: the latents ``z [B, L]``, the previous mean
+    ``[B, H, A]`` and the ``t0`` flags ``[B]`` (the warm start is computed inside the graph, as
+    :func:`warm_start` with a tensor flag). ``plan(z, mean0) -> (action, mean)`` is the plan to
+    record; ``keep_alive`` holds what the graph reads on every replay (functions, masks, ...)."""
+
+    def __init__(self, z: Tensor, horizon: int, action_dim: int, dtype, plan, generator, keep_alive):
+        B, device = z.shape[0], z.device
+        self.z = z.clone()
+        self.prev = torch.zeros(B, horizon, action_dim, dtype=dtype, device=device)
+        self.t0 = torch.ones(B, dtype=torch.bool, device=device)
+
+        def body():
+            return plan(self.z, warm_start(self.prev, self.t0, B, horizon, action_dim, dtype, device))
+
+        self.graph, self.action, self.mean = _record_plan_graph(body, device, generator)
+        self._keep_alive = keep_alive
+
+    def replay(self, z: Tensor, prev: Optional[Tensor], t0) -> tuple[Tensor, Tensor]:
+        """Copy ``z``, the previous mean (None: zeros) and ``t0`` (a bool or one per problem) into
+        the graph's inputs, replay it, and return copies of ``(action, mean)``."""
+        self.z.copy_(z)
+        if prev is None:
+            self.prev.zero_()
+        else:
+            self.prev.copy_(prev)
+        self.t0.copy_(torch.as_tensor(t0, dtype=torch.bool, device=self.t0.device).expand_as(self.t0))
+        self.graph.replay()
+        return self.action.clone(), self.mean.clone()
+
+
 # =============================================================================== CDRED agent's planner
 class MPPIPlanner:
     """MPPI of SPEC section 4 for the CDRED agent, through :func:`mppi_plan` (one problem per call).
@@ -345,7 +378,7 @@ class MPPIPlanner:
                 )
             _check_capturable_impl(self.impl, "MPPIPlanner")
         self.capture_graph = capture_graph
-        self._graphs: dict = {}  # (eval_mode, generator id, dtype) -> a recorded plan and its static tensors
+        self._graphs: dict = {}  # (eval_mode, generator id, dtype) -> _PlanGraph
         self._prev_mean: Optional[Tensor] = None  # the last plan's mean [H, A], for the warm start
 
     def reset(self) -> None:
@@ -414,41 +447,21 @@ class MPPIPlanner:
         """The plan replayed from a CUDA graph: ``(action [1, A], mean [1, H, A])``, copies.
 
         One graph per (eval_mode, generator object, dtype of z); reuse one generator (or None)
-        across plans. The graph's inputs are ``z``, the previous mean and a ``t0`` flag (the
-        warm start is computed inside the graph, as :func:`warm_start` with a tensor flag)."""
+        across plans."""
         key = (eval_mode, None if generator is None else id(generator), z.dtype)
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._capture(z, eval_mode, generator)
-            self._graphs[key] = entry
-        entry["z"].copy_(z)
-        if self._prev_mean is None:
-            entry["prev"].zero_()
-            entry["t0"].fill_(True)
-        else:
-            entry["prev"].copy_(self._prev_mean.unsqueeze(0))
-            entry["t0"].fill_(t0)
-        entry["graph"].replay()
-        return entry["action"].clone(), entry["mean"].clone()
+        graph = self._graphs.get(key)
+        if graph is None:
+            fns = self.rollout_functions(generator)
 
-    def _capture(self, z: Tensor, eval_mode: bool, generator: Optional[torch.Generator]) -> dict:
-        H, A, device = self.cfg.horizon, self.action_dim, self.device
-        static = {
-            "z": z.clone(),
-            "prev": torch.zeros(1, H, A, dtype=torch.float32, device=device),
-            "t0": torch.ones(1, dtype=torch.bool, device=device),
-        }
-        fns = self.rollout_functions(generator)
+            def plan(z, mean0):
+                return mppi_plan(fns, z, mean0, self.settings, discount=self.discount, eval_mode=eval_mode,
+                                 generator=generator, impl=self.impl)
 
-        def body():
-            mean0 = warm_start(static["prev"], static["t0"], 1, H, A, torch.float32, device)
-            return mppi_plan(fns, static["z"], mean0, self.settings, discount=self.discount, eval_mode=eval_mode,
-                             generator=generator, impl=self.impl)
-
-        graph, action, mean = _record_plan_graph(body, device, generator)
-        # the graph reads these tensors' memory on every replay: keep them alive with it
-        static.update(graph=graph, action=action, mean=mean, keep_alive=(fns, generator))
-        return static
+            graph = _PlanGraph(z, self.cfg.horizon, self.action_dim, torch.float32, plan, generator,
+                               keep_alive=(fns, generator))
+            self._graphs[key] = graph
+        prev = None if self._prev_mean is None else self._prev_mean.unsqueeze(0)
+        return graph.replay(z, prev, t0)
 
 
 # =============================================================================== drop-in Planner
@@ -971,42 +984,25 @@ class Planner:
                 f"capture_graph=True records the plan in a CUDA graph and needs CUDA tensors; z is on {z.device}"
             )
         B = z.shape[0]
-        s = self.settings
         task_key = None if state is None or state["ids"] is None else tuple(state["ids"].tolist())
         key = (B, dtype, str(z.device), bool(eval_mode), task_key, id(generator) if generator is not None else None)
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._capture(z, eval_mode, state, mask, discount, generator, impl, dtype)
-            self._graphs[key] = entry
-        entry["z"].copy_(z)
-        if prev is None:
-            entry["prev"].zero_()
-        else:
-            entry["prev"].copy_(prev)
-        entry["t0"].copy_(torch.as_tensor(t0, device=z.device).expand(B) if not isinstance(t0, bool)
-                          else torch.full((B,), t0, device=z.device))
-        entry["graph"].replay()
-        return entry["action"].clone(), entry["mean"].clone()
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._capture(z, eval_mode, state, mask, discount, generator, impl, dtype)
+            self._graphs[key] = graph
+        return graph.replay(z, prev, t0)
 
-    def _capture(self, z, eval_mode, state, mask, discount, generator, impl, dtype) -> dict:
-        B, s, device = z.shape[0], self.settings, z.device
-        static = {
-            "z": z.clone(),
-            "prev": torch.zeros(B, s.horizon, s.action_dim, dtype=dtype, device=device),
-            "t0": torch.ones(B, dtype=torch.bool, device=device),
-        }
+    def _capture(self, z, eval_mode, state, mask, discount, generator, impl, dtype) -> _PlanGraph:
+        s = self.settings
         fns = self._functions(state, dtype)
 
-        def body():
-            mean0 = warm_start(static["prev"], static["t0"], B, s.horizon, s.action_dim, dtype, device)
-            return mppi_plan(fns, static["z"], mean0, s, discount=discount, mask=mask, eval_mode=eval_mode,
+        def plan(z, mean0):
+            return mppi_plan(fns, z, mean0, s, discount=discount, mask=mask, eval_mode=eval_mode,
                              generator=generator, impl=impl)
 
         _check_capturable_impl(impl, "Planner")
-        graph, action, mean = _record_plan_graph(body, device, generator)
-        # the graph reads these tensors' memory on every replay: keep them alive with it
-        static.update(graph=graph, action=action, mean=mean, keep_alive=(fns, state, mask, discount, generator))
-        return static
+        return _PlanGraph(z, s.horizon, s.action_dim, dtype, plan, generator,
+                          keep_alive=(fns, state, mask, discount, generator))
 
 
 def _layout_needs_bins(api: Optional[str]) -> bool:
