@@ -36,8 +36,8 @@ fi
 vpip() { PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_CONSTRAINT= "$VENV/bin/python" -m pip "$@"; }
 
 # 1. The virtual environment with a CUDA torch (kept while its torch is the wanted one).
-have=$("$VENV/bin/python" -c "import torch; print(torch.__version__, torch.version.cuda)" 2>/dev/null || true)
-if [ "${have%% *}" != "" ] && [ "${have#* }" != "None" ] && [ "${have%%+*}" = "$CDRED_FAST_CUDA_TORCH" ]; then
+have=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0], torch.version.cuda)" 2>/dev/null || true)
+if [ -n "$have" ] && [ "${have#* }" != "None" ] && [ "${have%% *}" = "$CDRED_FAST_CUDA_TORCH" ]; then
   log "reusing $VENV (torch $have)"
 else
   log "creating $VENV with torch==$CDRED_FAST_CUDA_TORCH (CUDA build, from the registry)"
