@@ -18,7 +18,7 @@ from .agent import CDREDAgent
 from .config import CDREDConfig
 from .planner import Planner
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def __getattr__(name):  # the trainer pulls in simulators and plotting: import it lazily
