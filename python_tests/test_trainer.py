@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from cdred_fast import CDREDConfig
-from cdred_fast.data import Demonstrations, DemonstrationError, collect
+from cdred_fast.checkpoint import load_checkpoint
+from cdred_fast.collect import collect
+from cdred_fast.data import Demonstrations, DemonstrationError
 from cdred_fast.envs import make
-from cdred_fast.trainer import Trainer, load_checkpoint
+from cdred_fast.trainer import Trainer
 
 from testing_utils import TINY
 
