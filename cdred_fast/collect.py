@@ -2,7 +2,7 @@
 
 * :func:`collect` rolls a policy (a scripted expert from :func:`cdred_fast.envs.scripted_policy`,
   a trained agent wrapped in :class:`AgentPolicy`, any ``obs -> action`` callable) in an
-  environment and records the episodes, with their reset seeds, as
+  environment and records the episodes (with their reset seeds when given a ``seed``) as
   :class:`~cdred_fast.data.Demonstrations`.
 * :func:`render_pixels` re-simulates recorded state demonstrations in a pixel environment
   and records the frames of the same episodes.
