@@ -29,9 +29,8 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
-from .config import CDREDConfig
+from .config import PRESETS, CDREDConfig
 
 
 def build_config(
@@ -41,8 +40,6 @@ def build_config(
     validated by CDREDConfig."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
-
-    from .trainer import PRESETS
 
     values: dict = dict(base or {})
     if preset is not None:
@@ -83,7 +80,7 @@ def _saved_config(work_dir: str | None) -> dict | None:
     """The config stored in ``work_dir/checkpoint.pt`` (None when there is none to resume)."""
     if work_dir is None or not (Path(work_dir) / "checkpoint.pt").is_file():
         return None  # the Trainer reports the missing checkpoint
-    from .trainer import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     saved = dict(load_checkpoint(Path(work_dir) / "checkpoint.pt")["config"])
     saved.pop("episode_length", None)  # filled in from the task again
@@ -175,14 +172,15 @@ def eval_cmd(checkpoint, episodes, seed, trembling_hand, device) -> None:
     """Evaluate a checkpoint written by `cdred-fast train` or `cdred-fast expert train`."""
     import torch
 
-    from .trainer import agent_from_checkpoint, config_from_checkpoint, evaluate, load_checkpoint, make_env
+    from .checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
+    from .trainer import EVAL_SEED_OFFSET, evaluate, make_env
 
     state = load_checkpoint(checkpoint, map_location=device)
     cfg = config_from_checkpoint(state)
-    env = make_env(cfg, seed=cfg.seed + 10_000, trembling_hand=trembling_hand)
+    env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET, trembling_hand=trembling_hand)
     agent = agent_from_checkpoint(state, env, device=device)
     torch.manual_seed(cfg.seed)
-    result = evaluate(agent, env, episodes, seed=cfg.seed + 10_000 if seed is None else seed)
+    result = evaluate(agent, env, episodes, seed=cfg.seed + EVAL_SEED_OFFSET if seed is None else seed)
     p = cfg.trembling_hand if trembling_hand is None else trembling_hand
     click.echo(
         json.dumps({"checkpoint": str(checkpoint), "step": state["step"], "episodes": episodes, "trembling_hand": p, **result})
@@ -209,8 +207,9 @@ def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
     The demonstrations have the observations the policy acts on (a state checkpoint
     gives state demonstrations; render them with `cdred-fast data render`).
     """
-    from .data import AgentPolicy
-    from .data import collect as collect_demos
+    from .collect import AgentPolicy
+    from .collect import collect as collect_demos
+    from .data import summary
     from .envs import make, scripted_policy, task_spec
 
     try:
@@ -230,7 +229,8 @@ def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
     else:
         import torch
 
-        from .trainer import agent_from_checkpoint, config_from_checkpoint, load_checkpoint, make_env
+        from .checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
+        from .trainer import make_env
 
         if not Path(policy).is_file():
             raise click.BadParameter(f"no checkpoint file {policy!r} (and not 'scripted')", param_hint="--policy")
@@ -251,11 +251,10 @@ def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
     finally:
         env.close()
     path = demos.save(out)
-    rate = float(demos.success.mean()) if len(demos.success) else 0.0
-    returns = np.add.reduceat(demos.reward, np.r_[0, np.cumsum(demos.episode_lengths)[:-1]])
+    info = summary(demos)
     click.echo(
         f"wrote {demos.num_episodes} episodes ({demos.num_transitions} transitions) of {task} to {path}; "
-        f"return {returns.mean():.1f} +- {returns.std():.1f}, success {rate:.2f}"
+        f"return {info['return_mean']:.1f} +- {info['return_std']:.1f}, success {info['success_rate']:.2f}"
     )
 
 
@@ -327,7 +326,8 @@ def data_convert(released, task, out) -> None:
 @click.option("--seed", type=int, default=None, help="Only for files without recorded seeds: episode i was reset with seed + i.")
 def data_render(demos_file, out, seed) -> None:
     """Re-simulate state demonstrations (DEMOS_FILE, with reset seeds) and record 64x64 pixel observations."""
-    from .data import DemonstrationError, load, render_pixels
+    from .collect import render_pixels
+    from .data import DemonstrationError, load
 
     try:
         pixels = render_pixels(load(demos_file), seed=seed)

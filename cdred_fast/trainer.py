@@ -6,7 +6,7 @@ buffer are used (``cdred-fast expert train TASK``).
 
 Observations are state vectors or, with ``cfg.obs == "rgb"``, stacked 64x64 RGB
 frames (DMControl; then the demonstrations must be pixels too, see
-:func:`cdred_fast.data.render_pixels`). With ``cfg.trembling_hand = p > 0`` both
+:func:`cdred_fast.collect.render_pixels`). With ``cfg.trembling_hand = p > 0`` both
 the training and the evaluation environment replace the agent's action by a
 uniformly random one with probability ``p``: in the paper's robustness experiment
 (appendix D.5, following HyPE) the noise is part of the environment's dynamics and
@@ -24,8 +24,8 @@ One run lives in one work directory::
       tb/                TensorBoard event files
       learning_curve.png written at the end of the run (and when it is interrupted)
 
-Every file is written through a temporary file and ``os.replace``, so a run killed at
-any moment leaves the previous complete version of each file in place. ``resume=True``
+Every file is written with :func:`cdred_fast.checkpoint.atomic_write` (logs: :mod:`cdred_fast.logger`),
+so a run killed at any moment leaves the previous complete version of each file in place. ``resume=True``
 continues from ``checkpoint.pt``: the interrupted episode is discarded (its steps are
 counted), the CSV rows written after the checkpoint are dropped, and every later
 training episode is reset with a seed derived from its index, so a resumed run sees the
@@ -34,13 +34,10 @@ same episode initialisations as an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
@@ -50,124 +47,16 @@ import torch
 
 from .agent import CDREDAgent
 from .buffer import EpisodeBuffer
+from .checkpoint import load_checkpoint, save_checkpoint
+from .collect import collect
 from .config import CDREDConfig
-from .data import Demonstrations, collect
-from .envs import make
+from .data import Demonstrations
+from .envs import has_scripted_policy, make, scripted_policy
+from .logger import RunLogger, write_config
 
-CHECKPOINT_FORMAT = 1
-
-# Named sets of overrides. "demo" is the README's main job: a small model that learns
-# a Meta-World task from scripted demonstrations in about 15 minutes on 2 CPU cores.
-PRESETS: dict[str, dict[str, Any]] = {
-    "demo": dict(
-        task="mw-reach",
-        steps=12_000,
-        seed_steps=1_000,
-        eval_freq=3_000,
-        eval_episodes=10,
-        num_demos=20,
-        # a small model: latent 64, MLPs of 128, RND outputs of 32 (SPEC sizes are 512/512/256)
-        latent_dim=64,
-        enc_dim=128,
-        mlp_dim=128,
-        num_bins=51,
-        rnd_dim=32,
-        rnd_target_hidden=(64, 64),
-        rnd_predictor_hidden=(128, 128),
-        batch_size=64,
-        # MPPI as in the paper, with a smaller search than SPEC's 512 x 6
-        mpc=True,
-        num_samples=128,
-        num_elites=16,
-        num_pi_trajs=8,
-        iterations=4,
-        save_freq=3_000,
-    ),
-}
-
-
-# --------------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees either the old or the new file, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by :class:`Trainer` with ``weights_only=True`` (no arbitrary unpickling)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated or foreign file
-        raise ValueError(f"{path} is not a readable cdred_fast checkpoint: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "agent" not in state:
-        raise ValueError(f"{path} is not a cdred_fast checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return state
-
-
-def config_from_checkpoint(state: dict) -> CDREDConfig:
-    """The :class:`CDREDConfig` stored in a checkpoint (fields it predates take their defaults)."""
-    return CDREDConfig.from_dict({k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
-
-
-def agent_from_checkpoint(state: dict, env, device: str = "cpu") -> CDREDAgent:
-    """Rebuild the agent of a checkpoint (from :func:`load_checkpoint`) for ``env`` (one made with
-    :func:`make_env` for the checkpoint's config: its observation shape and action size are used)."""
-    cfg = config_from_checkpoint(state)
-    agent = CDREDAgent(
-        cfg, action_dim=env.action_space.shape[0], device=device, obs_shape=tuple(env.observation_space.shape)
-    )
-    agent.load_state_dict(state["agent"])
-    return agent
-
-
-class CSVLog:
-    """A CSV file of dict rows, rewritten atomically; columns grow as new keys appear."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.rows: list[dict[str, Any]] = []
-        if self.path.exists():
-            with open(self.path, newline="") as f:
-                self.rows = [dict(r) for r in csv.DictReader(f)]
-
-    def truncate_after(self, step: int) -> None:
-        self.rows = [r for r in self.rows if float(r["step"]) <= step]
-        self._flush()
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        self._flush()
-
-    def column(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        pts = [(float(r["step"]), float(r[key])) for r in self.rows if r.get(key) not in (None, "")]
-        if not pts:
-            return np.zeros(0), np.zeros(0)
-        steps, values = zip(*pts)
-        return np.asarray(steps), np.asarray(values)
-
-    def _flush(self) -> None:
-        keys: list[str] = []
-        for r in self.rows:
-            keys.extend(k for k in r if k not in keys)
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_bytes(self.path, out.getvalue().encode())
+# Offsets of the seeds of a run's other environments from cfg.seed.
+EVAL_SEED_OFFSET = 10_000  # the evaluation environment; evaluation episode i is reset with cfg.seed + offset + i
+COLLECT_SEED_OFFSET = 20_000  # scripted demonstrations collected for a run
 
 
 # --------------------------------------------------------------------------- environments
@@ -220,16 +109,15 @@ def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | 
         return demos
     if demos is not None:
         return Demonstrations.load(demos, task=cfg.task, obs_shape=obs_shape, action_dim=action_dim)
-    from .envs import has_scripted_policy, scripted_policy
-
     if not has_scripted_policy(cfg.task):
         raise ValueError(
             f"task {cfg.task!r} has no scripted expert: pass expert demonstrations (demos=PATH / --demos PATH)"
         )
 
-    collect_env = make(cfg.task, cfg.obs, seed=cfg.seed + 20_000)  # the expert acts without trembling
+    seed = cfg.seed + COLLECT_SEED_OFFSET
+    collect_env = make(cfg.task, cfg.obs, seed=seed)  # the expert acts without trembling
     try:
-        return collect(collect_env, scripted_policy(cfg.task), cfg.num_demos, successful_only=True, seed=cfg.seed + 20_000)
+        return collect(collect_env, scripted_policy(cfg.task), cfg.num_demos, successful_only=True, seed=seed)
     finally:
         collect_env.close()
 
@@ -274,7 +162,7 @@ class Trainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
 
         self.env = make_env(cfg, seed=cfg.seed)
-        self.eval_env = make_env(cfg, seed=cfg.seed + 10_000)
+        self.eval_env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET)
         T = self.env.get_wrapper_attr("max_episode_steps")
         if cfg.episode_length is None:
             cfg = dataclasses.replace(cfg, episode_length=T)
@@ -294,7 +182,7 @@ class Trainer:
         self.seed_steps = cfg.seed_steps_for(T)
         self.log_freq = log_freq or T
         self.progress = progress
-        atomic_write_bytes(self.work_dir / "config.yaml", _to_yaml(cfg.to_dict()).encode())
+        write_config(self.work_dir / "config.yaml", cfg)
 
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -320,29 +208,16 @@ class Trainer:
         self.agent = CDREDAgent(cfg, action_dim=action_dim, device=device, obs_shape=obs_shape)
 
         self.step, self.episode = 0, 0
-        self.train_log = CSVLog(self.work_dir / "train.csv")
-        self.eval_log = CSVLog(self.work_dir / "eval.csv")
+        self.logger = RunLogger(self.work_dir, tensorboard=tensorboard)
         if state is not None:
             self._restore(state)
         else:
-            self.train_log.truncate_after(-1)
-            self.eval_log.truncate_after(-1)
-        self.tb = _tensorboard(self.work_dir / "tb") if tensorboard else None
+            self.logger.truncate_after(-1)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": self.cfg.to_dict(),
-                "agent": self.agent.state_dict(),
-                "buffer": self.buffer.state_dict(),
-                "step": self.step,
-                "episode": self.episode,
-                "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
-            },
-            self.ckpt_path,
-        )
+        """Write ``checkpoint.pt`` (see :mod:`cdred_fast.checkpoint`)."""
+        save_checkpoint(self.ckpt_path, self.cfg, self.agent, self.buffer, self.step, self.episode, self.rng)
 
     def _restore(self, state: dict) -> None:
         self.agent.load_state_dict(state["agent"])
@@ -350,15 +225,13 @@ class Trainer:
         self.step, self.episode = int(state["step"]), int(state["episode"])
         torch.set_rng_state(state["rng"]["torch"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
-        self.train_log.truncate_after(self.step)
-        self.eval_log.truncate_after(self.step)
+        self.logger.truncate_after(self.step)
 
     # ------------------------------------------------------------------ main loop
     def evaluate(self) -> dict[str, float]:
-        result = evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000)
-        row = {"step": self.step, **result}
-        self.eval_log.append(row)
-        self._tb_scalars("eval", result)
+        seed = self.cfg.seed + EVAL_SEED_OFFSET
+        result = evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=seed)
+        self.logger.log_eval(self.step, result)
         return result
 
     def _update(self) -> dict[str, float]:
@@ -374,7 +247,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        if not self.eval_log.rows:
+        if not self.logger.eval.rows:
             self.evaluate()  # "before": the untrained agent
         stats: dict[str, list[float]] = defaultdict(list)
         ep_returns: list[float] = []
@@ -414,7 +287,8 @@ class Trainer:
                             for k, v in self._update().items():
                                 stats[k].append(v)
                     if self.step >= next_log:
-                        self._log_train(stats, ep_returns, interval_start, interval_step0)
+                        steps_per_s = (self.step - interval_step0) / max(time.time() - interval_start, 1e-9)
+                        self.logger.log_train(self.step, self.episode, stats, ep_returns, steps_per_s)
                         stats, ep_returns = defaultdict(list), []
                         interval_start, interval_step0 = time.time(), self.step
                         next_log = self.step + self.log_freq
@@ -428,17 +302,16 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             self.save()
-            self.plot()
+            self.logger.plot(self.cfg)
             print(f"\ninterrupted at step {self.step}: checkpoint saved to {self.ckpt_path} (resume with --resume)")
             raise
         bar.close()
-        if not self.eval_log.rows or float(self.eval_log.rows[-1]["step"]) < self.step:
+        if not self.logger.eval.rows or float(self.logger.eval.rows[-1]["step"]) < self.step:
             self.evaluate()  # "after"
         self.save()
-        png = self.plot()
-        first, last = self.eval_log.rows[0], self.eval_log.rows[-1]
-        if self.tb is not None:
-            self.tb.flush()
+        png = self.logger.plot(self.cfg)
+        first, last = self.logger.eval.rows[0], self.logger.eval.rows[-1]
+        self.logger.flush()
         return {
             "work_dir": str(self.work_dir),
             "steps": self.step,
@@ -447,90 +320,12 @@ class Trainer:
             "learning_curve": str(png),
         }
 
-    # ------------------------------------------------------------------ logging
-    def _log_train(self, stats, ep_returns, start, step0) -> None:
-        row: dict[str, Any] = {"step": self.step, "episodes": self.episode}
-        if ep_returns:
-            row["episode_return"] = float(np.mean(ep_returns))
-        row["steps_per_s"] = (self.step - step0) / max(time.time() - start, 1e-9)
-        for k, values in stats.items():
-            row[k] = float(np.mean(values))
-        for k in ("grad_norm", "pi_grad_norm"):
-            if stats.get(k):
-                row[f"{k}_max"] = float(np.max(stats[k]))
-        row["updates"] = len(stats.get("total_loss", []))
-        self.train_log.append(row)
-        self._tb_scalars("train", {k: v for k, v in row.items() if k != "step"})
-
-    def _tb_scalars(self, prefix: str, values: dict[str, float]) -> None:
-        if self.tb is None:
-            return
-        for k, v in values.items():
-            self.tb.add_scalar(f"{prefix}/{k}", float(v), self.step)
-
-    def plot(self) -> Path:
-        """Write ``learning_curve.png``: evaluation success and return, and the CDRED rewards."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        for key, label in (("success", "at the last step"), ("success_any", "at any step")):
-            x, y = self.eval_log.column(key)
-            axes[0].plot(x, y, marker="o", label=label)
-        axes[0].legend()
-        x, y = self.eval_log.column("episode_return")
-        axes[1].plot(x, y, marker="o")
-        for ax, title in ((axes[0], "eval success"), (axes[1], "eval return")):
-            ax.set_xlabel("environment steps")
-            ax.set_title(title)
-            ax.grid(alpha=0.3)
-        axes[0].set_ylim(-0.05, 1.05)
-        tdmpc2 = self.cfg.method == "tdmpc2"
-        for key in ("reward_behavioral",) if tdmpc2 else ("reward_expert", "reward_behavioral"):
-            x, y = self.train_log.column(key)
-            axes[2].plot(x, y, label=key)
-        axes[2].set_xlabel("environment steps")
-        axes[2].set_title(
-            "environment reward on sampled transitions" if tdmpc2 else "CDRED reward on expert / behavioural samples"
-        )
-        axes[2].legend()
-        axes[2].grid(alpha=0.3)
-        method = "TD-MPC2 (environment reward)" if tdmpc2 else "CDRED"
-        fig.suptitle(f"{method} on {self.cfg.task} ({self.cfg.obs}, seed {self.cfg.seed})")
-        fig.tight_layout()
-        out = io.BytesIO()
-        fig.savefig(out, format="png", dpi=100)
-        plt.close(fig)
-        path = self.work_dir / "learning_curve.png"
-        atomic_write_bytes(path, out.getvalue())
-        return path
-
-
-def _tensorboard(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception as exc:  # tensorboard missing or broken: CSV logs still work
-        warnings.warn(f"TensorBoard logging disabled: {exc}")
-        return None
-    return SummaryWriter(str(path))
-
-
-def _to_yaml(d: dict) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.create(d))
-
 
 __all__ = [
-    "PRESETS",
+    "COLLECT_SEED_OFFSET",
+    "EVAL_SEED_OFFSET",
     "Trainer",
     "evaluate",
-    "load_checkpoint",
     "make_env",
     "obtain_demonstrations",
-    "atomic_torch_save",
-    "agent_from_checkpoint",
-    "config_from_checkpoint",
 ]

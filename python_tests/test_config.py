@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from cdred_fast import config as config_mod
-from cdred_fast.config import CDREDConfig, discount_heuristic, resolve_impl
+from cdred_fast.config import PRESETS, CDREDConfig, discount_heuristic, resolve_impl
 
 
 def test_defaults_are_the_released_values():
@@ -104,6 +104,12 @@ def test_unknown_keyword_lists_close_matches():
         CDREDConfig(num_elite=4)
     with pytest.raises(TypeError, match="unknown"):
         CDREDConfig.from_dict({"totally_unrelated_key": 1})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid_configs(name):
+    cfg = CDREDConfig(**PRESETS[name])
+    assert all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v) for k, v in PRESETS[name].items())
 
 
 def test_coercion_of_numbers():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cdred_fast import data, envs
+from cdred_fast.collect import collect
 from cdred_fast.data import Demonstrations
 from cdred_fast.envs.metaworld import scripted_policy
 
@@ -26,8 +27,8 @@ def _cli(*args):
 def reach_demos():
     """3 scripted mw-reach episodes, one of them cut short by an idle policy so lengths and successes differ."""
     env = envs.make("mw-reach", seed=0)
-    good = data.collect(env, scripted_policy("mw-reach"), episodes=2, seed=10)
-    idle = data.collect(env, lambda o: np.zeros(4, np.float32), episodes=1, seed=30)
+    good = collect(env, scripted_policy("mw-reach"), episodes=2, seed=10)
+    idle = collect(env, lambda o: np.zeros(4, np.float32), episodes=1, seed=30)
     eps = list(good.episodes()) + [dict(ep, obs=ep["obs"][:40], action=ep["action"][:40], reward=ep["reward"][:40],
                                         next_obs=ep["next_obs"][:40]) for ep in idle.episodes()]
     return Demonstrations.from_episodes(eps, task="mw-reach")
@@ -66,7 +67,7 @@ def test_data_convert_a_released_pickle(tmp_path):
     made from real reacher-easy episodes, converted and checked against the task."""
     env = envs.make("reacher-easy", seed=0)
     rng = np.random.default_rng(0)
-    demos = data.collect(env, lambda o: rng.uniform(-1, 1, 2), episodes=2, seed=3)
+    demos = collect(env, lambda o: rng.uniform(-1, 1, 2), episodes=2, seed=3)
     released = [
         (ep["obs"].astype(np.float64), ep["action"], ep["reward"][:, None].astype(np.float64), ep["next_obs"].astype(np.float64))
         for ep in demos.episodes()
@@ -103,7 +104,7 @@ def test_data_convert_a_released_pickle(tmp_path):
 
 def test_data_render(tmp_path):
     rng = np.random.default_rng(1)
-    state = data.collect(envs.make("cartpole-swingup", seed=0), lambda o: rng.uniform(-1, 1, 1), episodes=1, seed=8)
+    state = collect(envs.make("cartpole-swingup", seed=0), lambda o: rng.uniform(-1, 1, 1), episodes=1, seed=8)
     src = state.save(tmp_path / "state.npz")
     code, out, err = _cli("data", "render", src, "--out", tmp_path / "pixels.npz")
     assert code == 0, err

@@ -211,6 +211,16 @@ def test_scripted_expert_succeeds_with_action_repeat_2():
     assert sum(successes) >= 4, successes  # observed: 10/10 (and 10/10 on mw-reach)
 
 
+def test_the_registry_names_the_scripted_experts():
+    with_expert = [name for name in envs.TASKS if envs.has_scripted_policy(name)]
+    assert with_expert == envs.known_tasks("metaworld") + ["ms2-pick-cube", "ms2-lift-cube"]
+    with pytest.raises(ValueError, match="'cheetah-run' has no scripted expert"):
+        envs.scripted_policy("cheetah-run")
+    with pytest.raises(ValueError, match="unknown task"):
+        envs.scripted_policy("mw-not-a-task")
+    assert envs.scripted_policy("mw-reach")(np.zeros(39, np.float32)).shape == (4,)
+
+
 def test_scripted_policy_errors():
     with pytest.raises(ValueError, match="Meta-World"):
         scripted_policy("cheetah-run")

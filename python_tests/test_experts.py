@@ -141,8 +141,9 @@ def test_expert_train_then_collect_from_the_checkpoint(tmp_path):
     assert demos.seeds.tolist() == [5, 6] and np.all(np.abs(demos.action) <= 1)
 
     # the checkpoint's agent in eval mode: collecting again gives the same episodes
-    from cdred_fast.data import AgentPolicy, collect
-    from cdred_fast.trainer import agent_from_checkpoint, config_from_checkpoint, load_checkpoint, make_env
+    from cdred_fast.checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
+    from cdred_fast.collect import AgentPolicy, collect
+    from cdred_fast.trainer import make_env
 
     ckpt_state = load_checkpoint(ckpt)
     env = make_env(config_from_checkpoint(ckpt_state), seed=5)

@@ -223,8 +223,9 @@ def test_turn_faucet_code_path_with_a_stand_in_model(tmp_path):
 
 def test_short_cdred_training_run_on_pick_cube(tmp_path, monkeypatch):
     from cdred_fast import CDREDConfig
-    from cdred_fast.data import collect
-    from cdred_fast.trainer import Trainer, load_checkpoint
+    from cdred_fast.checkpoint import load_checkpoint
+    from cdred_fast.collect import collect
+    from cdred_fast.trainer import Trainer
     from testing_utils import TINY
 
     env = envs.make("ms2-pick-cube", seed=0, renderer="none")

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from cdred_fast import CDREDConfig, envs
 from cdred_fast.buffer import EpisodeBuffer
-from cdred_fast.data import DemonstrationError, Demonstrations, collect, render_pixels
+from cdred_fast.collect import collect, render_pixels
+from cdred_fast.data import DemonstrationError, Demonstrations
 from cdred_fast.world_model import PixelEncoder, ShiftAug, WorldModel
 
 from testing_utils import TINY
@@ -262,7 +263,8 @@ def test_render_pixels_replays_state_demonstrations():
 def test_cdred_learns_from_pixels_end_to_end(tmp_path):
     """cartpole-swingup from 64x64 frames: one pixel demonstration rendered from a state
     one, a tiny model, 600 environment steps (updates from the first finished episode on)."""
-    from cdred_fast.trainer import Trainer, load_checkpoint
+    from cdred_fast.checkpoint import load_checkpoint
+    from cdred_fast.trainer import Trainer
 
     rng = np.random.default_rng(0)
     state_demos = collect(envs.make("cartpole-swingup", seed=0), lambda o: rng.uniform(-1, 1, 1), episodes=1, seed=3)

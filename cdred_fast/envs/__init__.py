@@ -8,7 +8,8 @@
 >>> env.observation_space.shape                   # 3 stacked 64x64 RGB frames, uint8
 (9, 64, 64)
 
-* :mod:`.registry` - :class:`TaskSpec`, :func:`known_tasks`, :func:`make`.
+* :mod:`.registry` - :class:`TaskSpec`, :func:`known_tasks`, :func:`make`, and each task's
+  scripted expert (:func:`scripted_policy`, :func:`has_scripted_policy`).
 * :mod:`.dmcontrol` - DeepMind Control Suite (500 agent steps per episode); headless
   rendering for pixel observations (sets ``MUJOCO_GL=egl`` unless already set).
 * :mod:`.metaworld` - Meta-World v3 (100 agent steps) and :func:`scripted_policy`.
@@ -21,26 +22,6 @@ The simulators are imported only when a task of their suite is built (ManiSkill2
 never imported into this process).
 """
 
-from .registry import PAPER_TASKS, TASKS, TaskSpec, known_tasks, make, task_spec
+from .registry import PAPER_TASKS, TASKS, TaskSpec, has_scripted_policy, known_tasks, make, scripted_policy, task_spec
 
 __all__ = ["PAPER_TASKS", "TASKS", "TaskSpec", "known_tasks", "make", "task_spec", "scripted_policy", "has_scripted_policy"]
-
-
-SCRIPTED_MS2_TASKS = ("ms2-pick-cube", "ms2-lift-cube")
-
-
-def has_scripted_policy(task: str) -> bool:
-    """Whether :func:`scripted_policy` has an expert for ``task`` (every Meta-World task,
-    ManiSkill2 pick-cube and lift-cube)."""
-    return task_spec(task).suite == "metaworld" or task in SCRIPTED_MS2_TASKS
-
-
-def scripted_policy(task: str):
-    """The scripted expert for ``task``: Meta-World's (:func:`.metaworld.scripted_policy`), or for
-    ``ms2-pick-cube`` / ``ms2-lift-cube`` a grasp-and-carry rule (:func:`.maniskill2.scripted_policy`)."""
-    if task.startswith("ms2-"):
-        from .maniskill2 import scripted_policy as _scripted_policy
-    else:
-        from .metaworld import scripted_policy as _scripted_policy
-
-    return _scripted_policy(task)

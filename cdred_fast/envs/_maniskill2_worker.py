@@ -1,4 +1,5 @@
-"""The ManiSkill2 simulator process (run by :mod:`cdred_fast.envs.maniskill2`; not imported by it).
+"""The ManiSkill2 simulator process (run by :mod:`cdred_fast.envs.maniskill2`, which imports
+only its protocol constants).
 
 This file runs under the *ManiSkill2 interpreter*, a separate Python environment
 with ``mani-skill2==0.5.3``, ``sapien==2.2.2`` and ``numpy<1.24`` (see the module
@@ -28,12 +29,9 @@ import types
 import warnings
 from collections import OrderedDict
 
-PROBE_MARKER = "CDRED_FAST_MS2_PROBE "
+# The protocol, shared with the adapter (which imports them from here).
+PROBE_MARKER = "CDRED_FAST_MS2_PROBE "  # prefix of the probe's result line on stdout
 PICKLE_PROTOCOL = 4
-
-# sapien 2 imports pkg_resources, which warns about its own deprecation; nothing to act on here.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 # --------------------------------------------------------------------------- state-only mode
@@ -321,6 +319,9 @@ def _device_name(renderer) -> str:
 
 
 if __name__ == "__main__":
+    # sapien 2 imports pkg_resources, which warns about its own deprecation; nothing to act on here.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     if len(sys.argv) == 3 and sys.argv[1] == "serve":
         sys.exit(serve(int(sys.argv[2])))
     if len(sys.argv) == 2 and sys.argv[1] == "probe":

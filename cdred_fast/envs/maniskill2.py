@@ -122,6 +122,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ._maniskill2_worker import PICKLE_PROTOCOL, PROBE_MARKER
+
 __all__ = [
     "ManiSkill2Env",
     "scripted_policy",
@@ -141,7 +143,6 @@ PYTHON_ENV = "CDRED_FAST_MS2_PYTHON"
 RENDERER_ENV = "CDRED_FAST_MS2_RENDERER"
 ASSET_DIR_ENV = "MS2_ASSET_DIR"  # what ManiSkill2 itself reads (mani_skill2/__init__.py)
 WORKER = Path(__file__).with_name("_maniskill2_worker.py")
-PICKLE_PROTOCOL = 4
 
 
 class _PlainValues(pickle.Unpickler):
@@ -159,7 +160,6 @@ def _plain_loads(data: bytes):
 
 STARTUP_TIMEOUT_S = 300.0
 
-_PROBE_MARKER = "CDRED_FAST_MS2_PROBE "
 _available_cache: dict[str, tuple[bool, str]] = {}
 _render_cache: dict[str, tuple[bool, str]] = {}
 _auto_choice: dict[str, str] = {}
@@ -242,9 +242,9 @@ def rendering_device_available(python: str | None = None) -> tuple[bool, str]:
         except (OSError, subprocess.TimeoutExpired) as exc:
             result = (False, f"the rendering probe could not run: {exc}")
         else:
-            lines = [l for l in proc.stdout.splitlines() if l.startswith(_PROBE_MARKER)]
+            lines = [l for l in proc.stdout.splitlines() if l.startswith(PROBE_MARKER)]
             if lines:
-                found = json.loads(lines[-1][len(_PROBE_MARKER):])
+                found = json.loads(lines[-1][len(PROBE_MARKER):])
                 result = (bool(found["available"]), str(found["reason"]))
             else:
                 result = (False, f"the rendering probe crashed ({_exit_status(proc.returncode)})")

@@ -26,7 +26,7 @@ following the paper (which used TD-MPC2's Meta-World setup on v2):
   coincides with ours instead of firing at another time.
 * **Success**: ``info["success"]`` is Meta-World's success flag of the *last*
   simulator step of each repeated action (TD-MPC2's convention).
-  :func:`cdred_fast.data.collect` calls an episode successful when any agent
+  :func:`cdred_fast.collect.collect` calls an episode successful when any agent
   step reported success.
 * Meta-World never terminates an episode; only truncation ends it. A simulator
   instability is reported by Meta-World as reward 0 / no success with the last
@@ -118,20 +118,14 @@ def scripted_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
     warnings (the experts rely on clipping) are silenced.
 
     Raises:
-        ValueError: ``task`` is not a Meta-World task or has no scripted expert.
+        ValueError: ``task`` names no Meta-World environment with a scripted expert.
     """
-    if not task.startswith("mw-"):
-        raise ValueError(
-            f"scripted experts exist only for Meta-World tasks ('mw-...'), not {task!r}"
-        )
     from metaworld.policies import ENV_POLICY_MAP
 
     env_name = _v3_name(task)
     policy_cls = ENV_POLICY_MAP.get(env_name)
     if policy_cls is None:
-        raise ValueError(
-            f"metaworld.policies has no scripted expert for {env_name!r} (task {task!r})"
-        )
+        raise ValueError(f"Meta-World (metaworld.policies) has no scripted expert for {env_name!r} (task {task!r})")
     policy = policy_cls()
 
     def act(obs: np.ndarray) -> np.ndarray:

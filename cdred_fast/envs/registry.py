@@ -1,7 +1,8 @@
 """The task registry and :func:`make`.
 
 Every task has a :class:`TaskSpec`: its suite, the simulator's name for it, the
-action repeat and the episode length in agent steps (after the repeat). The
+action repeat, the episode length in agent steps (after the repeat) and its
+scripted expert, if it has one (:func:`scripted_policy`). The
 paper's settings (SPEC section 5): DMControl 500 steps, Meta-World and ManiSkill2
 100 steps, all with action repeat 2.
 """
@@ -9,11 +10,13 @@ paper's settings (SPEC section 5): DMControl 500 steps, Meta-World and ManiSkill
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from dataclasses import dataclass
 
 import gymnasium as gym
 
+from ..config import OBS_CHOICES
 from .wrappers import (
     ActionRepeat,
     Float32Observation,
@@ -24,7 +27,7 @@ from .wrappers import (
     ValidateAction,
 )
 
-__all__ = ["TaskSpec", "TASKS", "PAPER_TASKS", "known_tasks", "task_spec", "make"]
+__all__ = ["TaskSpec", "TASKS", "PAPER_TASKS", "known_tasks", "task_spec", "make", "has_scripted_policy", "scripted_policy"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class TaskSpec:
         action_repeat: simulator steps per agent step.
         episode_length: agent steps per episode (after the repeat).
         paper: whether the CDRED paper reports this task.
+        expert: the module of this package whose ``scripted_policy(task)`` is the task's
+            scripted expert (``"metaworld"``, ``"maniskill2"``), or None when it has none.
     """
 
     name: str
@@ -48,6 +53,7 @@ class TaskSpec:
     action_repeat: int
     episode_length: int
     paper: bool = False
+    expert: str | None = None
 
     @property
     def sim_steps(self) -> int:
@@ -60,11 +66,15 @@ def _dmc(name: str, domain: str, task: str, paper: bool = False) -> TaskSpec:
 
 
 def _mw(name: str, paper: bool = False) -> TaskSpec:
-    return TaskSpec(f"mw-{name}", "metaworld", f"{name}-v3", action_repeat=2, episode_length=100, paper=paper)
+    return TaskSpec(
+        f"mw-{name}", "metaworld", f"{name}-v3", action_repeat=2, episode_length=100, paper=paper, expert="metaworld"
+    )
 
 
-def _ms2(name: str, env_id: str, control_mode: str, paper: bool = False) -> TaskSpec:
-    return TaskSpec(f"ms2-{name}", "maniskill2", (env_id, control_mode), action_repeat=2, episode_length=100, paper=paper)
+def _ms2(name: str, env_id: str, control_mode: str, paper: bool = False, expert: str | None = None) -> TaskSpec:
+    return TaskSpec(
+        f"ms2-{name}", "maniskill2", (env_id, control_mode), action_repeat=2, episode_length=100, paper=paper, expert=expert
+    )
 
 
 _SPECS = [
@@ -96,8 +106,8 @@ _SPECS = [
     _mw("drawer-open"),
     _mw("door-open"),
     # ManiSkill2 0.5.3, the paper's tasks (TD-MPC2's controllers)
-    _ms2("pick-cube", "PickCube-v0", "pd_ee_delta_pos", paper=True),
-    _ms2("lift-cube", "LiftCube-v0", "pd_ee_delta_pos", paper=True),
+    _ms2("pick-cube", "PickCube-v0", "pd_ee_delta_pos", paper=True, expert="maniskill2"),
+    _ms2("lift-cube", "LiftCube-v0", "pd_ee_delta_pos", paper=True, expert="maniskill2"),
     _ms2("turn-faucet", "TurnFaucet-v0", "pd_ee_delta_pose", paper=True),
 ]
 
@@ -118,6 +128,29 @@ def task_spec(task: str) -> TaskSpec:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown task {task!r}.{hint} Known tasks: {', '.join(TASKS)}")
     return spec
+
+
+def has_scripted_policy(task: str) -> bool:
+    """Whether the registry names a scripted expert for ``task`` (every Meta-World task,
+    ManiSkill2 pick-cube and lift-cube)."""
+    return task_spec(task).expert is not None
+
+
+def scripted_policy(task: str):
+    """The scripted expert the registry names for ``task``, an ``obs -> action`` callable:
+    Meta-World's (:func:`.metaworld.scripted_policy`) or, for ``ms2-pick-cube`` /
+    ``ms2-lift-cube``, a grasp-and-carry rule (:func:`.maniskill2.scripted_policy`).
+
+    Raises:
+        ValueError: an unknown task, or one without a scripted expert.
+    """
+    spec = task_spec(task)
+    if spec.expert is None:
+        with_expert = ", ".join(name for name, s in TASKS.items() if s.expert is not None and s.suite != "metaworld")
+        raise ValueError(
+            f"task {task!r} has no scripted expert (scripted experts: every Meta-World task, {with_expert})"
+        )
+    return importlib.import_module(f"{__package__}.{spec.expert}").scripted_policy(task)
 
 
 def make(
@@ -167,8 +200,8 @@ def make(
         ManiSkill2Unavailable: a ManiSkill2 task without the ManiSkill2 interpreter.
     """
     spec = task_spec(task)
-    if obs not in ("state", "rgb"):
-        raise ValueError(f"unknown observation type {obs!r}: expected 'state' or 'rgb'")
+    if obs not in OBS_CHOICES:
+        raise ValueError(f"unknown observation type {obs!r}: expected {' or '.join(map(repr, OBS_CHOICES))}")
     if obs == "rgb" and spec.suite != "dmcontrol":
         raise NotImplementedError(
             f"obs='rgb' (pixel observations) is implemented for DMControl tasks only, not for the "

@@ -121,7 +121,7 @@ class PixelObservation(gym.Wrapper):
     uint8`` and ``render_size`` (:class:`~.dmcontrol.DMControlEnv` built with
     ``render_size``). Placed outside :class:`ActionRepeat`, it renders once per
     agent step. The replaced (state) observation is kept, as ``float32``, in
-    ``info["state"]``: it lets :func:`cdred_fast.data.render_pixels` check that a
+    ``info["state"]``: it lets :func:`cdred_fast.collect.render_pixels` check that a
     replay follows the recorded states, and costs nothing.
     """
 

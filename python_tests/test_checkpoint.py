@@ -1,0 +1,48 @@
+"""The atomic file writer and checkpoint loading."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from cdred_fast.checkpoint import atomic_write, load_checkpoint
+
+
+def test_atomic_write_bytes_and_writer(tmp_path):
+    path = atomic_write(tmp_path / "sub" / "a.bin", b"first")
+    assert path == tmp_path / "sub" / "a.bin" and path.read_bytes() == b"first"
+    atomic_write(path, lambda f: torch.save({"x": torch.arange(3)}, f))
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3))
+    assert os.listdir(path.parent) == ["a.bin"]  # no temporary file left behind
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path):
+    path = atomic_write(tmp_path / "demos.npz", b"old")
+
+    def broken(f):
+        f.write(b"half of the new")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, broken)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["demos.npz"]
+    atomic_write(path, lambda f: np.savez(f, a=np.ones(2)))
+    assert np.load(path)["a"].tolist() == [1.0, 1.0]
+
+
+def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "agent": Exploit()}, bad)
+    with pytest.raises(ValueError, match="not a readable cdred_fast checkpoint"):
+        load_checkpoint(bad)
+    assert not marker.exists()
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(ValueError, match="trunc.pt"):
+        load_checkpoint(tmp_path / "trunc.pt")
