@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from ..reference import DEFAULT_EPS
+from . import block  # noqa: F401  (the trainable form differentiates through block's layernorm_mish autograd)
 from ._checks import check_float, check_is_tensor, check_match, check_nonneg, check_unit, is_number
 from ._dispatch import FUSED_AVAILABLE, check_impl, run
-from . import block  # noqa: F401  (the trainable form differentiates through block's layernorm_mish autograd)
 from .reward import cdred_reward, check_reward_args
 
 
@@ -56,7 +56,7 @@ class EnsembleParams(NamedTuple):
         """Whether ``params`` has the shape of a parameter tuple (for telling one from a pair of them)."""
         return isinstance(params, (list, tuple)) and len(params) in (4, 5) and isinstance(params[0], (list, tuple))
 
-    def members(self):
+    def members(self) -> int | None:
         """E, the number of stacked members, read from ``weights[0]`` (None when it is not a 3-D tensor)."""
         w0 = self.weights[0] if self.weights else None
         return w0.shape[0] if isinstance(w0, Tensor) and w0.dim() == 3 else None
