@@ -10,8 +10,10 @@ heuristic has one home:
 
 * :meth:`CDREDConfig.discount_for` - the discount heuristic of SPEC section 1,
 * :meth:`CDREDConfig.iterations_for` - MPPI iterations (+2 when ``A >= 20``, SPEC section 4),
-* :meth:`CDREDConfig.seed_steps_for` / :attr:`CDREDConfig.buffer_capacity` (SPEC section 3),
-* :func:`resolve_impl` - which implementation the fused ops use (``"fused"`` or ``"reference"``).
+* :meth:`CDREDConfig.seed_steps_for` / :attr:`CDREDConfig.buffer_capacity` (SPEC section 3).
+
+``kernels`` ("fused" or "reference") is validated here; which implementation runs on a device
+is decided by :func:`cdred_fast.ops.resolve_impl`.
 """
 
 from __future__ import annotations
@@ -21,28 +23,17 @@ import dataclasses
 import difflib
 import functools
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from . import _lib
+from .ops import IMPLS as KERNEL_CHOICES
 from .reference import DEFAULT_EPS, G_FUNCTIONS
 
 OBS_CHOICES = ("state", "rgb")
 METHOD_CHOICES = ("cdred", "tdmpc2")
-KERNEL_CHOICES = ("fused", "reference")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-
-
-# --------------------------------------------------------------------------- kernel selection
-_fallback_warned: set[str] = set()
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_kernels_built() -> bool:
-    return bool(_lib.build_info().get("cuda_kernels", False))
 
 
 @contextlib.contextmanager
@@ -60,38 +51,6 @@ def matmul_precision(precision: str):
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
-
-
-def resolve_impl(kernels: str, device: Any = None, warn: bool = True) -> str:
-    """Map the ``kernels`` setting to the ``impl`` argument of :mod:`cdred_fast.ops`.
-
-    ``"reference"`` -> ``"reference"``. ``"fused"`` -> ``"fused"`` when the C++
-    extension is loaded (and, for a CUDA ``device``, was compiled with CUDA
-    kernels); otherwise ``"reference"``, with ONE ``RuntimeWarning`` per
-    process and reason saying why (``warn=False``: no warning).
-    """
-    if kernels not in KERNEL_CHOICES:
-        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
-    if kernels == "reference":
-        return "reference"
-    if not _lib.available():
-        reason = "not-built"
-        message = (
-            "cdred_fast: kernels='fused' was requested but the C++ extension is not built "
-            f"({_lib.load_error()}); falling back to the pure-PyTorch reference ops."
-        )
-    elif device is not None and str(device).startswith("cuda") and not _cuda_kernels_built():
-        reason = "no-cuda"
-        message = (
-            "cdred_fast: kernels='fused' was requested on a CUDA device but the extension was "
-            "built without CUDA kernels; falling back to the pure-PyTorch reference ops."
-        )
-    else:
-        return "fused"
-    if warn and reason not in _fallback_warned:
-        _fallback_warned.add(reason)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-    return "reference"
 
 
 def conv_output_size(image_size: int) -> int:
@@ -450,11 +409,6 @@ class CDREDConfig:
         """Replay capacity ``min(buffer_size, steps)`` (SPEC section 3)."""
         return min(self.buffer_size, self.steps)
 
-    @property
-    def kernels_impl_for_reward(self) -> str:
-        """The ``impl`` the CDRED reward op uses: see :func:`resolve_impl`."""
-        return resolve_impl(self.kernels)
-
 
 # Named sets of overrides. "demo" is the README's main job: a small model that learns
 # a Meta-World task from scripted demonstrations in about 15 minutes on 2 CPU cores.
@@ -488,7 +442,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 __all__ = [
     "CDREDConfig",
     "PRESETS",
-    "resolve_impl",
     "discount_heuristic",
     "conv_output_size",
     "OBS_CHOICES",

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .config import resolve_impl
 
 
 # --------------------------------------------------------------------------- blocks
@@ -68,20 +67,14 @@ class NormedLinear(nn.Linear):
         return self.act(self.ln(x))
 
 
-# Whether the extension has kernels for a device type, fixed at import: module constants, so the
-# check below traces under torch.compile without a graph break (resolve_impl imports the library).
-_FUSED_DEVICE_TYPES = frozenset(
-    t for t in ("cpu", "cuda") if ops.FUSED_AVAILABLE and resolve_impl("fused", t, warn=False) == "fused"
-)
-
-
 def _fused_block(kernels: str, act: Optional[nn.Module], x: Tensor, ln_weight: Tensor) -> bool:
     """Whether a Block's LayerNorm -> act tail runs as the fused ``layernorm_mish`` op (otherwise
-    PyTorch's; :func:`use_kernels` warns once when "fused" cannot be honoured)."""
+    PyTorch's; :func:`use_kernels` warns once when "fused" cannot be honoured). The device check
+    reads the module constant ``ops.FUSED_DEVICE_TYPES``, so it traces under torch.compile."""
     return (
         kernels == "fused"
         and type(act) is nn.Mish
-        and x.device.type in _FUSED_DEVICE_TYPES
+        and x.device.type in ops.FUSED_DEVICE_TYPES
         and x.dtype in (torch.float32, torch.float64)
         and ln_weight.dtype == x.dtype
     )
@@ -94,7 +87,7 @@ def use_kernels(module: nn.Module, kernels: str) -> nn.Module:
     is Mish run ``LayerNorm -> Mish`` as the fused op :func:`cdred_fast.ops.layernorm_mish`
     (forward and backward); the Linear and the dropout stay PyTorch's. Returns ``module``.
     """
-    resolve_impl(kernels)  # validates; warns once if the extension is not built
+    ops.resolve_impl(kernels)  # validates; warns once if the extension is not built
     for m in module.modules():
         if isinstance(m, (NormedLinear, _StackedLayer)):
             m.kernels = kernels

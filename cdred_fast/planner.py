@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .config import CDREDConfig, discount_heuristic, resolve_impl
+from .config import CDREDConfig, discount_heuristic
+from .ops import resolve_impl
 from .layers import symexp, two_hot_inv
 
 _FLOATS = (torch.float32, torch.float64)
@@ -194,7 +195,7 @@ def mppi_plan(
         mask: ``[B, A]`` action masks (TD-MPC2 multitask): sequences, mean and std are multiplied by it.
         eval_mode: no exploration noise on the returned action.
         generator: source of the MPPI draws (sampling, elite choice, noise), in the ops' order.
-        impl: ``"fused"`` or ``"reference"`` (see :func:`cdred_fast.config.resolve_impl`).
+        impl: ``"fused"`` or ``"reference"`` (see :func:`cdred_fast.ops.resolve_impl`).
 
     Returns: ``(action [B, A], mean [B, H, A])`` - the action to execute and the final mean.
     """
@@ -534,7 +535,7 @@ class Planner:
             logits), ``"scalar-reward"`` (the 2023 ``pi``, ``reward`` a scalar ``[M]``/``[M, 1]``: the
             CDRED and IQ-MPC forks), or None: detected on a dry run of the model at the first plan
             (see :meth:`detect`).
-        kernels: ``"fused"`` or ``"reference"`` (pure-PyTorch ops); see :func:`cdred_fast.config.resolve_impl`.
+        kernels: ``"fused"`` or ``"reference"`` (pure-PyTorch ops); see :func:`cdred_fast.ops.resolve_impl`.
         iterations: total MPPI iterations; default ``cfg.iterations + 2`` when ``action_dim >= 20``
             (TD-MPC2's heuristic; its agent adds the 2 to ``cfg.iterations`` in place, so a cfg that
             went through ``TDMPC2.__init__`` should pass ``iterations=cfg.iterations``).

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .config import CDREDConfig, resolve_impl
+from .config import CDREDConfig
 from .layers import Ensemble, mlp, target_init_, trunc_normal_init_
 
 
@@ -57,18 +57,19 @@ class CDREDReward(nn.Module):
         yield from self.behavioral_predictor.parameters()
 
     def impl(self, device=None) -> str:
-        """The ``impl`` passed to :func:`cdred_fast.ops.cdred_reward` (see :func:`resolve_impl`)."""
-        return resolve_impl(self.cfg.kernels, device)
+        """The ``impl`` the reward ops run with on ``device``: :func:`cdred_fast.ops.resolve_impl`
+        of the config's ``kernels``."""
+        return ops.resolve_impl(self.cfg.kernels, device)
 
     # ------------------------------------------------------------------ targets
     # Parameter lists in the layout of ops.ensemble_mlp (views: no copies; gradients reach
     # the Parameters through them).
-    def target_params(self) -> tuple:
-        """The K targets as one ensemble: ``(weights, biases, ln_weights, ln_biases, ln_eps)``."""
+    def target_params(self) -> ops.EnsembleParams:
+        """The K targets as one ensemble."""
         layers = list(self.target_nets.layers)
         hidden = layers[:-1]
         ln_eps = hidden[0].ln_eps if hidden else 1e-5
-        return (
+        return ops.EnsembleParams(
             [l.weight for l in layers],
             [l.bias for l in layers],
             [l.ln_weight for l in hidden],
@@ -77,11 +78,11 @@ class CDREDReward(nn.Module):
         )
 
     @staticmethod
-    def _mlp_params(net: nn.Sequential) -> tuple:
+    def _mlp_params(net: nn.Sequential) -> ops.EnsembleParams:
         """One :func:`cdred_fast.layers.mlp` as an E = 1 ensemble (``unsqueeze(0)`` views)."""
         layers = list(net)
         hidden = layers[:-1]
-        return (
+        return ops.EnsembleParams(
             [m.weight.unsqueeze(0) for m in layers],
             [m.bias.unsqueeze(0) for m in layers],
             [m.ln.weight.unsqueeze(0) for m in hidden],
@@ -89,7 +90,7 @@ class CDREDReward(nn.Module):
             hidden[0].ln.eps if hidden else 1e-5,
         )
 
-    def predictor_params(self) -> tuple:
+    def predictor_params(self) -> tuple[ops.EnsembleParams, ops.EnsembleParams]:
         """``(expert, behavioural)`` predictor parameters, each as an E = 1 ensemble."""
         return self._mlp_params(self.expert_predictor), self._mlp_params(self.behavioral_predictor)
 

@@ -369,7 +369,7 @@ def test_ensemble_mlp_training_path_uses_fused_block_backward(monkeypatch):
     x = torch.randn(40, 9, generator=g)
     params = [*ws, *bs, *lws, *lbs]
     calls = []
-    monkeypatch.setattr(ops, "_ensemble_mlp_trainable", _spy(ops._ensemble_mlp_trainable, calls))
+    monkeypatch.setattr(ops.rnd, "_ensemble_mlp_trainable", _spy(ops.rnd._ensemble_mlp_trainable, calls))
     out = ops.ensemble_mlp(x, ws, bs, lws, lbs)
     assert calls, "the differentiable call did not take the trainable path"
     with torch.no_grad():

@@ -123,16 +123,19 @@ def test_gpu_report_reads_results_and_checks_targets(tmp_path):
 def test_cuda_skip_reason_names_what_is_missing(monkeypatch):
     """CUDA tests skip without a visible device, and also with one when the extension has no
     CUDA kernels; the reason says which."""
-    import cdred_fast
     import testing_utils
+    from cdred_fast.ops import _dispatch
 
     monkeypatch.setattr(testing_utils.torch.cuda, "is_available", lambda: False)
     assert "no CUDA device is visible" in testing_utils.cuda_skip_reason()
+    assert "no CUDA device is visible" in testing_utils.cuda_skip_reason(need_kernels=False)
     monkeypatch.setattr(testing_utils.torch.cuda, "is_available", lambda: True)
-    info = {"extension_loaded": True, "cuda_kernels": False}
-    monkeypatch.setattr(cdred_fast, "build_info", lambda: dict(info))
+    monkeypatch.setattr(_dispatch._lib, "available", lambda: True)
+    monkeypatch.setattr(_dispatch, "_cuda_kernels_built", lambda: False)
     assert "built without CUDA kernels" in testing_utils.cuda_skip_reason()
-    info["cuda_kernels"] = True
+    assert testing_utils.cuda_skip_reason(need_kernels=False) == ""
+    monkeypatch.setattr(_dispatch, "_cuda_kernels_built", lambda: True)
     assert testing_utils.cuda_skip_reason() == ""
-    info.update(extension_loaded=False, load_error="not built")
+    monkeypatch.setattr(_dispatch._lib, "available", lambda: False)
+    monkeypatch.setattr(_dispatch._lib, "load_error", lambda: "not built")
     assert "not loaded (not built)" in testing_utils.cuda_skip_reason()

@@ -1,12 +1,10 @@
-"""CDREDConfig: defaults, validation, (de)serialisation, derived quantities, kernel resolution."""
+"""CDREDConfig: defaults, validation, (de)serialisation, derived quantities."""
 
 import json
-import warnings
 
 import pytest
 
-from cdred_fast import config as config_mod
-from cdred_fast.config import PRESETS, CDREDConfig, discount_heuristic, resolve_impl
+from cdred_fast.config import PRESETS, CDREDConfig, discount_heuristic
 
 
 def test_defaults_are_the_released_values():
@@ -125,31 +123,3 @@ def test_dict_round_trip_is_json_safe():
     assert json.loads(json.dumps(d)) == d
     assert CDREDConfig.from_dict(d) == c
     assert CDREDConfig.from_dict(json.loads(json.dumps(d))) == c
-
-
-def test_resolve_impl_reference_and_fallback(monkeypatch):
-    assert resolve_impl("reference") == "reference"
-    assert CDREDConfig(kernels="reference").kernels_impl_for_reward == "reference"
-    with pytest.raises(ValueError, match="kernels"):
-        resolve_impl("triton")
-
-    monkeypatch.setattr(config_mod._lib, "available", lambda: False)
-    monkeypatch.setattr(config_mod, "_fallback_warned", set())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert resolve_impl("fused") == "reference"
-        assert CDREDConfig().kernels_impl_for_reward == "reference"
-    relevant = [w for w in caught if "not built" in str(w.message)]
-    assert len(relevant) == 1  # warned once, not on every call
-
-
-def test_resolve_impl_fused_when_available(monkeypatch):
-    monkeypatch.setattr(config_mod._lib, "available", lambda: True)
-    monkeypatch.setattr(config_mod, "_fallback_warned", set())
-    monkeypatch.setattr(config_mod, "_cuda_kernels_built", lambda: False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert resolve_impl("fused") == "fused"
-        assert resolve_impl("fused", "cpu") == "fused"
-    with pytest.warns(RuntimeWarning, match="CUDA"):
-        assert resolve_impl("fused", "cuda:0") == "reference"

@@ -459,6 +459,21 @@ def test_bad_wrapper_only_arguments():
         ops.rnd_reward(a["x"], t, (t, t))
 
 
+def test_ensemble_params_bundle():
+    """EnsembleParams unpacks into ensemble_mlp, takes a plain 4- or 5-tuple (ln_eps 1e-5 by default),
+    and rnd_reward gives the same reward for bundles and plain tuples."""
+    targets = ops.EnsembleParams.of(_params(3, [6, 8, 4], seed=2), "targets")
+    assert targets.ln_eps == 1e-5 and targets.members() == 3 and len(targets.tensors()) == 2 + 2 + 1 + 1
+    assert ops.EnsembleParams.of((*targets[:4], 1e-3)).ln_eps == 1e-3
+    with pytest.raises(TypeError, match=r"targets must be a tuple .* of length 3"):
+        ops.EnsembleParams.of(targets[:3], "targets")
+    x = _rows(11, 6)
+    torch.testing.assert_close(ops.ensemble_mlp(x, *targets), ops.ensemble_mlp(x, *targets[:4], 1e-5))
+    preds = [ops.EnsembleParams.of(_params(1, [6, 8, 4], seed=s)) for s in (3, 4)]
+    want = ops.rnd_reward(x, tuple(targets), [tuple(p) for p in preds])
+    torch.testing.assert_close(ops.rnd_reward(x, targets, tuple(preds)), want)
+
+
 @pytest.mark.cuda
 @needs_cuda
 def test_mixed_devices_rejected():

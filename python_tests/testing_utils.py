@@ -1,35 +1,32 @@
-"""Values shared by the test modules: the devices to test on and a tiny model config.
+"""Values shared by the test modules and the benchmarks: the devices to run on and a tiny model config.
 
 A module of its own: ``conftest`` is not a unique module name when bench/ and
 python_tests/ are collected in one run, so test modules must not import from it.
+bench/bench_utils.py imports the device helpers from here (pytest puts python_tests/
+on the path: ``pythonpath`` in pyproject.toml).
 """
 
 import numpy as np
 import pytest
 import torch
 
-import cdred_fast
+from cdred_fast import ops
 from cdred_fast.config import matmul_precision
 
 
-def cuda_skip_reason() -> str:
-    """Why the CUDA tests cannot run here, or ``""`` when they can.
+def cuda_skip_reason(need_kernels: bool = True) -> str:
+    """Why the CUDA tests (or benchmarks) cannot run here, or ``""`` when they can.
 
-    They need both a visible CUDA device and an extension built with CUDA kernels (a build
-    made without nvcc, or against a CPU-only torch, has CPU kernels only, and every fused op
-    on a CUDA tensor would then fail to dispatch); the reason says which one is missing.
+    They need a visible CUDA device and, unless ``need_kernels`` is False (cases that run the
+    reference ops only), an extension that runs the fused ops on CUDA (a build made without
+    nvcc, or against a CPU-only torch, has CPU kernels only, and kernels="fused" would then
+    run the reference); the reason says which one is missing, in the words of
+    :func:`cdred_fast.ops.fused_unavailable_reason`.
     """
     if not torch.cuda.is_available():
-        return "CUDA test skipped: no CUDA device is visible (torch.cuda.is_available() is False)"
-    info = cdred_fast.build_info()
-    if not info.get("extension_loaded"):
-        return f"CUDA test skipped: the cdred_fast extension is not loaded ({info.get('load_error')})"
-    if not info.get("cuda_kernels"):
-        return (
-            "CUDA test skipped: a CUDA device is visible but the cdred_fast extension was built without CUDA "
-            "kernels (cdred_fast.build_info()['cuda_kernels'] is False); rebuild it with nvcc and a CUDA torch"
-        )
-    return ""
+        return "CUDA skipped: no CUDA device is visible (torch.cuda.is_available() is False)"
+    missing = ops.fused_unavailable_reason("cuda") if need_kernels else ""
+    return f"CUDA skipped: a CUDA device is visible but {missing}" if missing else ""
 
 
 CUDA_SKIP_REASON = cuda_skip_reason()
