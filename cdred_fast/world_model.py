@@ -8,7 +8,10 @@ Polyak target copy, policy prior ``pi``, and the reward: the CDRED reward model
 environment reward), TD-MPC2's reward head ``MLP(L + A -> [mlp_dim, mlp_dim] ->
 num_bins)`` regressed with the two-hot soft cross-entropy.
 
-Shapes: leading dimensions are free; ``Q(..., "min"|"avg")``, ``reward`` and
+The planning reward built from these parts is the method's
+(:meth:`cdred_fast.methods.Method.rollout_functions`).
+
+Shapes: leading dimensions are free; ``Q(..., "min"|"avg")`` and
 the policy log-probability return ``[...]`` with no trailing singleton.
 Randomness (policy noise, the two Q heads) can be given explicitly (``eps``,
 ``heads``) or drawn from an optional ``torch.Generator``.
@@ -236,18 +239,6 @@ class WorldModel(nn.Module):
     def next(self, z: Tensor, a: Tensor) -> Tensor:
         """``z' = d(z, a)``: ``[..., L], [..., A] -> [..., L]``."""
         return self.dynamics(torch.cat([z, a], dim=-1))
-
-    def reward(self, z: Tensor, a: Tensor) -> Tensor:
-        """The planning reward (no gradient): ``[...]``. CDRED reward ``R(z, a)`` for
-        ``method="cdred"``; the decoded reward head for ``method="tdmpc2"``."""
-        if self.reward_head is None:
-            if z.dim() == 2 and a.dim() == 2 and z.shape[0] > 1 and z.stride(0) == 0:
-                # every row has the same z (the first planning step): its part of each first
-                # layer is computed once (SPEC section 4, last paragraph)
-                return self.reward_model(a, x_shared=z[0])
-            return self.reward_model(torch.cat([z, a], dim=-1))
-        with torch.no_grad():
-            return self.q_value(self.reward_logits(z, a))
 
     def reward_logits(self, z: Tensor, a: Tensor) -> Tensor:
         """``method="tdmpc2"`` only: reward-head logits ``[..., num_bins]`` (with gradient)."""
