@@ -85,13 +85,14 @@ class CDREDAgent:
             raise TypeError("action_dim is required")
         self.cfg = cfg
         self.device = torch.device(device)
-        self.model = WorldModel(cfg, obs_dim if obs_shape is None else obs_shape, action_dim).to(self.device)
+        self.method = methods.get(cfg.method)
+        self.model = WorldModel(cfg, obs_dim if obs_shape is None else obs_shape, action_dim,
+                                reward_part=self.method.reward_part).to(self.device)
         m = self.model
         self.obs_shape: tuple[int, ...] = m.obs_shape
         self.obs_dim = m.obs_dim  # int for state observations, None for pixels
         self.action_dim = int(action_dim)
         self.discount = cfg.discount_for()
-        self.method = methods.get(cfg.method)
         # Step 7: Adam over encoder (lr x enc_lr_scale), dynamics, Q heads and the method's reward
         # part (CDRED: both predictors; TD-MPC2: the reward head).
         self.optim = torch.optim.Adam(

@@ -2,11 +2,11 @@
 
 Parts: encoder ``h`` (an MLP for state observations, :class:`PixelEncoder` for
 stacked RGB frames), dynamics ``d``, Q ensemble (distributional, 5 heads) with a
-Polyak target copy, policy prior ``pi``, and the reward: the CDRED reward model
-(:class:`cdred_fast.reward.CDREDReward`) on ``x = [z ; a]`` when ``cfg.method ==
-"cdred"``, or, when ``cfg.method == "tdmpc2"`` (training RL experts on the
-environment reward), TD-MPC2's reward head ``MLP(L + A -> [mlp_dim, mlp_dim] ->
-num_bins)`` regressed with the two-hot soft cross-entropy.
+Polyak target copy, policy prior ``pi``, and the reward part the method needs
+(``reward_part``): the CDRED reward model (:class:`cdred_fast.reward.CDREDReward`)
+on ``x = [z ; a]`` (CDRED), TD-MPC2's reward head ``MLP(L + A -> [mlp_dim, mlp_dim]
+-> num_bins)`` regressed with the two-hot soft cross-entropy (TD-MPC2, training RL
+experts on the environment reward), or none.
 
 The planning reward built from these parts is the method's
 (:meth:`cdred_fast.methods.Method.rollout_functions`).
@@ -34,6 +34,8 @@ from .layers import Ensemble, SimNorm, mlp, trunc_normal_init_, two_hot_inv, use
 from .reward import CDREDReward
 
 Q_RETURN_TYPES = ("all", "min", "avg")
+REWARD_PARTS = ("cdred", "head", None)  # the CDRED reward model, TD-MPC2's reward head, no reward part
+_FROM_CONFIG = "from-config"
 
 
 # --------------------------------------------------------------------------- random helpers
@@ -153,13 +155,16 @@ class WorldModel(nn.Module):
     """Encoder, dynamics, Q ensemble (+ target), policy prior and reward (SPEC section 1).
 
     Args:
-        cfg: the config (``cfg.obs`` picks the encoder, ``cfg.method`` the reward).
+        cfg: the config (``cfg.obs`` picks the encoder).
         obs_dim: size of a state observation, or the observation shape
             (``(3 * frame_stack, image_size, image_size)`` for ``obs="rgb"``).
         action_dim: ``A``.
+        reward_part: one of :data:`REWARD_PARTS` (the method's ``reward_part``): ``"cdred"`` the CDRED
+            reward model (``self.reward_model``), ``"head"`` TD-MPC2's reward head (``self.reward_head``),
+            None neither. Default: ``"cdred"`` when ``cfg.method == "cdred"``, else ``"head"``.
     """
 
-    def __init__(self, cfg: CDREDConfig, obs_dim, action_dim: int):
+    def __init__(self, cfg: CDREDConfig, obs_dim, action_dim: int, reward_part: Optional[str] = _FROM_CONFIG):
         super().__init__()
         self.cfg = cfg
         self.obs_shape = _obs_shape(cfg, obs_dim)
@@ -189,13 +194,16 @@ class WorldModel(nn.Module):
         self.Qs = Ensemble(heads)
         self.target_Qs = copy.deepcopy(self.Qs).requires_grad_(False)
 
-        if cfg.method == "cdred":
+        if reward_part == _FROM_CONFIG:
+            reward_part = "cdred" if cfg.method == "cdred" else "head"
+        if reward_part not in REWARD_PARTS:
+            raise ValueError(f"reward_part must be one of {REWARD_PARTS}, got {reward_part!r}")
+        self.reward_model, self.reward_head = None, None
+        if reward_part == "cdred":
             # CDRED reward on x = [z ; a] (SPEC section 2)
             self.reward_model = CDREDReward(cfg, L + A)
-            self.reward_head = None
-        else:
+        elif reward_part == "head":
             # TD-MPC2 reward head MLP(L + A -> [M, M] -> num_bins), last Linear zero-initialised
-            self.reward_model = None
             self.reward_head = trunc_normal_init_(mlp(L + A, [M, M], cfg.num_bins))
             nn.init.zeros_(self.reward_head[-1].weight)
         # Blocks with Mish run LayerNorm -> Mish as one fused op unless kernels="reference"
@@ -303,4 +311,4 @@ class WorldModel(nn.Module):
         return two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax)
 
 
-__all__ = ["WorldModel", "PixelEncoder", "ShiftAug", "randn", "choose_two_heads", "Q_RETURN_TYPES"]
+__all__ = ["WorldModel", "PixelEncoder", "ShiftAug", "randn", "choose_two_heads", "Q_RETURN_TYPES", "REWARD_PARTS"]

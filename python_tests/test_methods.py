@@ -54,3 +54,22 @@ def test_planning_return_by_hand(name):
         a = m.pi(z, generator=g)[1]
         want = want + gamma ** actions.shape[0] * m.Q(z, a, "avg", generator=g)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_world_model_reward_part():
+    """The agent builds the world model with its method's reward part; WorldModel alone takes it
+    from cfg.method, or as given (None: no reward part)."""
+    from cdred_fast.world_model import WorldModel
+
+    cfg = CDREDConfig(episode_length=100, **TINY)
+    cdred, head = WorldModel(cfg, OBS, ACT), WorldModel(cfg, OBS, ACT, reward_part="head")
+    assert cdred.reward_model is not None and cdred.reward_head is None
+    assert head.reward_model is None and head.reward_head is not None
+    bare = WorldModel(cfg, OBS, ACT, reward_part=None)
+    assert bare.reward_model is None and bare.reward_head is None
+    with pytest.raises(ValueError, match="reward_part must be one of"):
+        WorldModel(cfg, OBS, ACT, reward_part="rnd")
+    for name in METHOD_CHOICES:
+        agent = CDREDAgent(CDREDConfig(method=name, episode_length=100, **TINY), OBS, ACT)
+        assert (agent.model.reward_model is not None) == (methods.get(name).reward_part == "cdred")
+        assert (agent.model.reward_head is not None) == (methods.get(name).reward_part == "head")

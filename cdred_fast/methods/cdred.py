@@ -15,6 +15,7 @@ class CDRED(Method):
     name = "cdred"
     uses_expert = True
     uses_env_reward = False
+    reward_part = "cdred"
 
     def reward_parameters(self, model):
         """Both predictors (the targets are never trained)."""

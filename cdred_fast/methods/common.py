@@ -33,11 +33,14 @@ class Method:
         name: the value of ``CDREDConfig.method`` that selects it.
         uses_expert: ``update`` takes an expert batch (demonstrations) besides the behavioural one.
         uses_env_reward: the behavioural batch must carry the environment reward ``"reward" [H, B]``.
+        reward_part: the reward part the world model is built with (``WorldModel(reward_part=)``):
+            ``"cdred"`` (CDRED reward model), ``"head"`` (TD-MPC2 reward head) or None.
     """
 
     name: ClassVar[str]
     uses_expert: ClassVar[bool]
     uses_env_reward: ClassVar[bool]
+    reward_part: ClassVar[Optional[str]]
 
     def reward_parameters(self, model: "WorldModel") -> Iterable[nn.Parameter]:
         """The reward part's parameters, trained by the world-model optimiser with encoder,

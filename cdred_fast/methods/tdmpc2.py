@@ -16,6 +16,7 @@ class TDMPC2(Method):
     name = "tdmpc2"
     uses_expert = False
     uses_env_reward = True
+    reward_part = "head"
 
     def reward_parameters(self, model):
         return model.reward_head.parameters()
