@@ -21,7 +21,6 @@ torch's global RNG.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -29,19 +28,9 @@ from torch import Tensor
 
 from . import methods
 from .config import CDREDConfig, matmul_precision
+from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
-from .world_model import WorldModel, choose_two_heads, randn
-
-
-@dataclass
-class UpdateNoise:
-    """The random draws of one update (``N = B_behavioural + B_expert``)."""
-
-    td_eps: Tensor  # [H, N, A]    policy noise for the action in the TD target
-    td_heads: Tensor  # [2]        target-Q heads whose min forms the TD target
-    target_idx: Tensor  # [H, N]   target index k_i of each predictor-loss sample (behavioural first)
-    pi_eps: Tensor  # [H+1, N, A]  policy noise in the policy loss
-    pi_heads: Tensor  # [2]        Q heads whose min the policy maximises
+from .world_model import WorldModel
 
 
 class RunningScale:
@@ -152,17 +141,10 @@ class CDREDAgent:
                                      generator=generator)[0]
 
     # ------------------------------------------------------------------ update
-    def draw_noise(self, n: int, generator: Optional[torch.Generator] = None) -> UpdateNoise:
-        """Draw every random number one update needs, for ``n`` concatenated samples."""
-        H, A, dev = self.cfg.horizon, self.action_dim, self.device
-        gen_dev = generator.device if generator is not None else dev
-        return UpdateNoise(
-            td_eps=randn((H, n, A), generator, dev),
-            td_heads=choose_two_heads(self.cfg.num_q, generator, dev),
-            target_idx=torch.randint(self.cfg.num_targets, (H, n), generator=generator, device=gen_dev).to(dev),
-            pi_eps=randn((H + 1, n, A), generator, dev),
-            pi_heads=choose_two_heads(self.cfg.num_q, generator, dev),
-        )
+    def draw_noise(self, n: int, generator: Optional[torch.Generator] = None):
+        """Draw every random number one update needs, for ``n`` concatenated samples (the method's
+        :meth:`cdred_fast.methods.Method.draw_noise`; CDRED and TD-MPC2: an :class:`UpdateNoise`)."""
+        return self.method.draw_noise(self, n, generator)
 
     def _obs_tensor(self, obs) -> Tensor:
         """Observations on ``device``: float32 for state, uint8 kept for pixels (the encoder scales them)."""

@@ -4,14 +4,15 @@ scaled policy loss), plus the planning functions of the world model (SPEC sectio
 
 A method is a stateless object; its functions take the :class:`cdred_fast.CDREDAgent` (config,
 world model, discount, running scale) and the update's tensors. The agent calls them in this
-order in one update: :meth:`Method.compute_losses` (steps 1-7), :meth:`Method.policy_loss`
-(step 8), :meth:`Method.stats`; in acting, :meth:`Method.rollout_functions` gives the MPPI loop
+order in one update: :meth:`Method.draw_noise`, :meth:`Method.compute_losses` (steps 1-7),
+:meth:`Method.policy_loss` (step 8), :meth:`Method.stats`; in acting, :meth:`Method.rollout_functions` gives the MPPI loop
 its model.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +20,22 @@ from torch import Tensor, nn
 
 from ..layers import soft_ce
 from ..planner import RolloutFunctions
+from ..world_model import choose_two_heads, randn
 
 if TYPE_CHECKING:  # only for annotations: the agent imports the methods
-    from ..agent import CDREDAgent, UpdateNoise
+    from ..agent import CDREDAgent
     from ..world_model import WorldModel
+
+
+@dataclass
+class UpdateNoise:
+    """The random draws of one CDRED / TD-MPC2 update (``N = B_behavioural + B_expert``)."""
+
+    td_eps: Tensor  # [H, N, A]    policy noise for the action in the TD target
+    td_heads: Tensor  # [2]        target-Q heads whose min forms the TD target
+    target_idx: Tensor  # [H, N]   target index k_i of each predictor-loss sample (behavioural first)
+    pi_eps: Tensor  # [H+1, N, A]  policy noise in the policy loss
+    pi_heads: Tensor  # [2]        Q heads whose min the policy maximises
 
 
 class Method:
@@ -41,6 +54,21 @@ class Method:
     uses_expert: ClassVar[bool]
     uses_env_reward: ClassVar[bool]
     reward_part: ClassVar[Optional[str]]
+
+    def draw_noise(self, agent: "CDREDAgent", n: int, generator: Optional[torch.Generator] = None) -> Any:
+        """Every random number one update needs, for ``n`` concatenated samples, drawn up front so
+        that the losses are a deterministic function of ``(batches, noise)`` (Q dropout and the
+        pixel shift excepted: they use torch's global RNG). Default: an :class:`UpdateNoise` (the
+        predictor-loss target indices are drawn also for methods without a CDRED reward)."""
+        H, A, dev, cfg = agent.cfg.horizon, agent.action_dim, agent.device, agent.cfg
+        gen_dev = generator.device if generator is not None else dev
+        return UpdateNoise(
+            td_eps=randn((H, n, A), generator, dev),
+            td_heads=choose_two_heads(cfg.num_q, generator, dev),
+            target_idx=torch.randint(cfg.num_targets, (H, n), generator=generator, device=gen_dev).to(dev),
+            pi_eps=randn((H + 1, n, A), generator, dev),
+            pi_heads=choose_two_heads(cfg.num_q, generator, dev),
+        )
 
     def reward_parameters(self, model: "WorldModel") -> Iterable[nn.Parameter]:
         """The reward part's parameters, trained by the world-model optimiser with encoder,
@@ -164,6 +192,6 @@ def world_model_rollout(model: "WorldModel", generator: Optional[torch.Generator
 
 
 __all__ = [
-    "Method", "latent_rollout", "rho_weights", "scaled_policy_loss", "td_targets", "value_loss", "with_total",
+    "Method", "UpdateNoise", "latent_rollout", "rho_weights", "scaled_policy_loss", "td_targets", "value_loss", "with_total",
     "world_model_rollout",
 ]
