@@ -170,8 +170,8 @@ class Planner:
         ``termination(z) -> [M]`` probability that the episode has ended (``> 0.5`` counts, as in
         TD-MPC2), optional. ``cfg`` as for the constructor (``multitask`` is not supported here).
         """
-        fns = {"dynamics": dynamics, "reward": reward, "value": value, "policy": policy}
-        absent = [name for name, f in fns.items() if not callable(f)]
+        given = {"dynamics": dynamics, "reward": reward, "value": value, "policy": policy}
+        absent = [name for name, f in given.items() if not callable(f)]
         if absent:
             raise TypeError(f"Planner.from_functions needs callables for: {', '.join(absent)}")
         if termination is not None and not callable(termination):
