@@ -17,6 +17,7 @@ import torch
 
 from cdred_fast import CDREDAgent, CDREDConfig
 from cdred_fast.config import matmul_precision
+from cdred_fast.planner import trajectory_value
 
 OBS_DIM, ACT_DIM = 39, 6
 
@@ -36,7 +37,8 @@ def run(precision: str, device: str) -> dict:
     with torch.no_grad(), agent.model.planning(), matmul_precision(precision):
         z = agent.model.encode(obs.view(1, -1).to(device))
         actions = (torch.rand(3, 512, ACT_DIM, generator=torch.Generator().manual_seed(2)) * 2 - 1).to(device)
-        values = agent.planner.estimate_value(z.expand(512, -1), actions, generator=torch.Generator(device).manual_seed(3))
+        fns = agent.rollout_functions(torch.Generator(device).manual_seed(3))
+        values = trajectory_value(fns, z.expand(512, -1), actions, agent.discount)
     H, B = agent.cfg.horizon, agent.cfg.batch_size
     g = torch.Generator().manual_seed(1)
     batch = lambda: {"obs": torch.randn(H + 1, B, OBS_DIM, generator=g), "action": torch.rand(H, B, ACT_DIM, generator=g) * 2 - 1}

@@ -7,7 +7,7 @@ latent ``z [1, L]`` on the GPU to the action, from the episode start (mean 0), w
 CUDA generator (as ``agent.act(obs, t0=True)`` without a generator, minus the encoder and the
 copy of the action to the host), each timed to a synchronised result.
 
-* ``fused``: ``agent.planner.plan``, ``kernels="fused"``, eager.
+* ``fused``: ``agent.plan``, ``kernels="fused"``, eager.
 * ``reference``: the same with ``kernels="reference"`` (pure-PyTorch ops), eager.
 * ``reference-compiled``: the reference plan compiled whole with
   ``torch.compile(mode="reduce-overhead", fullgraph=True)``: ``mppi_plan`` with
@@ -20,10 +20,9 @@ copy of the action to the host), each timed to a synchronised result.
   (``fallback_random=False``, its fastest setting), so the compiled plan is not bitwise the
   eager one; the CPU smoke test below compiles with ``fallback_random=True`` and checks that
   it is. Compilation and the CUDA-graph recording happen before the timing.
-* ``fused-graph``: the fused plan replayed from a CUDA graph: ``Planner.from_functions``
-  around the agent's world model with ``capture_graph=True`` (the agent's own
-  ``MPPIPlanner`` has no CUDA-graph option; python_tests/test_plan_compile.py checks on CPU
-  that this wrapper plans exactly like the agent). Captured before the timing.
+* ``fused-graph``: the fused plan replayed from a CUDA graph: ``Planner.from_agent(agent,
+  capture_graph=True)`` (python_tests/test_plan_compile.py checks on CPU that this wrapper
+  plans exactly like the agent). Captured before the timing.
 
 The summary (bench/conftest.py) prints reference / fused for every pair of a ``reference*``
 and a ``fused*`` variant of a group: the targets read ``reference / fused-graph`` (or
@@ -70,11 +69,11 @@ def _latent(agent: CDREDAgent) -> torch.Tensor:
 
 
 def reference_plan_fn(agent: CDREDAgent):
-    """``agent.planner.plan(z, t0=True)`` with the default generator as a function of tensors,
+    """``agent.plan(z, t0=True)`` with the default generator as a function of tensors,
     ``(z [1, L], mean [1, H, A]) -> (action [1, A], mean)``: the region torch.compile compiles."""
     planner = agent.planner
-    assert not agent.model.training  # eval mode (no Q dropout), as inside planner.plan
-    fns, settings, discount, impl = planner.rollout_functions(None), planner.settings, planner.discount, planner.impl
+    assert not agent.model.training  # eval mode (no Q dropout), as inside agent.plan
+    fns, settings, discount, impl = agent.rollout_functions(None), planner.settings, planner.discount, planner.impl
 
     def plan(z, mean):
         return mppi_plan(fns, z, mean, settings, discount=discount, generator=None, impl=impl)
@@ -95,13 +94,13 @@ def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
     info = {"impl": impl, "iterations": agent.planner.iterations}
     if impl in ("fused", "reference"):
         def run():
-            a = agent.planner.plan(z, t0=True)
+            a = agent.plan(z, t0=True)
             sync(device)
             return a
     elif impl == "reference-compiled":
         torch._dynamo.reset()
         compiled = torch.compile(reference_plan_fn(agent), mode="reduce-overhead", fullgraph=True)
-        mean = agent.planner.initial_mean(True).unsqueeze(0)
+        mean = agent.planner.initial_mean(True)
         skips = _cudagraph_skips()
 
         def run():

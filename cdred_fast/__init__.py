@@ -16,7 +16,7 @@ from . import ops, reference
 from ._lib import build_info
 from .agent import CDREDAgent
 from .config import CDREDConfig
-from .planner import Planner
+from .tdmpc2_planner import Planner
 
 from ._version import __version__
 

@@ -1,4 +1,6 @@
-"""CDREDAgent: acting (SPEC.md section 4) and one update (SPEC.md section 3, steps 1-9).
+"""CDREDAgent: acting (SPEC.md section 4) and one update (SPEC.md section 3, steps 1-9),
+dispatching to the method chosen by ``cfg.method`` (:mod:`cdred_fast.methods`) for the losses
+and the planning return.
 
 A batch is ``{"obs": [H+1, B, *obs_shape], "action": [H, B, A]}`` (``obs_shape``
 is ``(obs_dim,)`` for state, ``(3 * frame_stack, S, S)`` uint8 pixels for
@@ -7,11 +9,8 @@ concatenates them along the batch axis, behavioural first (``2B`` samples).
 Rewards stored in the buffers are never used by CDRED.
 
 With ``cfg.method == "tdmpc2"`` (training RL experts) the same update runs
-TD-MPC2 instead: only a behavioural batch, which must carry the environment
-reward ``"reward": [H, B]``; the TD targets use that reward and the reward loss
-is the reward head's ``rho^t``-weighted two-hot soft cross-entropy
-``(1/H) sum_t rho^t mean_i CE(R(z_t, a_t), twohot(r_t))`` (coefficient
-``reward_coef = 0.1``), in place of the CDRED predictor loss.
+TD-MPC2 instead (:mod:`cdred_fast.methods.tdmpc2`): only a behavioural batch,
+which must carry the environment reward ``"reward": [H, B]``.
 
 All randomness of an update (policy noise for the TD target and the policy loss,
 the Q-head pairs, the target index of each predictor-loss sample) is drawn up
@@ -22,28 +21,16 @@ torch's global RNG.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from . import methods
 from .config import CDREDConfig, matmul_precision
-from .layers import soft_ce
-from .planner import MPPIPlanner
-from .world_model import WorldModel, choose_two_heads, randn
-
-
-@dataclass
-class UpdateNoise:
-    """The random draws of one update (``N = B_behavioural + B_expert``)."""
-
-    td_eps: Tensor  # [H, N, A]    policy noise for the action in the TD target
-    td_heads: Tensor  # [2]        target-Q heads whose min forms the TD target
-    target_idx: Tensor  # [H, N]   target index k_i of each predictor-loss sample (behavioural first)
-    pi_eps: Tensor  # [H+1, N, A]  policy noise in the policy loss
-    pi_heads: Tensor  # [2]        Q heads whose min the policy maximises
+from .methods.common import UpdateNoise
+from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
+from .world_model import WorldModel
 
 
 class RunningScale:
@@ -69,7 +56,8 @@ class RunningScale:
 
 
 class CDREDAgent:
-    """The CDRED agent: world model + CDRED reward, MPPI or policy-prior acting, and updates.
+    """The CDRED agent: world model, MPPI or policy-prior acting, and updates; the losses and the
+    planning return are those of the method ``cfg.method`` (``self.method``).
 
     Args:
         cfg: the config; ``cfg.discount_for()`` must be defined (set ``episode_length`` or ``discount``).
@@ -86,21 +74,22 @@ class CDREDAgent:
             raise TypeError("action_dim is required")
         self.cfg = cfg
         self.device = torch.device(device)
-        self.model = WorldModel(cfg, obs_dim if obs_shape is None else obs_shape, action_dim).to(self.device)
+        self.method = methods.get(cfg.method)
+        self.model = WorldModel(cfg, obs_dim if obs_shape is None else obs_shape, action_dim,
+                                reward_part=self.method.reward_part).to(self.device)
         m = self.model
         self.obs_shape: tuple[int, ...] = m.obs_shape
         self.obs_dim = m.obs_dim  # int for state observations, None for pixels
         self.action_dim = int(action_dim)
         self.discount = cfg.discount_for()
-        # Step 7: Adam over encoder (lr x enc_lr_scale), dynamics, Q heads and both predictors
-        # (TD-MPC2 mode: the reward head instead of the predictors).
-        reward_params = m.reward_model.predictor_parameters() if m.reward_head is None else m.reward_head.parameters()
+        # Step 7: Adam over encoder (lr x enc_lr_scale), dynamics, Q heads and the method's reward
+        # part (CDRED: both predictors; TD-MPC2: the reward head).
         self.optim = torch.optim.Adam(
             [
                 {"params": list(m.encoder.parameters()), "lr": cfg.lr * cfg.enc_lr_scale},
                 {"params": list(m.dynamics.parameters())},
                 {"params": list(m.Qs.parameters())},
-                {"params": list(reward_params)},
+                {"params": list(self.method.reward_parameters(m))},
             ],
             lr=cfg.lr,
         )
@@ -109,8 +98,8 @@ class CDREDAgent:
         self.pi_scheduler = torch.optim.lr_scheduler.StepLR(self.pi_optim, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         self._wm_params = [p for group in self.optim.param_groups for p in group["params"]]
         self.scale = RunningScale(cfg.tau, self.device)
-        self.planner = MPPIPlanner(cfg, m, action_dim, self.device, discount=self.discount,
-                                   capture_graph=cfg.capture_graph)
+        self.planner = MPPIPlanner(MPPISettings.from_config(cfg, self.action_dim), self.discount,
+                                   kernels=cfg.kernels, capture_graph=cfg.capture_graph, device=self.device)
         self.step = 0  # number of updates done
 
     # ------------------------------------------------------------------ acting
@@ -125,24 +114,37 @@ class CDREDAgent:
         with self.model.planning(), matmul_precision(self.cfg.matmul_precision):
             z = self.model.encode(obs)
             if self.cfg.mpc:
-                a = self.planner.plan(z, t0=t0, eval_mode=eval_mode, generator=generator)
+                a = self.plan(z, t0=t0, eval_mode=eval_mode, generator=generator)
             else:
                 mu, sample, _, _ = self.model.pi(z, generator=generator)
                 a = (mu if eval_mode else sample)[0]
         return a.cpu()
 
+    def rollout_functions(self, generator: Optional[torch.Generator] = None) -> RolloutFunctions:
+        """The world model as the MPPI loop sees it: the method's planning return, with the policy's
+        noise and the Q heads drawn from ``generator``."""
+        return self.method.rollout_functions(self.model, generator)
+
+    @torch.no_grad()
+    def plan(self, z: Tensor, t0: bool = False, eval_mode: bool = False,
+             generator: Optional[torch.Generator] = None) -> Tensor:
+        """MPPI (SPEC section 4) from the latent ``z`` (``[L]`` or ``[1, L]``): the action ``[A]``.
+
+        The model is in eval mode (Q dropout off) while planning. Draws, all from ``generator`` (on
+        the agent's device type; the default generator when None): the policy's noise for the N_pi
+        sequences, then per iteration the sampled sequences, the policy noise and Q heads of the
+        value, then the elite choice and (unless ``eval_mode``) the exploration noise.
+        """
+        with self.model.planning():
+            z = z.reshape(1, -1).to(self.device)
+            return self.planner.plan(self.rollout_functions(generator), z, bool(t0), eval_mode=bool(eval_mode),
+                                     generator=generator)[0]
+
     # ------------------------------------------------------------------ update
-    def draw_noise(self, n: int, generator: Optional[torch.Generator] = None) -> UpdateNoise:
-        """Draw every random number one update needs, for ``n`` concatenated samples."""
-        H, A, dev = self.cfg.horizon, self.action_dim, self.device
-        gen_dev = generator.device if generator is not None else dev
-        return UpdateNoise(
-            td_eps=randn((H, n, A), generator, dev),
-            td_heads=choose_two_heads(self.cfg.num_q, generator, dev),
-            target_idx=torch.randint(self.cfg.num_targets, (H, n), generator=generator, device=gen_dev).to(dev),
-            pi_eps=randn((H + 1, n, A), generator, dev),
-            pi_heads=choose_two_heads(self.cfg.num_q, generator, dev),
-        )
+    def draw_noise(self, n: int, generator: Optional[torch.Generator] = None):
+        """Draw every random number one update needs, for ``n`` concatenated samples (the method's
+        :meth:`cdred_fast.methods.Method.draw_noise`; CDRED and TD-MPC2: an :class:`UpdateNoise`)."""
+        return self.method.draw_noise(self, n, generator)
 
     def _obs_tensor(self, obs) -> Tensor:
         """Observations on ``device``: float32 for state, uint8 kept for pixels (the encoder scales them)."""
@@ -175,11 +177,11 @@ class CDREDAgent:
         return obs, action, behavioral_batch["obs"].shape[1]
 
     def _env_reward(self, batch: dict) -> Tensor:
-        """TD-MPC2 mode: the batch's environment reward ``[H, B]`` on ``device``."""
+        """The batch's environment reward ``[H, B]`` on ``device`` (methods that use it)."""
         H, B = self.cfg.horizon, batch["action"].shape[1]
         if "reward" not in batch:
             raise ValueError(
-                "method='tdmpc2' trains on the environment reward: behavioral_batch needs 'reward' [H, B] "
+                f"method={self.cfg.method!r} trains on the environment reward: behavioral_batch needs 'reward' [H, B] "
                 "(an EpisodeBuffer returns it when its episodes were added with rewards)"
             )
         r = batch["reward"].to(device=self.device, dtype=torch.float32)
@@ -192,100 +194,21 @@ class CDREDAgent:
     def compute_losses(
         self, obs: Tensor, action: Tensor, n_behavioral: int, noise: UpdateNoise, reward: Optional[Tensor] = None
     ) -> dict[str, Tensor]:
-        """Steps 1-7 of SPEC section 3 on concatenated ``obs [H+1, N, *obs_shape]``, ``action [H, N, A]``.
+        """Steps 1-7 of SPEC section 3 on concatenated ``obs [H+1, N, *obs_shape]``, ``action [H, N, A]``,
+        the method's (:meth:`cdred_fast.methods.Method.compute_losses`).
 
-        The first ``n_behavioral`` samples are behavioural, the rest expert. Returns the
-        loss tensors (``consistency, value, reward, total``) and, detached, ``zs [H+1, N, L]``,
-        ``rewards [H, N]``, ``td_targets [H, N]``, ``q_logits [num_q, H, N, bins]``.
-
-        TD-MPC2 mode (``cfg.method == "tdmpc2"``): ``reward [H, N]`` is the environment
-        reward; it replaces the CDRED reward in the TD target, and ``reward`` (the loss)
-        is the reward head's two-hot soft cross-entropy on it.
+        The first ``n_behavioral`` samples are behavioural, the rest expert. Returns the loss
+        tensors (``consistency, value, reward, total``) and, detached, ``zs [H+1, N, L]``,
+        ``rewards [H, N]``, ``td_targets [H, N]``, ``q_logits [num_q, H, N, bins]``; ``reward [H, N]``
+        is the environment reward, for the methods that use it (TD-MPC2).
         """
-        cfg, m = self.cfg, self.model
-        tdmpc2 = cfg.method == "tdmpc2"
-        if tdmpc2 and reward is None:
-            raise ValueError("method='tdmpc2' needs the environment reward [H, N]")
-        H = cfg.horizon
-        nb = n_behavioral
-        rho_t = cfg.rho ** torch.arange(H, device=self.device, dtype=torch.float32)
-
-        # 1. z'_t = h(s_{t+1}), no gradient
-        with torch.no_grad():
-            next_z = m.encode(obs[1:])
-
-        # 2. latent roll-out and consistency = (1/H) sum_t rho^t MSE(z_{t+1}, z'_t)
-        z = m.encode(obs[0])
-        zs = [z]
-        consistency = 0.0
-        for t in range(H):
-            z = m.next(z, action[t])
-            consistency = consistency + cfg.rho**t * F.mse_loss(z, next_z[t])
-            zs.append(z)
-        consistency = consistency / H
-        zs = torch.stack(zs)  # [H+1, N, L]
-
-        if not tdmpc2:
-            # Steps 3 and 6 share one evaluation of the K targets: the rewards R(z_t, a_t)
-            # (no gradient) and the per-sample predictor losses on x = [z_t ; a_t].
-            x = torch.cat([zs[:-1], action], dim=-1)  # [H, N, L+A]
-            cdred_rewards, loss_exp, loss_beh = m.reward_model.reward_and_predictor_loss(
-                x, nb, idx_expert=noise.target_idx[:, nb:], idx_behavioral=noise.target_idx[:, :nb]
-            )
-
-        with torch.no_grad():
-            # 3. rewards r_t = R(z_t, a_t) on the roll-out latents (TD-MPC2: the environment reward)
-            rewards = reward.detach() if tdmpc2 else cdred_rewards  # [H, N]
-            # 4. TD target y_t = r_t + gamma * Q_bar_min(z'_t, pi(z'_t)), sampled policy action
-            next_a = m.pi(next_z, eps=noise.td_eps)[1]
-            td_targets = rewards + self.discount * m.Q(next_z, next_a, "min", target=True, heads=noise.td_heads)
-
-        # 5. value = (1/(H num_q)) sum_t rho^t sum_q mean_i CE(Q_q(z_t, a_t), twohot(y_t))
-        q_logits = m.Q(zs[:-1], action, "all")  # [num_q, H, N, bins]
-        ce = soft_ce(q_logits, td_targets.unsqueeze(0), cfg.vmin, cfg.vmax)  # [num_q, H, N]
-        value = (ce.mean(dim=2) * rho_t).sum() / (H * cfg.num_q)
-
-        extra = {}
-        if tdmpc2:
-            # 6'. TD-MPC2 reward loss: (1/H) sum_t rho^t mean_i CE(R(z_t, a_t), twohot(r_t))
-            reward_ce = soft_ce(m.reward_logits(zs[:-1], action), rewards, cfg.vmin, cfg.vmax)  # [H, N]
-            reward = (reward_ce.mean(dim=1) * rho_t).sum() / H
-        else:
-            # 6. predictor loss (SPEC section 2) on the roll-out latents: sum_t rho^t (l_phi + l_psi) / H
-            # (computed with the rewards of step 3 above, from one evaluation of the targets)
-            loss_exp_t = (loss_exp.view(H, -1).mean(dim=1) * rho_t).sum() / H
-            loss_beh_t = (loss_beh.view(H, -1).mean(dim=1) * rho_t).sum() / H
-            reward = loss_exp_t + loss_beh_t
-            extra = {"reward_loss_expert": loss_exp_t.detach(), "reward_loss_behavioral": loss_beh_t.detach()}
-
-        # 7. total loss
-        total = cfg.consistency_coef * consistency + cfg.value_coef * value + cfg.reward_coef * reward
-        return {
-            "consistency": consistency,
-            "value": value,
-            "reward": reward,
-            "total": total,
-            "zs": zs.detach(),
-            "rewards": rewards,
-            "td_targets": td_targets,
-            "q_logits": q_logits.detach(),
-            **extra,
-        }
+        return self.method.compute_losses(self, obs, action, n_behavioral, noise, reward)
 
     def policy_loss(self, zs: Tensor, noise: UpdateNoise, update_scale: bool = True) -> Tensor:
-        """Step 8 loss: ``mean_t rho^t mean_i(entropy_coef log pi(a|z) - Q_min(z, a) / S)``, ``a ~ pi(z)``.
-
-        ``zs [H+1, N, L]`` are detached latents. ``S`` is updated first from the Q values
-        of step 0 (when ``update_scale``).
-        """
-        cfg = self.cfg
-        _, a, log_prob, _ = self.model.pi(zs, eps=noise.pi_eps)
-        q = self.model.Q(zs, a, "min", heads=noise.pi_heads)  # [H+1, N]
-        if update_scale:
-            self.scale.update(q[0])
-        q = self.scale(q)
-        rho_t = cfg.rho ** torch.arange(zs.shape[0], device=zs.device, dtype=torch.float32)
-        return ((cfg.entropy_coef * log_prob - q).mean(dim=1) * rho_t).mean()
+        """Step 8 loss on the detached latents ``zs [H+1, N, L]`` (the method's; CDRED and TD-MPC2:
+        ``mean_t rho^t mean_i(entropy_coef log pi(a|z) - Q_min(z, a) / S)``, ``a ~ pi(z)``, ``S``
+        updated first from the Q values of step 0 when ``update_scale``)."""
+        return self.method.policy_loss(self, zs, noise, update_scale)
 
     def update(
         self, behavioral_batch: dict, expert_batch: Optional[dict] = None, generator: Optional[torch.Generator] = None
@@ -295,19 +218,20 @@ class CDREDAgent:
         CDRED: a behavioural and an expert batch. TD-MPC2 mode: the behavioural batch
         alone, with ``"reward" [H, B]``; ``expert_batch`` must be None.
         """
-        cfg, m = self.cfg, self.model
-        tdmpc2 = cfg.method == "tdmpc2"
-        if tdmpc2 and expert_batch is not None:
-            raise ValueError("method='tdmpc2' trains on the environment reward alone: pass no expert_batch")
-        if not tdmpc2 and expert_batch is None:
-            raise ValueError("CDRED needs an expert_batch (demonstrations) besides the behavioral_batch")
+        cfg, m, method = self.cfg, self.model, self.method
+        if not method.uses_expert and expert_batch is not None:
+            raise ValueError(f"method={method.name!r} learns without demonstrations: pass no expert_batch")
+        if method.uses_expert and expert_batch is None:
+            raise ValueError(
+                f"method={method.name!r} needs an expert_batch (demonstrations) besides the behavioral_batch"
+            )
         obs, action, nb = self._concat(behavioral_batch, expert_batch)
-        env_reward = self._env_reward(behavioral_batch) if tdmpc2 else None
+        env_reward = self._env_reward(behavioral_batch) if method.uses_env_reward else None
         noise = self.draw_noise(obs.shape[1], generator)
         m.train(True)  # Q dropout on (and the pixel encoder's random shift) for the losses (as released)
         try:
             with matmul_precision(cfg.matmul_precision):  # cfg.matmul_precision for every product
-                # steps 1-7: world model, Q ensemble and predictors (TD-MPC2: reward head)
+                # steps 1-7: world model, Q ensemble and the method's reward part
                 losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
                 self.optim.zero_grad(set_to_none=True)
                 losses["total"].backward()
@@ -333,7 +257,6 @@ class CDREDAgent:
             m.train(False)
         self.step += 1
 
-        rewards = losses["rewards"]
         q_scalar = m.q_value(losses["q_logits"]).mean(dim=0)  # mean over heads: [H, N]
         stats = {
             "consistency_loss": float(losses["consistency"].detach()),
@@ -343,21 +266,13 @@ class CDREDAgent:
             "total_loss": float(losses["total"].detach()),
             "grad_norm": float(grad_norm),
             "pi_grad_norm": float(pi_grad_norm),
-            "reward_behavioral": float(rewards[:, :nb].mean()),
+            "reward_behavioral": float(losses["rewards"][:, :nb].mean()),
             "td_target": float(losses["td_targets"].mean()),
             "pi_scale": float(self.scale.value),
             "lr": float(self.optim.param_groups[1]["lr"]),
             "pi_lr": float(self.pi_optim.param_groups[0]["lr"]),
+            **method.stats(losses, nb, q_scalar),
         }
-        if not tdmpc2:
-            stats.update(
-                reward_loss_expert=float(losses["reward_loss_expert"]),
-                reward_loss_behavioral=float(losses["reward_loss_behavioral"]),
-                reward_expert=float(rewards[:, nb:].mean()),
-                q_gap=float(q_scalar[:, nb:].mean() - q_scalar[:, :nb].mean()),
-            )
-        else:
-            stats["q_value"] = float(q_scalar.mean())
         return stats
 
     # ------------------------------------------------------------------ checkpoints

@@ -69,6 +69,11 @@ def discount_heuristic(episode_length: int, denom: float = 5.0, dmin: float = 0.
     return min(max((frac - 1.0) / frac, dmin), dmax)
 
 
+def mppi_iterations(iterations: int, action_dim: int) -> int:
+    """SPEC section 4 (TD-MPC2's rule): ``J`` MPPI iterations, plus 2 when ``action_dim >= 20``."""
+    return int(iterations) + (2 if action_dim >= 20 else 0)
+
+
 # --------------------------------------------------------------------------- validation helpers
 def _fail(name: str, requirement: str, value: Any, exc: type = ValueError):
     raise exc(f"CDREDConfig.{name} must be {requirement}, got {value!r}")
@@ -393,7 +398,7 @@ class CDREDConfig:
 
     def iterations_for(self, action_dim: int) -> int:
         """MPPI iterations: ``iterations`` plus 2 when ``action_dim >= 20`` (SPEC section 4)."""
-        return self.iterations + (2 if action_dim >= 20 else 0)
+        return mppi_iterations(self.iterations, action_dim)
 
     def seed_steps_for(self, episode_length: Optional[int] = None) -> int:
         """``seed_steps`` if set, else ``max(1000, 5 * T)`` (SPEC section 3)."""

@@ -2,13 +2,16 @@
 
 Parts: encoder ``h`` (an MLP for state observations, :class:`PixelEncoder` for
 stacked RGB frames), dynamics ``d``, Q ensemble (distributional, 5 heads) with a
-Polyak target copy, policy prior ``pi``, and the reward: the CDRED reward model
-(:class:`cdred_fast.reward.CDREDReward`) on ``x = [z ; a]`` when ``cfg.method ==
-"cdred"``, or, when ``cfg.method == "tdmpc2"`` (training RL experts on the
-environment reward), TD-MPC2's reward head ``MLP(L + A -> [mlp_dim, mlp_dim] ->
-num_bins)`` regressed with the two-hot soft cross-entropy.
+Polyak target copy, policy prior ``pi``, and the reward part the method needs
+(``reward_part``): the CDRED reward model (:class:`cdred_fast.reward.CDREDReward`)
+on ``x = [z ; a]`` (CDRED), TD-MPC2's reward head ``MLP(L + A -> [mlp_dim, mlp_dim]
+-> num_bins)`` regressed with the two-hot soft cross-entropy (TD-MPC2, training RL
+experts on the environment reward), or none.
 
-Shapes: leading dimensions are free; ``Q(..., "min"|"avg")``, ``reward`` and
+The planning reward built from these parts is the method's
+(:meth:`cdred_fast.methods.Method.rollout_functions`).
+
+Shapes: leading dimensions are free; ``Q(..., "min"|"avg")`` and
 the policy log-probability return ``[...]`` with no trailing singleton.
 Randomness (policy noise, the two Q heads) can be given explicitly (``eps``,
 ``heads``) or drawn from an optional ``torch.Generator``.
@@ -31,6 +34,8 @@ from .layers import Ensemble, SimNorm, mlp, trunc_normal_init_, two_hot_inv, use
 from .reward import CDREDReward
 
 Q_RETURN_TYPES = ("all", "min", "avg")
+REWARD_PARTS = ("cdred", "head", None)  # the CDRED reward model, TD-MPC2's reward head, no reward part
+_FROM_CONFIG = "from-config"
 
 
 # --------------------------------------------------------------------------- random helpers
@@ -150,13 +155,16 @@ class WorldModel(nn.Module):
     """Encoder, dynamics, Q ensemble (+ target), policy prior and reward (SPEC section 1).
 
     Args:
-        cfg: the config (``cfg.obs`` picks the encoder, ``cfg.method`` the reward).
+        cfg: the config (``cfg.obs`` picks the encoder).
         obs_dim: size of a state observation, or the observation shape
             (``(3 * frame_stack, image_size, image_size)`` for ``obs="rgb"``).
         action_dim: ``A``.
+        reward_part: one of :data:`REWARD_PARTS` (the method's ``reward_part``): ``"cdred"`` the CDRED
+            reward model (``self.reward_model``), ``"head"`` TD-MPC2's reward head (``self.reward_head``),
+            None neither. Default: ``"cdred"`` when ``cfg.method == "cdred"``, else ``"head"``.
     """
 
-    def __init__(self, cfg: CDREDConfig, obs_dim, action_dim: int):
+    def __init__(self, cfg: CDREDConfig, obs_dim, action_dim: int, reward_part: Optional[str] = _FROM_CONFIG):
         super().__init__()
         self.cfg = cfg
         self.obs_shape = _obs_shape(cfg, obs_dim)
@@ -186,13 +194,16 @@ class WorldModel(nn.Module):
         self.Qs = Ensemble(heads)
         self.target_Qs = copy.deepcopy(self.Qs).requires_grad_(False)
 
-        if cfg.method == "cdred":
+        if reward_part == _FROM_CONFIG:
+            reward_part = "cdred" if cfg.method == "cdred" else "head"
+        if reward_part not in REWARD_PARTS:
+            raise ValueError(f"reward_part must be one of {REWARD_PARTS}, got {reward_part!r}")
+        self.reward_model, self.reward_head = None, None
+        if reward_part == "cdred":
             # CDRED reward on x = [z ; a] (SPEC section 2)
             self.reward_model = CDREDReward(cfg, L + A)
-            self.reward_head = None
-        else:
+        elif reward_part == "head":
             # TD-MPC2 reward head MLP(L + A -> [M, M] -> num_bins), last Linear zero-initialised
-            self.reward_model = None
             self.reward_head = trunc_normal_init_(mlp(L + A, [M, M], cfg.num_bins))
             nn.init.zeros_(self.reward_head[-1].weight)
         # Blocks with Mish run LayerNorm -> Mish as one fused op unless kernels="reference"
@@ -236,18 +247,6 @@ class WorldModel(nn.Module):
     def next(self, z: Tensor, a: Tensor) -> Tensor:
         """``z' = d(z, a)``: ``[..., L], [..., A] -> [..., L]``."""
         return self.dynamics(torch.cat([z, a], dim=-1))
-
-    def reward(self, z: Tensor, a: Tensor) -> Tensor:
-        """The planning reward (no gradient): ``[...]``. CDRED reward ``R(z, a)`` for
-        ``method="cdred"``; the decoded reward head for ``method="tdmpc2"``."""
-        if self.reward_head is None:
-            if z.dim() == 2 and a.dim() == 2 and z.shape[0] > 1 and z.stride(0) == 0:
-                # every row has the same z (the first planning step): its part of each first
-                # layer is computed once (SPEC section 4, last paragraph)
-                return self.reward_model(a, x_shared=z[0])
-            return self.reward_model(torch.cat([z, a], dim=-1))
-        with torch.no_grad():
-            return self.q_value(self.reward_logits(z, a))
 
     def reward_logits(self, z: Tensor, a: Tensor) -> Tensor:
         """``method="tdmpc2"`` only: reward-head logits ``[..., num_bins]`` (with gradient)."""
@@ -312,4 +311,4 @@ class WorldModel(nn.Module):
         return two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax)
 
 
-__all__ = ["WorldModel", "PixelEncoder", "ShiftAug", "randn", "choose_two_heads", "Q_RETURN_TYPES"]
+__all__ = ["WorldModel", "PixelEncoder", "ShiftAug", "randn", "choose_two_heads", "Q_RETURN_TYPES", "REWARD_PARTS"]

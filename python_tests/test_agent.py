@@ -12,6 +12,7 @@ import torch
 
 from cdred_fast.agent import CDREDAgent, RunningScale
 from cdred_fast.config import CDREDConfig, matmul_precision
+from cdred_fast.planner import trajectory_value
 
 from testing_utils import BF16_PROBE_THRESHOLD, BF16_UNIT_ROUNDOFF, cpu_bf16_features, medium_matmul_error
 
@@ -87,7 +88,7 @@ def hand_losses(agent, beh, exp, noise):
             zs = [m.encode(obs[0])]
             for t in range(H):
                 zs.append(m.next(zs[-1], act[t]))
-            rewards = [np_(m.reward(zs[t], act[t])) for t in range(H)]
+            rewards = [np_(m.reward_model(torch.cat([zs[t], act[t]], -1))) for t in range(H)]
             y = []
             for t in range(H):
                 a_next = m.pi(next_z[t], eps=noise.td_eps[t, cols])[1]
@@ -342,16 +343,16 @@ def test_one_target_evaluation_equals_separate_reward_and_loss(kernels):
 
 @pytest.mark.parametrize("kernels", ["fused", "reference"])
 def test_planning_reward_with_a_shared_latent_equals_the_full_input(kernels):
-    """model.reward(z, a) with one z expanded over the rows (the first planning step) takes the
-    x_shared path; it must equal the reward on the materialised [z ; a] rows."""
+    """The planning reward of rows that all start from one latent (the first planning step) takes the
+    x_shared path (shared_reward(z [L], a)); it must equal the reward on the materialised [z ; a] rows."""
     agent = make_agent(kernels=kernels)
-    m = agent.model
+    m, fns = agent.model, agent.rollout_functions()
     g = torch.Generator().manual_seed(4)
-    z = torch.randn(1, agent.cfg.latent_dim, generator=g).expand(7, -1)
+    z = torch.randn(agent.cfg.latent_dim, generator=g)
     a = torch.rand(7, agent.action_dim, generator=g) * 2 - 1
-    assert z.stride(0) == 0
-    shared = m.reward(z, a)
-    full = m.reward(z.contiguous(), a)
+    z = z.expand(7, -1)
+    shared = fns.shared_reward(z[0], a)
+    full = fns.reward(z.contiguous(), a)
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(full, m.reward_model.reward(torch.cat([z, a], -1), impl="reference"), rtol=1e-5, atol=1e-6)
 
@@ -406,8 +407,8 @@ def _plan_values(precision):
     with torch.no_grad(), agent.model.planning():
         z = agent.model.encode(torch.randn(1, OBS, generator=torch.Generator().manual_seed(0)))
         actions = torch.rand(H, 64, ACT, generator=torch.Generator().manual_seed(1)) * 2 - 1
-        estimate = lambda: agent.planner.estimate_value(  # noqa: E731
-            z.expand(64, -1), actions, generator=torch.Generator().manual_seed(2)
+        estimate = lambda: trajectory_value(  # noqa: E731
+            agent.rollout_functions(torch.Generator().manual_seed(2)), z.expand(64, -1), actions, agent.discount
         )
         if precision is None:
             return estimate()

@@ -52,7 +52,7 @@ def test_tdmpc2_model_has_a_reward_head_instead_of_the_cdred_reward():
     assert [(l.in_features, l.out_features) for l in head] == [(16 + ACT, 32), (32, 32), (32, 21)]
     assert torch.all(head[-1].weight == 0)  # zero-initialised like TD-MPC2 (reward 0 at the start)
     z, a = torch.rand(5, 16), torch.rand(5, ACT)
-    torch.testing.assert_close(m.reward(z, a), torch.zeros(5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(agent.rollout_functions().reward(z, a), torch.zeros(5), atol=1e-6, rtol=0)
     assert set(map(id, m.reward_head.parameters())) <= {id(p) for p in agent.optim.param_groups[3]["params"]}
 
 

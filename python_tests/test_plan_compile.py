@@ -9,8 +9,8 @@ the GPU plan benchmark (bench/test_bench_plan_gpu.py), which needs a CUDA device
   this test at a few seconds; the Inductor build of the same function (what
   ``mode="reduce-overhead"`` runs) is checked by the CPU smoke variant of the benchmark, which
   takes ~30-80 s to compile on 2 cores.
-* ``Planner.from_functions`` around the CDRED world model (the benchmark's ``capture_graph=True``
-  variant, the agent's own planner having no CUDA-graph option) plans exactly like the agent.
+* ``Planner.from_agent`` around the CDRED agent (the benchmark's ``capture_graph=True`` variant)
+  plans exactly like the agent.
 """
 
 
@@ -20,7 +20,8 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
-from cdred_fast.planner import Planner, mppi_plan
+from cdred_fast import Planner
+from cdred_fast.planner import mppi_plan
 
 from testing_utils import TINY
 
@@ -38,10 +39,10 @@ def _agent(kernels: str) -> CDREDAgent:
 
 def reference_plan_fn(agent: CDREDAgent):
     """The agent's plan as a function of tensors, ``(z [1, L], mean [1, H, A]) -> (action, mean)``:
-    ``agent.planner.plan(z, t0=True)`` with the default generator, minus the Python bookkeeping."""
+    ``agent.plan(z, t0=True)`` with the default generator, minus the Python bookkeeping."""
     planner, model = agent.planner, agent.model
-    assert not model.training  # eval mode (no Q dropout), as inside planner.plan
-    fns, settings, discount, impl = planner.rollout_functions(None), planner.settings, planner.discount, planner.impl
+    assert not model.training  # eval mode (no Q dropout), as inside agent.plan
+    fns, settings, discount, impl = agent.rollout_functions(None), planner.settings, planner.discount, planner.impl
 
     def plan(z, mean):
         return mppi_plan(fns, z, mean, settings, discount=discount, generator=None, impl=impl)
@@ -57,7 +58,7 @@ def test_compiled_reference_plan_is_one_graph_and_matches_eager():
     compiled = torch.compile(plan, backend=counter, fullgraph=True)
     with torch.no_grad():
         z = agent.model.encode(torch.randn(1, OBS))
-    mean = agent.planner.initial_mean(True).unsqueeze(0)
+    mean = agent.planner.initial_mean(True)
     try:
         for seed in (5, 6):
             torch.manual_seed(seed)
@@ -68,7 +69,7 @@ def test_compiled_reference_plan_is_one_graph_and_matches_eager():
             torch.testing.assert_close(m_comp, m_eager, rtol=0, atol=1e-6)
             # the same action as the agent's own planner from the same draws
             torch.manual_seed(seed)
-            torch.testing.assert_close(agent.planner.plan(z, t0=True), a_eager[0], rtol=0, atol=0)
+            torch.testing.assert_close(agent.plan(z, t0=True), a_eager[0], rtol=0, atol=0)
         assert counter.frame_count == 1  # one graph, compiled once, reused for the second plan
         assert counter.op_count > 100
     finally:
@@ -83,8 +84,8 @@ def test_drop_in_planner_around_the_agent_model_plans_like_the_agent(kernels):
         z = agent.model.encode(torch.randn(1, OBS))
     for step, seed in enumerate((3, 4, 5)):  # from t0, then warm-started from the previous mean
         torch.manual_seed(seed)
-        a_agent = agent.planner.plan(z, t0=step == 0)
+        a_agent = agent.plan(z, t0=step == 0)
         torch.manual_seed(seed)
         a_drop_in = planner.plan(z, t0=step == 0)
         torch.testing.assert_close(a_drop_in, a_agent.unsqueeze(0), rtol=0, atol=0)
-        torch.testing.assert_close(planner.prev_mean, agent.planner.prev_mean.unsqueeze(0), rtol=0, atol=0)
+        torch.testing.assert_close(planner.prev_mean, agent.planner.prev_mean, rtol=0, atol=0)

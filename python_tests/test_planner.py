@@ -24,7 +24,8 @@ import cdred_fast
 from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
-from cdred_fast.planner import MPPIPlanner, Planner
+from cdred_fast.planner import MPPIPlanner, MPPISettings
+from cdred_fast.tdmpc2_planner import Planner
 
 from testing_utils import needs_cuda
 
@@ -557,6 +558,7 @@ AGENT_KW = dict(latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hid
 def test_agent_capture_graph_is_validated_on_cpu():
     """CDREDConfig.capture_graph: a bool, off by default, kept through to_dict; an agent (or
     MPPIPlanner) that would need a CUDA graph but runs on the CPU fails when it is built."""
+    settings = MPPISettings.from_config(CDREDConfig(**AGENT_KW), 2)
     assert CDREDConfig().capture_graph is False
     cfg = CDREDConfig(capture_graph=True, **AGENT_KW)
     assert CDREDConfig.from_dict(cfg.to_dict()).capture_graph is True
@@ -567,9 +569,9 @@ def test_agent_capture_graph_is_validated_on_cpu():
     agent = CDREDAgent(CDREDConfig(**AGENT_KW), 6, 2)
     assert agent.planner.capture_graph is False
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
-        MPPIPlanner(agent.cfg, agent.model, 2, "cpu", capture_graph=True)
+        MPPIPlanner(settings, 0.99, capture_graph=True, device="cpu")
     with pytest.raises(TypeError, match="capture_graph must be a bool"):
-        MPPIPlanner(agent.cfg, agent.model, 2, "cpu", capture_graph=1)
+        MPPIPlanner(settings, 0.99, capture_graph=1, device="cpu")
 
 
 def _cuda_agents(**kw):

@@ -1,19 +1,22 @@
-"""MPPI planner of the CDRED agent (SPEC section 4): the kernel-shaped steps by hand, and plans on toy models.
+"""The MPPI loop (SPEC section 4): the kernel-shaped steps by hand, and plans on toy models through
+MPPIPlanner with the world-model return, as the CDRED agent plans.
 
 The planner runs through cdred_fast.ops; ``kernels="reference"`` (small_cfg) uses their pure-PyTorch twins.
 """
 
 import contextlib
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
 from cdred_fast import ops
-from cdred_fast.planner import MPPIPlanner
-from cdred_fast.world_model import WorldModel
+from cdred_fast.methods.common import world_model_rollout
+from cdred_fast.planner import MPPIPlanner, MPPISettings, trajectory_value
 
 
 def small_cfg(**kw):
@@ -61,6 +64,20 @@ class ToyModel:
 
     def Q(self, z, a, return_type="avg", generator=None):
         return self.q_fn(z, a)
+
+
+class ToyPlanner:
+    """MPPIPlanner on a toy model with the world-model return (policy sample, reward, Q_avg), one problem."""
+
+    def __init__(self, cfg, model, action_dim):
+        self.model = model
+        self.mppi = MPPIPlanner(MPPISettings.from_config(cfg, action_dim), cfg.discount_for(), kernels=cfg.kernels)
+
+    def fns(self, generator=None):
+        return world_model_rollout(self.model, generator, reward=self.model.reward)
+
+    def plan(self, z, t0=False, eval_mode=False, generator=None):
+        return self.mppi.plan(self.fns(generator), z.reshape(1, -1), t0, eval_mode=eval_mode, generator=generator)[0]
 
 
 # --------------------------------------------------------------------------- kernel-shaped steps
@@ -123,10 +140,10 @@ def test_estimate_value_by_hand():
     cfg = small_cfg(horizon=3, discount=0.9)
     c = torch.tensor([0.25, -0.5])
     model = ToyModel([0.0, 0.0], pi_action=c, reward_fn=lambda z, a: z[:, 0] + a.sum(-1), q_fn=lambda z, a: 10 * z[:, 0] + a[:, 0])
-    planner = MPPIPlanner(cfg, model, 2)
+    planner = ToyPlanner(cfg, model, 2)
     z = torch.tensor([[2.0], [5.0]])
     acts = torch.rand(3, 2, 2)
-    got = planner.estimate_value(z, acts)
+    got = trajectory_value(planner.fns(), z, acts, planner.mppi.discount)
     for i in range(2):
         want = 0.0
         for t in range(3):
@@ -139,12 +156,12 @@ def test_estimate_value_by_hand():
 def test_plan_finds_known_optimum(num_pi_trajs):
     target = [0.3, -0.5]
     cfg = small_cfg(num_samples=64, num_elites=8, num_pi_trajs=num_pi_trajs, iterations=8)
-    planner = MPPIPlanner(cfg, ToyModel(target), 2)
+    planner = ToyPlanner(cfg, ToyModel(target), 2)
     a = planner.plan(torch.zeros(1), t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
     assert a.shape == (2,)
     np.testing.assert_allclose(a.numpy(), target, atol=0.1)
     # the final mean moved to the optimum at every horizon step
-    np.testing.assert_allclose(planner.prev_mean.numpy(), np.tile(target, (3, 1)), atol=0.1)
+    np.testing.assert_allclose(planner.mppi.prev_mean[0].numpy(), np.tile(target, (3, 1)), atol=0.1)
 
 
 def test_policy_trajectories_are_candidates():
@@ -152,7 +169,7 @@ def test_policy_trajectories_are_candidates():
     # the policy prior proposes it, so the elite chosen in eval mode is exactly the prior's action.
     target = [0.123, -0.456]
     cfg = small_cfg(num_samples=32, num_elites=1, num_pi_trajs=4, iterations=1)
-    planner = MPPIPlanner(cfg, ToyModel(target, pi_action=target), 2)
+    planner = ToyPlanner(cfg, ToyModel(target, pi_action=target), 2)
     a = planner.plan(torch.zeros(1), t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(a.numpy(), target, atol=1e-6)
 
@@ -175,9 +192,48 @@ def test_policy_sequences_rolled_out_once_per_plan():
     model = ToyModel([0.1, 0.2])
     model.reward_fn = count("reward", model.reward_fn)
     model.q_fn = count("value", model.q_fn)
-    MPPIPlanner(cfg, model, 2).plan(torch.zeros(1), t0=True, generator=torch.Generator().manual_seed(0))
+    ToyPlanner(cfg, model, 2).plan(torch.zeros(1), t0=True, generator=torch.Generator().manual_seed(0))
     H, N, n_pi, J = cfg.horizon, 32, 4, 3
     assert rows == {"reward": H * n_pi + J * H * (N - n_pi), "value": J * N}
+
+
+def test_random_return_rolls_the_policy_sequences_out_every_iteration():
+    """RolloutFunctions(deterministic=False) (a random return, e.g. IQ-MPC's): all N rows, the policy
+    sequences included, are rolled out in every iteration; the policy sequences are still candidates."""
+    target = [0.123, -0.456]
+    cfg = small_cfg(num_samples=32, num_elites=1, num_pi_trajs=4, iterations=3)
+    model = ToyModel(target, pi_action=target)
+    rows = []
+    planner = ToyPlanner(cfg, model, 2)
+    fns = dataclasses.replace(planner.fns(), deterministic=False,
+                              reward=lambda z, a: rows.append(z.shape[0]) or model.reward(z, a))
+    a = planner.mppi.plan(fns, torch.zeros(1, 1), True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+    assert rows == [32] * (cfg.horizon * 3)
+    np.testing.assert_allclose(a[0].numpy(), target, atol=1e-6)
+
+
+def test_shared_reward_takes_the_first_step_of_one_problem():
+    """The first step of a one-problem plan starts every row from the same latent: with a
+    shared_reward it gets that latent once ([L]) and the actions; later steps get full rows."""
+    cfg = small_cfg(num_samples=32, num_pi_trajs=4, iterations=2)
+    model = ToyModel([0.1, 0.2])
+    calls = []
+
+    def shared(z, a):
+        calls.append(("shared", tuple(z.shape), a.shape[0]))
+        return model.reward(z.expand(a.shape[0], -1), a)
+
+    def full(z, a):
+        calls.append(("full", tuple(z.shape), a.shape[0]))
+        return model.reward(z, a)
+
+    planner = ToyPlanner(cfg, model, 2)
+    fns = dataclasses.replace(planner.fns(), reward=full, shared_reward=shared)
+    planner.mppi.plan(fns, torch.zeros(1, 1), True, generator=torch.Generator().manual_seed(0))
+    H = cfg.horizon
+    pi_calls = [("shared", (1,), 4)] + [("full", (4, 1), 4)] * (H - 1)
+    iteration = [("shared", (1,), 28)] + [("full", (28, 1), 28)] * (H - 1)
+    assert calls == pi_calls + iteration * 2
 
 
 def test_nan_values_count_as_zero():
@@ -187,7 +243,7 @@ def test_nan_values_count_as_zero():
     # and which of those tied elites came first was left to torch.topk; the ops break ties in
     # candidate order, so the test now pins NaN to the action that is returned.)
     model = ToyModel([0.0], reward_fn=lambda z, a: torch.where((z[:, 0] == 0) & (a[:, 0] > 0), torch.nan, -1.0))
-    planner = MPPIPlanner(cfg, model, 1)
+    planner = ToyPlanner(cfg, model, 1)
     a = planner.plan(torch.zeros(1), t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
     # NaN (-> 0) beats -1 - gamma - gamma^2, so the plan's first action is in the positive half
     assert torch.isfinite(a).all() and a.item() > 0
@@ -195,21 +251,23 @@ def test_nan_values_count_as_zero():
 
 def test_warm_start_and_reset():
     cfg = small_cfg()
-    planner = MPPIPlanner(cfg, ToyModel([0.5, 0.5]), 2)
-    assert (planner.initial_mean(t0=False) == 0).all()  # no previous plan yet
+    planner = ToyPlanner(cfg, ToyModel([0.5, 0.5]), 2)
+    mppi = planner.mppi
+    assert (mppi.initial_mean(t0=False) == 0).all()  # no previous plan yet
     planner.plan(torch.zeros(1), t0=True, generator=torch.Generator().manual_seed(0))
-    prev = planner.prev_mean.clone()
-    m = planner.initial_mean(t0=False)
-    torch.testing.assert_close(m[:-1], prev[1:])
-    assert (m[-1] == 0).all()
-    assert (planner.initial_mean(t0=True) == 0).all()
-    planner.reset()
-    assert (planner.initial_mean(t0=False) == 0).all()
+    prev = mppi.prev_mean.clone()
+    m = mppi.initial_mean(t0=False)
+    assert m.shape == prev.shape == (1, 3, 2)
+    torch.testing.assert_close(m[:, :-1], prev[:, 1:])
+    assert (m[:, -1] == 0).all()
+    assert (mppi.initial_mean(t0=True) == 0).all()
+    mppi.reset()
+    assert (mppi.initial_mean(t0=False) == 0).all()
 
 
 def test_plan_reproducible_and_noise_only_when_not_eval():
     cfg = small_cfg()
-    planner = MPPIPlanner(cfg, ToyModel([0.2, -0.1]), 2)
+    planner = ToyPlanner(cfg, ToyModel([0.2, -0.1]), 2)
     plan = lambda seed, ev: planner.plan(torch.zeros(1), t0=True, eval_mode=ev, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(plan(1, False), plan(1, False))
     assert not torch.allclose(plan(1, False), plan(2, False))
@@ -221,14 +279,15 @@ def test_plan_reproducible_and_noise_only_when_not_eval():
 
 def test_iterations_heuristic():
     cfg = small_cfg()
-    assert MPPIPlanner(cfg, ToyModel([0.0] * 19), 19).iterations == 6
-    assert MPPIPlanner(cfg, ToyModel([0.0] * 20), 20).iterations == 8
+    assert MPPISettings.from_config(cfg, 19).iterations == 6
+    assert MPPISettings.from_config(cfg, 20).iterations == 8
+    assert MPPISettings.from_config(cfg, 20, iterations=3).iterations == 3
 
 
 def test_world_model_q_dropout_off_while_planning():
     torch.manual_seed(0)
-    cfg = small_cfg(dropout=0.5)
-    model = WorldModel(cfg, 5, 2)
+    agent = CDREDAgent(small_cfg(dropout=0.5), 5, 2)
+    model = agent.model
     seen = []
     original_q = model.Q
 
@@ -238,10 +297,9 @@ def test_world_model_q_dropout_off_while_planning():
 
     model.Q = spy_q
     model.train()  # even if someone left the model in training mode
-    planner = MPPIPlanner(cfg, model, 2)
     z = model.encode(torch.randn(1, 5)).detach()
-    a1 = planner.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
-    a2 = planner.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+    a1 = agent.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+    a2 = agent.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
     assert seen and not any(seen)
     torch.testing.assert_close(a1, a2)
     assert model.training  # restored

@@ -1,0 +1,74 @@
+"""CDRED (SPEC sections 2-4): the coupled distributional reward of the two predictors against the
+random targets, learnt from an expert and a behavioural batch; no environment reward."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .common import Method, latent_rollout, rho_weights, td_targets, value_loss, with_total, world_model_rollout
+
+
+class CDRED(Method):
+    name = "cdred"
+    uses_expert = True
+    uses_env_reward = False
+    reward_part = "cdred"
+
+    def reward_parameters(self, model):
+        """Both predictors (the targets are never trained)."""
+        return model.reward_model.predictor_parameters()
+
+    def compute_losses(self, agent, obs: Tensor, action: Tensor, n_behavioral: int, noise,
+                       reward: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Steps 1-7 of SPEC section 3; also returns the predictor losses of each batch, detached
+        (``reward_loss_expert``, ``reward_loss_behavioral``)."""
+        cfg, m = agent.cfg, agent.model
+        H, nb = cfg.horizon, n_behavioral
+        rho_t = rho_weights(cfg.rho, H, agent.device)
+
+        # 1-2. z'_t = h(s_{t+1}) (no gradient); roll-out z_{t+1} = d(z_t, a_t) and consistency
+        next_z, zs, consistency = latent_rollout(m, obs, action, cfg.rho)
+
+        # 3 and 6 share one evaluation of the K targets: the rewards r_t = R(z_t, a_t) (no gradient)
+        # and the per-sample predictor losses on x = [z_t ; a_t] of the roll-out latents
+        x = torch.cat([zs[:-1], action], dim=-1)  # [H, N, L+A]
+        rewards, loss_exp, loss_beh = m.reward_model.reward_and_predictor_loss(
+            x, nb, idx_expert=noise.target_idx[:, nb:], idx_behavioral=noise.target_idx[:, :nb]
+        )
+
+        # 4. TD target y_t = r_t + gamma * Q_bar_min(z'_t, pi(z'_t)), sampled policy action
+        targets = td_targets(agent, next_z, rewards, noise)
+
+        # 5. value = (1/(H num_q)) sum_t rho^t sum_q mean_i CE(Q_q(z_t, a_t), twohot(y_t))
+        value, q_logits = value_loss(agent, zs, action, targets, rho_t)
+
+        # 6. predictor loss (SPEC section 2): sum_t rho^t (l_phi + l_psi) / H
+        loss_exp_t = (loss_exp.view(H, -1).mean(dim=1) * rho_t).sum() / H
+        loss_beh_t = (loss_beh.view(H, -1).mean(dim=1) * rho_t).sum() / H
+        reward_loss = loss_exp_t + loss_beh_t
+
+        # 7. total = 20 consistency + 0.1 value + 0.1 reward (the config's coefficients)
+        return with_total(cfg, consistency, value, reward_loss, zs, rewards, targets, q_logits,
+                          reward_loss_expert=loss_exp_t.detach(), reward_loss_behavioral=loss_beh_t.detach())
+
+    def rollout_functions(self, model, generator: Optional[torch.Generator] = None):
+        """The return with the CDRED reward ``R(z, a)`` (SPEC Eq. 7); at a plan's first step, where
+        every row has the same ``z``, its part of each first layer is computed once."""
+        reward_model = model.reward_model
+        return world_model_rollout(
+            model, generator,
+            reward=lambda z, a: reward_model(torch.cat([z, a], dim=-1)),
+            shared_reward=lambda z, a: reward_model(a, x_shared=z),
+        )
+
+    def stats(self, losses, n_behavioral, q):
+        nb, rewards = n_behavioral, losses["rewards"]
+        return {
+            "reward_loss_expert": float(losses["reward_loss_expert"]),
+            "reward_loss_behavioral": float(losses["reward_loss_behavioral"]),
+            "reward_expert": float(rewards[:, nb:].mean()),
+            "q_gap": float(q[:, nb:].mean() - q[:, :nb].mean()),
+        }
