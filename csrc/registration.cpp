@@ -1,10 +1,14 @@
-// Every op schema of the cdred_fast namespace, defined once. The CPU and CUDA
-// implementations register themselves under their dispatch keys in the op
-// family folders (csrc/<family>/cpu.cpp, csrc/<family>/cuda.cu).
+// Every op schema of the cdred_fast namespace, defined once, and every
+// registration: each op's host front (ops.h, csrc/<family>/front.cpp) under the
+// CPU key and, in CUDA builds, the CUDA key; the MPPI ops' Autograd kernel.
 #include <Python.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <string>
+
+#include "ops.h"
 
 #ifndef CDRED_TORCH_VERSION
 #define CDRED_TORCH_VERSION "unknown"
@@ -92,6 +96,47 @@ TORCH_LIBRARY(cdred_fast, m) {
       "layernorm_mish_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor gamma, Tensor beta) "
       "-> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)");
   m.def("_build_info() -> str", &build_info);
+}
+
+namespace {
+
+// The fronts choose the CPU or the CUDA launcher from the tensors' device, so
+// both dispatch keys register the same functions.
+void register_kernels(torch::Library& m) {
+  m.impl("moment_bonus", &moment_bonus);
+  m.impl("cdred_reward", &cdred_reward);
+  m.impl("ensemble_mlp", &ensemble_mlp);
+  m.impl("ensemble_reward", &ensemble_reward);
+  m.impl("_rnd_mish", &rnd_mish);
+  m.impl("layernorm_mish", &layernorm_mish);
+  m.impl("layernorm_mish_backward", &layernorm_mish_backward);
+  m.impl("mppi_sample", &mppi_sample);
+  m.impl("mppi_elite_update", &mppi_elite_update);
+  m.impl("mppi_select", &mppi_select);
+}
+
+// Planning is no-grad: the MPPI ops are non-differentiable. Their Autograd
+// kernel (for every backend) re-invokes the op below autograd, so outputs never
+// require grad and a backward through them fails loudly ("does not require
+// grad") instead of returning a wrong gradient. In C++ rather than a Python
+// autograd.Function, it costs no Python round trip per call.
+void call_below_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const at::AutoDispatchBelowADInplaceOrView guard;
+  op.callBoxed(stack);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cdred_fast, CPU, m) { register_kernels(m); }
+
+#ifdef CDRED_WITH_CUDA
+TORCH_LIBRARY_IMPL(cdred_fast, CUDA, m) { register_kernels(m); }
+#endif
+
+TORCH_LIBRARY_IMPL(cdred_fast, Autograd, m) {
+  m.impl("mppi_sample", torch::CppFunction::makeFromBoxedFunction<&call_below_autograd>());
+  m.impl("mppi_elite_update", torch::CppFunction::makeFromBoxedFunction<&call_below_autograd>());
+  m.impl("mppi_select", torch::CppFunction::makeFromBoxedFunction<&call_below_autograd>());
 }
 
 }  // namespace cdred

@@ -1,12 +1,10 @@
-// CPU kernels of the MPPI planning ops (SPEC section 4).
+// CPU kernels of the MPPI planning ops (SPEC section 4). mppi/front.cpp
+// validates the inputs, draws the random numbers and calls the launchers.
 //
-// mppi_sample / mppi_select: the random draws are made by ATen itself with the
-// caller's generator, in the reference's shapes and order (at::randn; for the
-// elite, the calls torch.multinomial(w, 1) makes, see mppi/elite_draw.h), so
-// they are the reference's draws bit for bit; the kernel then applies one fused
-// pass (mul-add-clamp) in place on the noise buffer.
-// These loops are compiled without target clones, i.e. without FMA, so the
-// arithmetic rounds exactly as the reference's separate multiply and add.
+// mppi_sample / mppi_select: one fused pass (mul-add-clamp) in place on the
+// noise buffer the front drew. These loops are compiled without target clones,
+// i.e. without FMA, so the arithmetic rounds exactly as the reference's
+// separate multiply and add.
 //
 // mppi_elite_update: per batch problem, a partial selection (nth_element +
 // sort of the k best, O(N + k log k)) under a strict total order (value
@@ -16,22 +14,13 @@
 // across threads; when there are few of them, the (h, a) pairs are.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/randn.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <optional>
-#include <tuple>
 #include <vector>
 
-#include "common/checks.h"
-#include "mppi/elite_draw.h"
+#include "mppi/launch.h"
 #include "mppi/mppi_math.h"
 
 namespace cdred {
@@ -50,28 +39,6 @@ void sample_rows(const scalar_t* mean, const scalar_t* stdev, scalar_t* x, int64
 #pragma omp simd
     for (int64_t a = 0; a < A; ++a) xr[a] = clamp_keep_nan<scalar_t>(mul_add_rounded(m[a], s[a], xr[a]), -1, 1);
   }
-}
-
-at::Tensor mppi_sample_cpu(const at::Tensor& mean_in, const at::Tensor& std_in, int64_t num_samples,
-                           std::optional<at::Generator> generator) {
-  constexpr const char* op = "cdred_fast::mppi_sample";
-  check_mppi_sample_inputs(op, mean_in, std_in, num_samples, generator);
-  TORCH_CHECK_VALUE(mean_in.device().is_cpu(), op, ": CPU kernel called with tensors on ", mean_in.device());
-  const at::Tensor mean = mean_in.contiguous();
-  const at::Tensor stdev = std_in.contiguous();
-  const int64_t B = mean.size(0), H = mean.size(1), A = mean.size(2), M = num_samples;
-  // eps ~ N(0, 1) of shape [B, H, M, A]: the same call, hence the same numbers, as the reference.
-  at::Tensor out = at::randn({B, H, M, A}, generator, mean.options());
-  if (out.numel() == 0) return out;
-  // A memory-bound pass: only worth more threads beyond ~256k elements.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / A);
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "cdred_fast_mppi_sample_cpu", [&] {
-    const scalar_t* mu = mean.data_ptr<scalar_t>();
-    const scalar_t* sd = stdev.data_ptr<scalar_t>();
-    scalar_t* x = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B * H * M, grain, [&](int64_t begin, int64_t end) { sample_rows(mu, sd, x, M, A, begin, end); });
-  });
-  return out;
 }
 
 // ----------------------------------------------------------------------------- mppi_elite_update
@@ -160,23 +127,26 @@ void moments_pairs(const scalar_t* actions, const int64_t* elite_index, const sc
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mppi_elite_update_cpu(
-    const at::Tensor& values_in, const at::Tensor& actions_in, int64_t num_elites, double temperature, double min_std,
-    double max_std) {
-  constexpr const char* op = "cdred_fast::mppi_elite_update";
-  check_mppi_elite_inputs(op, values_in, actions_in, num_elites, temperature, min_std, max_std);
-  TORCH_CHECK_VALUE(values_in.device().is_cpu(), op, ": CPU kernel called with tensors on ", values_in.device());
-  const at::Tensor values = values_in.contiguous();
-  const at::Tensor actions = actions_in.contiguous();
-  const int64_t B = actions.size(0), H = actions.size(1), N = actions.size(2), A = actions.size(3);
-  const int64_t k = num_elites;
-  const EliteParams p{H, N, A, k, temperature, min_std, max_std};
-  const auto opts = values.options();
-  at::Tensor mean = at::empty({B, H, A}, opts), stdev = at::empty({B, H, A}, opts);
-  at::Tensor elite_actions = at::empty({B, H, k, A}, opts);
-  at::Tensor elite_weights = at::empty({B, k}, opts), elite_values = at::empty({B, k}, opts);
-  if (B == 0) return {mean, stdev, elite_actions, elite_weights, elite_values};
+}  // namespace
 
+void launch_mppi_sample_cpu(const at::Tensor& mean, const at::Tensor& stdev, const at::Tensor& out) {
+  const int64_t B = out.size(0), H = out.size(1), M = out.size(2), A = out.size(3);
+  // A memory-bound pass: only worth more threads beyond ~256k elements.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / A);
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "cdred_fast_mppi_sample_cpu", [&] {
+    const scalar_t* mu = mean.data_ptr<scalar_t>();
+    const scalar_t* sd = stdev.data_ptr<scalar_t>();
+    scalar_t* x = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B * H * M, grain, [&](int64_t begin, int64_t end) { sample_rows(mu, sd, x, M, A, begin, end); });
+  });
+}
+
+void launch_mppi_elite_update_cpu(const at::Tensor& values, const at::Tensor& actions, const EliteUpdateArgs& args,
+                                  const at::Tensor& mean, const at::Tensor& stdev, const at::Tensor& elite_actions,
+                                  const at::Tensor& elite_weights, const at::Tensor& elite_values) {
+  const int64_t B = actions.size(0), H = actions.size(1), N = actions.size(2), A = actions.size(3);
+  const int64_t k = args.num_elites;
+  const EliteParams p{H, N, A, k, args.temperature, args.min_std, args.max_std};
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "cdred_fast_mppi_elite_update_cpu", [&] {
     const scalar_t* v = values.data_ptr<scalar_t>();
     const scalar_t* act = actions.data_ptr<scalar_t>();
@@ -207,52 +177,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mppi_elit
       }
     });
   });
-  return {mean, stdev, elite_actions, elite_weights, elite_values};
 }
 
-// ----------------------------------------------------------------------------- mppi_select
-// The checks torch.multinomial makes before it draws (elite_draw.h leaves them
-// out): every weight finite and >= 0, and each row with a positive sum. One pass
-// over the B * k weights; the messages name the first offending row.
-void check_elite_weights_cpu(const char* op, const at::Tensor& weights_in) {
-  const at::Tensor weights = weights_in.contiguous();
-  const int64_t B = weights.size(0), k = weights.size(1);
-  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "cdred_fast_mppi_select_check_cpu", [&] {
-    const scalar_t* w = weights.data_ptr<scalar_t>();
-    const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
-    for (int64_t b = 0; b < B; ++b) {
-      bool positive = false;
-      for (int64_t j = 0; j < k; ++j) {
-        const scalar_t v = w[b * k + j];
-        // NaN fails both comparisons, so it is caught here too.
-        TORCH_CHECK(v >= 0 && v < inf, op, ": argument 'elite_weights' is not a probability distribution: row ", b,
-                    " has the weight ", v, " (the probability tensor must not contain inf, nan or an element < 0)");
-        positive = positive || v > 0;
-      }
-      TORCH_CHECK(positive, op, ": argument 'elite_weights' is not a probability distribution: row ", b,
-                  " sums to 0 (invalid multinomial distribution: sum of probabilities <= 0)");
-    }
-  });
-}
-
-at::Tensor mppi_select_cpu(const at::Tensor& elite_actions_in, const at::Tensor& elite_weights,
-                           const at::Tensor& std_in, bool eval_mode, std::optional<at::Generator> generator) {
-  constexpr const char* op = "cdred_fast::mppi_select";
-  check_mppi_select_inputs(op, elite_actions_in, elite_weights, std_in, generator);
-  TORCH_CHECK_VALUE(elite_actions_in.device().is_cpu(), op, ": CPU kernel called with tensors on ",
-                    elite_actions_in.device());
-  const at::Tensor elite_actions = elite_actions_in.contiguous();
-  const at::Tensor stdev = std_in.contiguous();
+void launch_mppi_select_cpu(const at::Tensor& elite_actions, const at::Tensor& stdev, const at::Tensor& choice,
+                            const at::Tensor& out, bool eval_mode) {
   const int64_t B = elite_actions.size(0), H = elite_actions.size(1), k = elite_actions.size(2),
                 A = elite_actions.size(3);
-  const auto opts = elite_actions.options();
-  if (B == 0) return at::empty({0, A}, opts);
-  // Draw 1: one elite per problem with probability w; the weights are checked
-  // first, as torch.multinomial does, so a bad row consumes no random numbers.
-  check_elite_weights_cpu(op, elite_weights);
-  const at::Tensor choice = draw_elite_index(elite_weights, generator);  // [B]
-  // Draw 2 (after draw 1, and only when not evaluating): eps ~ N(0, 1) of shape [B, A].
-  at::Tensor out = eval_mode ? at::empty({B, A}, opts) : at::randn({B, A}, generator, opts);
   AT_DISPATCH_FLOATING_TYPES(elite_actions.scalar_type(), "cdred_fast_mppi_select_cpu", [&] {
     const scalar_t* ea = elite_actions.data_ptr<scalar_t>();
     const scalar_t* sd = stdev.data_ptr<scalar_t>();
@@ -270,34 +200,6 @@ at::Tensor mppi_select_cpu(const at::Tensor& elite_actions_in, const at::Tensor&
       }
     }
   });
-  return out;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(cdred_fast, CPU, m) {
-  m.impl("mppi_sample", &mppi_sample_cpu);
-  m.impl("mppi_elite_update", &mppi_elite_update_cpu);
-  m.impl("mppi_select", &mppi_select_cpu);
-}
-
-// Planning is no-grad: the MPPI ops are non-differentiable. Their Autograd
-// kernel (for every backend; it lives here because this file is always built)
-// re-invokes the op below autograd, so outputs never require grad and a
-// backward through them fails loudly ("does not require grad") instead of
-// returning a wrong gradient. In C++ rather than a Python autograd.Function,
-// it costs no Python round trip per call.
-namespace {
-void call_below_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
-  const at::AutoDispatchBelowADInplaceOrView guard;
-  op.callBoxed(stack);
-}
-}  // namespace
-
-TORCH_LIBRARY_IMPL(cdred_fast, Autograd, m) {
-  m.impl("mppi_sample", torch::CppFunction::makeFromBoxedFunction<&call_below_autograd>());
-  m.impl("mppi_elite_update", torch::CppFunction::makeFromBoxedFunction<&call_below_autograd>());
-  m.impl("mppi_select", torch::CppFunction::makeFromBoxedFunction<&call_below_autograd>());
 }
 
 }  // namespace cdred

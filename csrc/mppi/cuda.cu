@@ -1,13 +1,11 @@
-// CUDA kernels of the MPPI planning ops (SPEC section 4).
+// CUDA kernels of the MPPI planning ops (SPEC section 4). mppi/front.cpp
+// validates the inputs, sets the device, draws the random numbers and calls the
+// launchers.
 //
-// mppi_sample / mppi_select: the random numbers come from ATen with the
-// caller's generator, in the reference's shapes and order (at::randn; for the
-// elite, the exponential_ / argmax calls of torch.multinomial(w, 1), see
-// mppi/elite_draw.h), so they are the reference's draws; a single element-wise
-// kernel then applies mul-add-clamp in place on the noise buffer. mppi_select
-// reads the drawn elite index on the device: nothing is copied to the host and
-// the weights are not validated (ATen's check would read a reduction on the
-// host), so a plan can be recorded in a CUDA graph.
+// mppi_sample / mppi_select: a single element-wise kernel applies mul-add-clamp
+// in place on the noise buffer the front drew. mppi_select reads the drawn
+// elite index on the device: nothing is copied to the host, so a plan can be
+// recorded in a CUDA graph.
 //
 // mppi_elite_update: one block per batch problem.
 //   1. Top-k: the N (value, index) pairs are sorted in shared memory with a
@@ -24,21 +22,15 @@
 // Every launch uses the current CUDA stream; nothing synchronises with the host.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/randn.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <optional>
 #include <tuple>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
-#include "mppi/elite_draw.h"
+#include "mppi/launch.h"
 #include "mppi/mppi_math.h"
 
 namespace cdred {
@@ -50,7 +42,7 @@ constexpr int kMaxWarps = kMaxThreads / kWarpSize;
 constexpr int64_t kSortBytesPerCandidate = sizeof(uint64_t) + sizeof(uint32_t);
 // Index of the padding entries of the sort; they carry the smallest key (0), which
 // no real candidate has (even -inf maps to a non-zero key), so they sort last.
-constexpr uint32_t kPadIndex = 0xffffffffu;
+constexpr uint32_t kPadIndex = kEliteSortPadIndex;
 
 unsigned elementwise_blocks(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>((n + kElementwiseThreads - 1) / kElementwiseThreads, 65536));
@@ -66,28 +58,6 @@ __global__ void sample_kernel(const scalar_t* __restrict__ mean, const scalar_t*
     const int64_t bh = i / (M * A);
     x[i] = clamp_keep_nan<scalar_t>(mul_add_rounded(mean[bh * A + a], stdev[bh * A + a], x[i]), -1, 1);
   }
-}
-
-at::Tensor mppi_sample_cuda(const at::Tensor& mean_in, const at::Tensor& std_in, int64_t num_samples,
-                            std::optional<at::Generator> generator) {
-  constexpr const char* op = "cdred_fast::mppi_sample";
-  check_mppi_sample_inputs(op, mean_in, std_in, num_samples, generator);
-  TORCH_CHECK_VALUE(mean_in.is_cuda(), op, ": CUDA kernel called with 'mean' on ", mean_in.device());
-  const c10::cuda::CUDAGuard guard(mean_in.device());
-  const at::Tensor mean = mean_in.contiguous();
-  const at::Tensor stdev = std_in.contiguous();
-  const int64_t B = mean.size(0), H = mean.size(1), A = mean.size(2), M = num_samples;
-  // eps ~ N(0, 1) of shape [B, H, M, A]: the reference's call, hence its numbers.
-  at::Tensor out = at::randn({B, H, M, A}, generator, mean.options());
-  const int64_t numel = out.numel();
-  if (numel == 0) return out;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "cdred_fast_mppi_sample_cuda", [&] {
-    sample_kernel<scalar_t><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
-        mean.data_ptr<scalar_t>(), stdev.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, M, A);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
 }
 
 // ----------------------------------------------------------------------------- mppi_elite_update
@@ -239,9 +209,9 @@ int64_t max_sort_candidates(int device, size_t static_smem) {
 }
 
 template <typename scalar_t>
-void launch_elite_update(const at::Tensor& values, const at::Tensor& actions, const EliteArgs& args_in, at::Tensor& mean,
-                         at::Tensor& stdev, at::Tensor& elite_actions, at::Tensor& elite_weights,
-                         at::Tensor& elite_values, cudaStream_t stream) {
+void run_elite_update(const at::Tensor& values, const at::Tensor& actions, const EliteArgs& args_in,
+                         const at::Tensor& mean, const at::Tensor& stdev, const at::Tensor& elite_actions,
+                         const at::Tensor& elite_weights, const at::Tensor& elite_values, cudaStream_t stream) {
   EliteArgs args = args_in;
   const int64_t B = values.size(0), N = args.N;
   int64_t P = 1;
@@ -277,33 +247,6 @@ void launch_elite_update(const at::Tensor& values, const at::Tensor& actions, co
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mppi_elite_update_cuda(
-    const at::Tensor& values_in, const at::Tensor& actions_in, int64_t num_elites, double temperature, double min_std,
-    double max_std) {
-  constexpr const char* op = "cdred_fast::mppi_elite_update";
-  check_mppi_elite_inputs(op, values_in, actions_in, num_elites, temperature, min_std, max_std);
-  TORCH_CHECK_VALUE(values_in.is_cuda(), op, ": CUDA kernel called with 'values' on ", values_in.device());
-  const c10::cuda::CUDAGuard guard(values_in.device());
-  const at::Tensor values = values_in.contiguous();
-  const at::Tensor actions = actions_in.contiguous();
-  const int64_t B = actions.size(0), H = actions.size(1), N = actions.size(2), A = actions.size(3);
-  const int64_t k = num_elites;
-  TORCH_CHECK_VALUE(B <= int64_t(2147483647), op, ": too many batch problems (B = ", B, ") for one launch");
-  TORCH_CHECK_VALUE(N < int64_t(kPadIndex), op, ": argument 'values' has too many candidates (N = ", N, ")");
-  const auto opts = values.options();
-  at::Tensor mean = at::empty({B, H, A}, opts), stdev = at::empty({B, H, A}, opts);
-  at::Tensor elite_actions = at::empty({B, H, k, A}, opts);
-  at::Tensor elite_weights = at::empty({B, k}, opts), elite_values = at::empty({B, k}, opts);
-  if (B == 0) return {mean, stdev, elite_actions, elite_weights, elite_values};
-  const EliteArgs args{H, N, A, k, 0, temperature, min_std, max_std};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "cdred_fast_mppi_elite_update_cuda", [&] {
-    launch_elite_update<scalar_t>(values, actions, args, mean, stdev, elite_actions, elite_weights, elite_values,
-                                  stream);
-  });
-  return {mean, stdev, elite_actions, elite_weights, elite_values};
-}
-
 // ----------------------------------------------------------------------------- mppi_select
 // out[b, a] <- clamp(elite_actions[b, 0, choice[b], a] (+ std[b, 0, a] * out[b, a]), -1, 1).
 template <typename scalar_t>
@@ -318,26 +261,35 @@ __global__ void select_kernel(const scalar_t* __restrict__ elite_actions, const 
   }
 }
 
-at::Tensor mppi_select_cuda(const at::Tensor& elite_actions_in, const at::Tensor& elite_weights,
-                            const at::Tensor& std_in, bool eval_mode, std::optional<at::Generator> generator) {
-  constexpr const char* op = "cdred_fast::mppi_select";
-  check_mppi_select_inputs(op, elite_actions_in, elite_weights, std_in, generator);
-  TORCH_CHECK_VALUE(elite_actions_in.is_cuda(), op, ": CUDA kernel called with 'elite_actions' on ",
-                    elite_actions_in.device());
-  const c10::cuda::CUDAGuard guard(elite_actions_in.device());
-  const at::Tensor elite_actions = elite_actions_in.contiguous();
-  const at::Tensor stdev = std_in.contiguous();
+}  // namespace
+
+void launch_mppi_sample_cuda(const at::Tensor& mean, const at::Tensor& stdev, const at::Tensor& out) {
+  const int64_t M = out.size(2), A = out.size(3);
+  const int64_t numel = out.numel();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "cdred_fast_mppi_sample_cuda", [&] {
+    sample_kernel<scalar_t><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+        mean.data_ptr<scalar_t>(), stdev.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, M, A);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void launch_mppi_elite_update_cuda(const at::Tensor& values, const at::Tensor& actions, const EliteUpdateArgs& args,
+                                   const at::Tensor& mean, const at::Tensor& stdev, const at::Tensor& elite_actions,
+                                   const at::Tensor& elite_weights, const at::Tensor& elite_values) {
+  const int64_t H = actions.size(1), N = actions.size(2), A = actions.size(3);
+  const EliteArgs elite_args{H, N, A, args.num_elites, 0, args.temperature, args.min_std, args.max_std};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "cdred_fast_mppi_elite_update_cuda", [&] {
+    run_elite_update<scalar_t>(values, actions, elite_args, mean, stdev, elite_actions, elite_weights,
+                                  elite_values, stream);
+  });
+}
+
+void launch_mppi_select_cuda(const at::Tensor& elite_actions, const at::Tensor& stdev, const at::Tensor& choice,
+                             const at::Tensor& out, bool eval_mode) {
   const int64_t B = elite_actions.size(0), H = elite_actions.size(1), k = elite_actions.size(2),
                 A = elite_actions.size(3);
-  const auto opts = elite_actions.options();
-  if (B == 0) return at::empty({0, A}, opts);
-  // Draw 1: one elite per problem with probability w, the draw of
-  // torch.multinomial(w, 1) without its host-side validation (elite_draw.h):
-  // no synchronisation, capturable. An invalid row still gives an index in [0, k).
-  const at::Tensor choice = draw_elite_index(elite_weights, generator);  // [B]
-  // Draw 2 (after draw 1, and only when not evaluating): eps ~ N(0, 1) of shape [B, A].
-  at::Tensor out = eval_mode ? at::empty({B, A}, opts) : at::randn({B, A}, generator, opts);
-  if (A == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(elite_actions.scalar_type(), "cdred_fast_mppi_select_cuda", [&] {
     select_kernel<scalar_t><<<elementwise_blocks(B * A), kElementwiseThreads, 0, stream>>>(
@@ -345,15 +297,6 @@ at::Tensor mppi_select_cuda(const at::Tensor& elite_actions_in, const at::Tensor
         out.data_ptr<scalar_t>(), B, H, k, A, eval_mode);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(cdred_fast, CUDA, m) {
-  m.impl("mppi_sample", &mppi_sample_cuda);
-  m.impl("mppi_elite_update", &mppi_elite_update_cuda);
-  m.impl("mppi_select", &mppi_select_cuda);
 }
 
 }  // namespace cdred

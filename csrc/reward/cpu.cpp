@@ -1,4 +1,5 @@
-// CPU kernels for moment_bonus and cdred_reward (SPEC section 2).
+// CPU kernel of moment_bonus and cdred_reward (SPEC section 2); reward/front.cpp
+// validates the inputs and calls launch_reward_cpu.
 //
 // One pass over the targets: for each row the K target vectors, shifted by the
 // first, are summed and squared-summed into two length-D accumulators
@@ -9,12 +10,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
-#include "common/checks.h"
+#include "common/macros.h"
+#include "reward/launch.h"
 #include "reward/reward_math.h"
 
 namespace cdred {
@@ -91,18 +92,15 @@ inline void call_rows(const double* const* preds, const double* t, double* out, 
   npred == 1 ? rows_d1(preds, t, out, K, N, D, p, b, e, s, s2) : rows_d2(preds, t, out, K, N, D, p, b, e, s, s2);
 }
 
-at::Tensor launch(const std::vector<at::Tensor>& preds_in, const at::Tensor& targets_in, const RewardParams& p) {
-  const at::Tensor targets = targets_in.contiguous();
-  std::vector<at::Tensor> preds;
-  for (const auto& t : preds_in) preds.push_back(t.contiguous());
+}  // namespace
+
+void launch_reward_cpu(const at::Tensor& pred0, const at::Tensor& pred1, const at::Tensor& targets,
+                       const at::Tensor& out, const RewardParams& p, int npred) {
   const int64_t K = targets.size(0), N = targets.size(1), D = targets.size(2);
-  at::Tensor out = at::empty({N}, preds[0].options());
-  if (N == 0) return out;
-  const int npred = static_cast<int>(preds.size());
   // Aim for ~32k target elements per task so small batches stay on one thread.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * D));
   AT_DISPATCH_FLOATING_TYPES(targets.scalar_type(), "cdred_fast_reward_cpu", [&] {
-    const scalar_t* pred_ptrs[2] = {preds[0].data_ptr<scalar_t>(), preds[npred - 1].data_ptr<scalar_t>()};
+    const scalar_t* pred_ptrs[2] = {pred0.data_ptr<scalar_t>(), pred1.data_ptr<scalar_t>()};
     const scalar_t* t = targets.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
@@ -110,34 +108,6 @@ at::Tensor launch(const std::vector<at::Tensor>& preds_in, const at::Tensor& tar
       call_rows(pred_ptrs, t, o, K, N, D, p, begin, end, scratch.data(), scratch.data() + D, npred);
     });
   });
-  return out;
-}
-
-at::Tensor moment_bonus_cpu(const at::Tensor& pred, const at::Tensor& targets, double alpha, double eps) {
-  constexpr const char* op = "cdred_fast::moment_bonus";
-  check_moment_inputs(op, {{"pred", &pred}}, targets, alpha, eps);
-  TORCH_CHECK_VALUE(targets.device().is_cpu(), op, ": CPU kernel called with tensors on ", targets.device());
-  return launch({pred}, targets, RewardParams{alpha, 0.0, 0.0, eps, 0});
-}
-
-at::Tensor cdred_reward_cpu(const at::Tensor& pred_expert, const at::Tensor& pred_behavioral,
-                            const at::Tensor& targets, double alpha, double zeta, double sigma, c10::string_view g,
-                            double eps) {
-  constexpr const char* op = "cdred_fast::cdred_reward";
-  check_moment_inputs(op, {{"pred_expert", &pred_expert}, {"pred_behavioral", &pred_behavioral}}, targets, alpha,
-                      eps);
-  check_unit_interval(op, "zeta", zeta);
-  check_nonnegative(op, "sigma", sigma);
-  const int gi = parse_g(op, std::string(g));
-  TORCH_CHECK_VALUE(targets.device().is_cpu(), op, ": CPU kernel called with tensors on ", targets.device());
-  return launch({pred_expert, pred_behavioral}, targets, RewardParams{alpha, zeta, sigma, eps, gi});
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(cdred_fast, CPU, m) {
-  m.impl("moment_bonus", &moment_bonus_cpu);
-  m.impl("cdred_reward", &cdred_reward_cpu);
 }
 
 }  // namespace cdred

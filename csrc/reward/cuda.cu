@@ -1,4 +1,5 @@
-// CUDA kernels for moment_bonus and cdred_reward (SPEC section 2).
+// CUDA kernel of moment_bonus and cdred_reward (SPEC section 2); reward/front.cpp
+// validates the inputs, sets the device and calls launch_reward_cuda.
 //
 // One block per row. Threads stride over the D coordinates; each thread reads
 // the K target values of its coordinates once (coalesced across the warp),
@@ -7,14 +8,11 @@
 // is written. Launched on the current CUDA stream.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "reward/launch.h"
 #include "reward/reward_math.h"
 
 namespace cdred {
@@ -61,17 +59,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-at::Tensor launch(const at::Tensor& pred0_in, const at::Tensor& pred1_in, const at::Tensor& targets_in,
-                  const RewardParams& p, int npred, const char* op) {
-  TORCH_CHECK_VALUE(targets_in.is_cuda(), op, ": CUDA kernel called with 'targets' on ", targets_in.device());
-  const c10::cuda::CUDAGuard guard(targets_in.device());
-  const at::Tensor targets = targets_in.contiguous();
-  const at::Tensor pred0 = pred0_in.contiguous();
-  const at::Tensor pred1 = pred1_in.contiguous();
+}  // namespace
+
+void launch_reward_cuda(const at::Tensor& pred0, const at::Tensor& pred1, const at::Tensor& targets,
+                        const at::Tensor& out, const RewardParams& p, int npred) {
   const int64_t K = targets.size(0), N = targets.size(1), D = targets.size(2);
-  TORCH_CHECK_VALUE(N <= int64_t(2147483647), op, ": too many rows (N = ", N, ") for one launch");
-  at::Tensor out = at::empty({N}, pred0.options());
-  if (N == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(targets.scalar_type(), "cdred_fast_reward_cuda", [&] {
     const dim3 grid(static_cast<unsigned>(N));
@@ -86,32 +78,6 @@ at::Tensor launch(const at::Tensor& pred0_in, const at::Tensor& pred1_in, const 
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
-}
-
-at::Tensor moment_bonus_cuda(const at::Tensor& pred, const at::Tensor& targets, double alpha, double eps) {
-  constexpr const char* op = "cdred_fast::moment_bonus";
-  check_moment_inputs(op, {{"pred", &pred}}, targets, alpha, eps);
-  return launch(pred, pred, targets, RewardParams{alpha, 0.0, 0.0, eps, 0}, 1, op);
-}
-
-at::Tensor cdred_reward_cuda(const at::Tensor& pred_expert, const at::Tensor& pred_behavioral,
-                             const at::Tensor& targets, double alpha, double zeta, double sigma, c10::string_view g,
-                             double eps) {
-  constexpr const char* op = "cdred_fast::cdred_reward";
-  check_moment_inputs(op, {{"pred_expert", &pred_expert}, {"pred_behavioral", &pred_behavioral}}, targets, alpha,
-                      eps);
-  check_unit_interval(op, "zeta", zeta);
-  check_nonnegative(op, "sigma", sigma);
-  const int gi = parse_g(op, std::string(g));
-  return launch(pred_expert, pred_behavioral, targets, RewardParams{alpha, zeta, sigma, eps, gi}, 2, op);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(cdred_fast, CUDA, m) {
-  m.impl("moment_bonus", &moment_bonus_cuda);
-  m.impl("cdred_reward", &cdred_reward_cuda);
 }
 
 }  // namespace cdred

@@ -1,0 +1,121 @@
+// CUDA kernel of the LayerNorm -> Mish rows (common/ln_mish.h has the contract).
+//
+// One warp per row of D values:
+//   pass 1: each lane reads its strided elements, v = src (+ bias, then stored
+//           in dst), and sums v - v_0 and (v - v_0)^2; a butterfly (xor) warp
+//           shuffle gives every lane the row sums;
+//   pass 2: dst <- Mish((v - mean) * rstd * gamma + beta), Mish with expf / exp
+//           (the CUDA math library: max 2 ulp / 1 ulp; see ln_mish_math.h).
+// The second pass re-reads the row (at most a few KB, from L1/L2). Launched on
+// the current CUDA stream; nothing synchronises with the host.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+#include "common/cuda_utils.cuh"
+#include "common/ln_mish.h"
+#include "common/ln_mish_math.h"
+
+namespace cdred {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / kWarpSize;
+constexpr int64_t kMaxBlocks = 65535;
+
+// Row s = e * N + n of the [E, N] grid reads src + e * src_se + n * src_sn and
+// writes dst + s * D. src and dst may be the same memory: in place, each
+// element j is read and then written by the same lane, except element 0, which
+// every lane reads for the shift v0 (see the __syncwarp below).
+template <typename T, bool kBias, bool kStats>
+__global__ void __launch_bounds__(kThreads)
+    ln_mish_kernel(const T* src, int64_t src_se, int64_t src_sn, T* dst, const T* __restrict__ bias,
+                   const T* __restrict__ gamma, const T* __restrict__ beta, T* __restrict__ mean_out,
+                   T* __restrict__ rstd_out, int64_t E, int64_t N, int64_t D, T eps) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  const int64_t rows = E * N;
+  const T inv_d = T(1) / T(D);
+  for (int64_t s = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize; s < rows; s += warps) {
+    const int64_t e = s / N, n = s % N;
+    const T* in = src + e * src_se + n * src_sn;
+    T* out = dst + s * D;
+    const T* g = gamma + e * D;
+    const T* b = beta + e * D;
+    const T* c = kBias ? bias + e * D : nullptr;
+    T v0;
+    if constexpr (kBias) {
+      v0 = in[0] + c[0];
+    } else {
+      v0 = in[0];
+    }
+    // In place (dst aliases src), lane 0 overwrites in[0] with v0 in the loop
+    // below. Lanes of a warp are not guaranteed to run in lockstep (independent
+    // thread scheduling since Volta), so without a barrier another lane could
+    // read in[0] after that store and add the bias twice. __syncwarp() makes
+    // every lane's read of in[0] happen before any lane's first store (it also
+    // orders the memory accesses of the warp's lanes).
+    __syncwarp();
+    T s1 = 0, s2 = 0;
+    for (int64_t j = lane; j < D; j += kWarpSize) {
+      T vj;
+      if constexpr (kBias) {
+        vj = in[j] + c[j];  // the Linear's bias
+        out[j] = vj;
+      } else {
+        vj = in[j];
+      }
+      const T u = vj - v0;
+      s1 += u;
+      s2 += u * u;
+    }
+    s1 = warp_allsum(s1);
+    s2 = warp_allsum(s2);
+    const LnStats<T> st = ln_stats_from_shifted_sums<T>(v0, s1, s2, inv_d, eps);
+    if constexpr (kStats) {
+      if (lane == 0) {
+        mean_out[s] = st.mean;
+        rstd_out[s] = st.rstd;
+      }
+    }
+    const T* v = kBias ? out : in;  // pass 1 stored v in dst when it added the bias; each lane re-reads its own
+    for (int64_t j = lane; j < D; j += kWarpSize) out[j] = ln_affine_mish<T>(v[j], st.mean, st.rstd, g[j], b[j]);
+  }
+}
+
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+}  // namespace
+
+void launch_ln_mish_cuda(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& bias, const at::Tensor& gamma,
+                         const at::Tensor& beta, double eps, const at::Tensor& mean_out, const at::Tensor& rstd_out) {
+  const int64_t E = dst.size(0), N = dst.size(1), D = dst.size(2);
+  const int64_t rows = E * N;
+  if (rows == 0) return;
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool with_bias = bias.defined(), with_stats = mean_out.defined();
+  AT_DISPATCH_FLOATING_TYPES(dst.scalar_type(), "cdred_fast_ln_mish_cuda", [&] {
+    const auto launch = [&](auto kernel) {
+      kernel<<<blocks, kThreads, 0, stream>>>(
+          src.data_ptr<scalar_t>(), src.stride(0), src.stride(1), dst.data_ptr<scalar_t>(),
+          data_or_null<scalar_t>(bias), gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
+          data_or_null<scalar_t>(mean_out), data_or_null<scalar_t>(rstd_out), E, N, D, static_cast<scalar_t>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (with_bias) {
+      with_stats ? launch(ln_mish_kernel<scalar_t, true, true>) : launch(ln_mish_kernel<scalar_t, true, false>);
+    } else {
+      with_stats ? launch(ln_mish_kernel<scalar_t, false, true>) : launch(ln_mish_kernel<scalar_t, false, false>);
+    }
+  });
+}
+
+}  // namespace cdred
