@@ -3,7 +3,6 @@
 python_tests/ are collected in one run."""
 
 import torch
-
 from testing_utils import CUDA_SKIP_REASON, DEVICES, cuda_skip_reason  # noqa: F401  (re-exported)
 
 

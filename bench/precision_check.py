@@ -41,7 +41,10 @@ def run(precision: str, device: str) -> dict:
         values = trajectory_value(fns, z.expand(512, -1), actions, agent.discount)
     H, B = agent.cfg.horizon, agent.cfg.batch_size
     g = torch.Generator().manual_seed(1)
-    batch = lambda: {"obs": torch.randn(H + 1, B, OBS_DIM, generator=g), "action": torch.rand(H, B, ACT_DIM, generator=g) * 2 - 1}
+    batch = lambda: {
+        "obs": torch.randn(H + 1, B, OBS_DIM, generator=g),
+        "action": torch.rand(H, B, ACT_DIM, generator=g) * 2 - 1,
+    }
     behavioral, expert = batch(), batch()
     torch.manual_seed(9)
     agent.update(behavioral, expert, generator=torch.Generator(device).manual_seed(5))
@@ -53,7 +56,11 @@ def run(precision: str, device: str) -> dict:
         sync()
         update_times.append(time.perf_counter() - t)
     return dict(
-        plan=sorted(plan_times)[1], update=sorted(update_times)[1], action=action, values=values.cpu(), stats=stats,
+        plan=sorted(plan_times)[1],
+        update=sorted(update_times)[1],
+        action=action,
+        values=values.cpu(),
+        stats=stats,
         params={k: v.detach().cpu().clone() for k, v in agent.model.state_dict().items() if v.is_floating_point()},
     )
 
@@ -69,7 +76,9 @@ def main() -> None:
     rel = lambda a, b: ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
     print(f"sequence values: max relative difference {rel(med['values'], hi['values']):.2e}")
     print(f"planned action: max abs difference {(med['action'] - hi['action']).abs().max().item():.2e}")
-    name, worst = max(((k, abs(med["stats"][k] - v) / max(abs(v), 1e-3)) for k, v in hi["stats"].items()), key=lambda kv: kv[1])
+    name, worst = max(
+        ((k, abs(med["stats"][k] - v) / max(abs(v), 1e-3)) for k, v in hi["stats"].items()), key=lambda kv: kv[1]
+    )
     print(f"update statistics: max |difference| / max(|value|, 1e-3) {worst:.2e} ({name})")
     # per network (encoder, dynamics, Qs, ...): max |difference| over its tensors / its largest entry
     nets = sorted({k.split(".")[0] for k in hi["params"]})
@@ -78,6 +87,7 @@ def main() -> None:
         diff = max((med["params"][k] - hi["params"][k]).abs().max().item() for k in keys)
         scale = max(hi["params"][k].abs().max().item() for k in keys)
         print(f"parameters after 4 updates, {net}: max difference / largest entry {diff / scale:.2e}")
+
 
 if __name__ == "__main__":
     main()

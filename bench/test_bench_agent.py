@@ -12,10 +12,9 @@ Run: pytest bench/test_bench_agent.py --benchmark-only
 
 import pytest
 import torch
+from bench_utils import DEVICES, sync
 
 from cdred_fast import CDREDAgent, CDREDConfig
-
-from bench_utils import DEVICES, sync
 
 OBS_DIM = 39
 
@@ -50,7 +49,10 @@ def test_bench_update(benchmark, impl, device):
     agent = _agent(impl, 6, device)
     H, B = agent.cfg.horizon, agent.cfg.batch_size
     g = torch.Generator().manual_seed(1)
-    batch = lambda: {"obs": torch.randn(H + 1, B, OBS_DIM, generator=g), "action": torch.rand(H, B, 6, generator=g) * 2 - 1}
+    batch = lambda: {
+        "obs": torch.randn(H + 1, B, OBS_DIM, generator=g),
+        "action": torch.rand(H, B, 6, generator=g) * 2 - 1,
+    }
     behavioral, expert = batch(), batch()
     benchmark.group = f"update B={B} {device}"
     benchmark.extra_info["impl"] = impl

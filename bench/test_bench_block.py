@@ -8,12 +8,15 @@ Run: pytest bench/test_bench_block.py --benchmark-only
 
 import pytest
 import torch
+from bench_utils import DEVICES, sync
 
 from cdred_fast import ops
 
-from bench_utils import DEVICES, sync
-
-SHAPES = {"one network 2048x512": (1, 2048, 512), "Q heads 5x2048x512": (5, 2048, 512), "predictor 1024x1024": (1, 1024, 1024)}
+SHAPES = {
+    "one network 2048x512": (1, 2048, 512),
+    "Q heads 5x2048x512": (5, 2048, 512),
+    "predictor 1024x1024": (1, 1024, 1024),
+}
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,10 +8,9 @@ Run: pytest bench/test_bench_mppi.py --benchmark-only
 
 import pytest
 import torch
+from bench_utils import DEVICES, sync
 
 from cdred_fast import ops
-
-from bench_utils import DEVICES, sync
 
 H, N, N_PI, K = 3, 512, 24, 64
 CASES = [(1, 6), (1, 38), (64, 6)]  # (B, A)

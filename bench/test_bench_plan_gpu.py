@@ -43,18 +43,29 @@ import sys
 
 import pytest
 import torch
+from bench_utils import cuda_skip_reason, sync
 
 from cdred_fast import CDREDAgent, CDREDConfig, Planner
 from cdred_fast.planner import mppi_plan
 
-from bench_utils import cuda_skip_reason, sync
-
 OBS_DIM = 39
 VARIANTS = ["fused", "reference", "reference-compiled", "fused-graph"]
 # TINY sizes of python_tests/testing_utils.py with J = 1, H = 2: the CPU smoke compiles in ~30 s, not minutes
-SMOKE = dict(latent_dim=16, enc_dim=32, mlp_dim=32, num_bins=11, num_targets=3, rnd_dim=8,
-             rnd_target_hidden=(16, 16), rnd_predictor_hidden=(16, 16), num_samples=16, num_elites=4,
-             num_pi_trajs=2, iterations=1, horizon=2)
+SMOKE = dict(
+    latent_dim=16,
+    enc_dim=32,
+    mlp_dim=32,
+    num_bins=11,
+    num_targets=3,
+    rnd_dim=8,
+    rnd_target_hidden=(16, 16),
+    rnd_predictor_hidden=(16, 16),
+    num_samples=16,
+    num_elites=4,
+    num_pi_trajs=2,
+    iterations=1,
+    horizon=2,
+)
 
 
 def _agent(kernels: str, action_dim: int, device: str, **kw) -> CDREDAgent:
@@ -93,6 +104,7 @@ def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
     z = _latent(agent)
     info = {"impl": impl, "iterations": agent.planner.iterations}
     if impl in ("fused", "reference"):
+
         def run():
             a = agent.plan(z, t0=True)
             sync(device)
@@ -114,8 +126,10 @@ def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
             run()
         info["cudagraph_skips"] = _cudagraph_skips() - skips  # > 0: reduce-overhead fell back to plain Inductor
         if device == "cuda" and info["cudagraph_skips"]:
-            print(f"reference-compiled: {info['cudagraph_skips']} CUDA-graph skip(s), see TORCH_LOGS=perf_hints",
-                  file=sys.stderr)
+            print(
+                f"reference-compiled: {info['cudagraph_skips']} CUDA-graph skip(s), see TORCH_LOGS=perf_hints",
+                file=sys.stderr,
+            )
     elif impl == "fused-graph":
         planner = Planner.from_agent(agent, capture_graph=True)
 

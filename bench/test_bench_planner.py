@@ -20,23 +20,45 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_utils import DEVICES, sync
 from torch import nn
 
 from cdred_fast import Planner
 
-from bench_utils import DEVICES, sync
-
 LATENT, HIDDEN, ACT, BINS, VMIN, VMAX, NUM_Q = 32, 64, 6, 101, -10.0, 10.0, 5
-CFG = SimpleNamespace(horizon=3, num_samples=512, num_elites=64, num_pi_trajs=24, iterations=6, temperature=0.5,
-                      min_std=0.05, max_std=2.0, action_dim=ACT, multitask=False, episodic=False, num_bins=BINS,
-                      vmin=VMIN, vmax=VMAX, episode_length=500, discount_denom=5, discount_min=0.95,
-                      discount_max=0.995)
+CFG = SimpleNamespace(
+    horizon=3,
+    num_samples=512,
+    num_elites=64,
+    num_pi_trajs=24,
+    iterations=6,
+    temperature=0.5,
+    min_std=0.05,
+    max_std=2.0,
+    action_dim=ACT,
+    multitask=False,
+    episodic=False,
+    num_bins=BINS,
+    vmin=VMIN,
+    vmax=VMAX,
+    episode_length=500,
+    discount_denom=5,
+    discount_min=0.95,
+    discount_max=0.995,
+)
 DISCOUNT = min(max((500 / 5 - 1) / (500 / 5), 0.95), 0.995)
 
 
 def _mlp(i, o):
-    return nn.Sequential(nn.Linear(i, HIDDEN), nn.LayerNorm(HIDDEN), nn.Mish(),
-                         nn.Linear(HIDDEN, HIDDEN), nn.LayerNorm(HIDDEN), nn.Mish(), nn.Linear(HIDDEN, o))
+    return nn.Sequential(
+        nn.Linear(i, HIDDEN),
+        nn.LayerNorm(HIDDEN),
+        nn.Mish(),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.LayerNorm(HIDDEN),
+        nn.Mish(),
+        nn.Linear(HIDDEN, o),
+    )
 
 
 def _two_hot_inv(x):
@@ -95,7 +117,7 @@ def eager_plan(model, z, prev_mean, t0=False, eval_mode=False):
     actions[:, : c.num_pi_trajs] = pi_actions
     for _ in range(c.iterations):
         r = torch.randn(c.horizon, c.num_samples - c.num_pi_trajs, ACT, device=dev)
-        actions[:, c.num_pi_trajs:] = (mean.unsqueeze(1) + std.unsqueeze(1) * r).clamp(-1, 1)
+        actions[:, c.num_pi_trajs :] = (mean.unsqueeze(1) + std.unsqueeze(1) * r).clamp(-1, 1)
         G, discount, _z = 0, 1, z
         for t in range(c.horizon):
             G = G + discount * _two_hot_inv(model.reward(_z, actions[t]))
@@ -133,8 +155,11 @@ def test_bench_plan(benchmark, impl, B, device, one_cpu_thread):
     z = F.softmax(torch.randn(B, LATENT // 8, 8, device=device), -1).view(B, LATENT)
     benchmark.group = f"plan B={B} H=3 N=512 k=64 J=6 A={ACT} L={LATENT} {device}"
     benchmark.extra_info["impl"] = impl
-    benchmark.extra_info["variant"] = {"fused": "Planner(kernels='fused')", "reference": "eager TD-MPC2 loop",
-                                       "planner-reference": "Planner(kernels='reference')"}[impl]
+    benchmark.extra_info["variant"] = {
+        "fused": "Planner(kernels='fused')",
+        "reference": "eager TD-MPC2 loop",
+        "planner-reference": "Planner(kernels='reference')",
+    }[impl]
 
     if impl == "reference":
         prev = [torch.zeros(CFG.horizon, ACT, device=device) for _ in range(B)]

@@ -6,10 +6,9 @@ Run: pytest bench/test_bench_reward.py --benchmark-only
 
 import pytest
 import torch
+from bench_utils import DEVICES, sync
 
 from cdred_fast import ops
-
-from bench_utils import DEVICES, sync
 
 N, D, K = 512, 256, 5
 

@@ -11,10 +11,9 @@ import math
 
 import pytest
 import torch
+from bench_utils import DEVICES, sync
 
 from cdred_fast import ops
-
-from bench_utils import DEVICES, sync
 
 N, L, A, D, K = 512, 512, 6, 256, 5
 I = L + A
@@ -100,8 +99,9 @@ def test_bench_targets_and_reward(benchmark, impl, device):
 
     def run():
         if impl == "fused":
-            out = torch.ops.cdred_fast.ensemble_reward(x, weights, biases, ln_w, ln_b, 1e-5, pe, pb, 0.9, 0.8, 1.0,
-                                                       "linear", 1e-6, xs)
+            out = torch.ops.cdred_fast.ensemble_reward(
+                x, weights, biases, ln_w, ln_b, 1e-5, pe, pb, 0.9, 0.8, 1.0, "linear", 1e-6, xs
+            )
         else:
             kind = "reference" if impl == "reference" else "fused"
             t = ops.ensemble_mlp(x, weights, biases, ln_w, ln_b, 1e-5, xs, impl=kind)

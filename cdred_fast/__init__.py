@@ -14,11 +14,10 @@ Public API (everything else is an implementation detail):
 
 from . import ops, reference
 from ._lib import build_info
+from ._version import __version__
 from .agent import CDREDAgent
 from .config import CDREDConfig
 from .tdmpc2_planner import Planner
-
-from ._version import __version__
 
 
 def __getattr__(name):  # the trainer pulls in simulators and plotting: import it lazily

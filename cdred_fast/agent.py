@@ -75,8 +75,9 @@ class CDREDAgent:
         self.cfg = cfg
         self.device = torch.device(device)
         self.method = methods.get(cfg.method)
-        self.model = WorldModel(cfg, obs_dim if obs_shape is None else obs_shape, action_dim,
-                                reward_part=self.method.reward_part).to(self.device)
+        self.model = WorldModel(
+            cfg, obs_dim if obs_shape is None else obs_shape, action_dim, reward_part=self.method.reward_part
+        ).to(self.device)
         m = self.model
         self.obs_shape: tuple[int, ...] = m.obs_shape
         self.obs_dim = m.obs_dim  # int for state observations, None for pixels
@@ -98,13 +99,20 @@ class CDREDAgent:
         self.pi_scheduler = torch.optim.lr_scheduler.StepLR(self.pi_optim, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         self._wm_params = [p for group in self.optim.param_groups for p in group["params"]]
         self.scale = RunningScale(cfg.tau, self.device)
-        self.planner = MPPIPlanner(MPPISettings.from_config(cfg, self.action_dim), self.discount,
-                                   kernels=cfg.kernels, capture_graph=cfg.capture_graph, device=self.device)
+        self.planner = MPPIPlanner(
+            MPPISettings.from_config(cfg, self.action_dim),
+            self.discount,
+            kernels=cfg.kernels,
+            capture_graph=cfg.capture_graph,
+            device=self.device,
+        )
         self.step = 0  # number of updates done
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act(self, obs, t0: bool = False, eval_mode: bool = False, generator: Optional[torch.Generator] = None) -> Tensor:
+    def act(
+        self, obs, t0: bool = False, eval_mode: bool = False, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
         """Action ``[A]`` (on CPU) for one observation ``[obs_dim]`` (pixels: ``[C, H, W]`` uint8).
 
         MPPI when ``cfg.mpc`` (SPEC section 4); otherwise the policy prior: its mean
@@ -126,8 +134,9 @@ class CDREDAgent:
         return self.method.rollout_functions(self.model, generator)
 
     @torch.no_grad()
-    def plan(self, z: Tensor, t0: bool = False, eval_mode: bool = False,
-             generator: Optional[torch.Generator] = None) -> Tensor:
+    def plan(
+        self, z: Tensor, t0: bool = False, eval_mode: bool = False, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
         """MPPI (SPEC section 4) from the latent ``z`` (``[L]`` or ``[1, L]``): the action ``[A]``.
 
         The model is in eval mode (Q dropout off) while planning. Draws, all from ``generator`` (on
@@ -137,8 +146,9 @@ class CDREDAgent:
         """
         with self.model.planning():
             z = z.reshape(1, -1).to(self.device)
-            return self.planner.plan(self.rollout_functions(generator), z, bool(t0), eval_mode=bool(eval_mode),
-                                     generator=generator)[0]
+            return self.planner.plan(
+                self.rollout_functions(generator), z, bool(t0), eval_mode=bool(eval_mode), generator=generator
+            )[0]
 
     # ------------------------------------------------------------------ update
     def draw_noise(self, n: int, generator: Optional[torch.Generator] = None):

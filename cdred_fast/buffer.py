@@ -177,14 +177,14 @@ class EpisodeBuffer:
             obs = _as_tensor(obs, "obs", self.device)
         action = _as_tensor(action, "action", self.device)
         if obs.ndim != 1 + len(self.obs_shape) or tuple(obs.shape[1:]) != self.obs_shape:
-            raise ValueError(f"obs must have shape [T+1, {', '.join(map(str, self.obs_shape))}], got {tuple(obs.shape)}")
+            raise ValueError(
+                f"obs must have shape [T+1, {', '.join(map(str, self.obs_shape))}], got {tuple(obs.shape)}"
+            )
         if action.ndim != 2 or action.shape[1] != self.action_dim:
             raise ValueError(f"action must have shape [T, {self.action_dim}], got {tuple(action.shape)}")
         length = action.shape[0]
         if obs.shape[0] != length + 1:
-            raise ValueError(
-                f"an episode of {length} actions needs {length + 1} observations, got {obs.shape[0]}"
-            )
+            raise ValueError(f"an episode of {length} actions needs {length + 1} observations, got {obs.shape[0]}")
         if length < 1:
             raise ValueError("an episode needs at least one transition")
         if length > self.capacity:
@@ -204,7 +204,7 @@ class EpisodeBuffer:
         if k == 1:
             return obs
         c = self._frame_shape[0]
-        if not torch.equal(obs[1:, : -c], obs[:-1, c:]):
+        if not torch.equal(obs[1:, :-c], obs[:-1, c:]):
             t = int(torch.nonzero((obs[1:, :-c] != obs[:-1, c:]).flatten(1).any(1))[0])
             raise ValueError(
                 f"observations {t} and {t + 1} do not share {k - 1} frames: not a frame-stacked episode "
@@ -265,7 +265,9 @@ class EpisodeBuffer:
     ) -> "EpisodeBuffer":
         """A buffer holding exactly ``demos`` (capacity defaults to their size)."""
         obs_dim = demos.obs_shape if len(demos.obs_shape) > 1 else demos.obs_dim
-        buffer = cls(capacity or demos.num_transitions, obs_dim, demos.action_dim, device=device, frame_stack=frame_stack)
+        buffer = cls(
+            capacity or demos.num_transitions, obs_dim, demos.action_dim, device=device, frame_stack=frame_stack
+        )
         buffer.add_demonstrations(demos)
         return buffer
 
@@ -308,7 +310,9 @@ class EpisodeBuffer:
         self._index_cache = (horizon, total, cumulative, cumulative - counts, starts)
         return total, cumulative, cumulative - counts, starts
 
-    def sample(self, batch_size: int, horizon: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def sample(
+        self, batch_size: int, horizon: int, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """``batch_size`` sub-trajectories of ``horizon`` transitions, uniformly over valid starts.
 
         Returns:
@@ -414,7 +418,9 @@ class EpisodeBuffer:
         o = a = 0
         for length, with_reward in zip(lengths, has_reward):
             if length > self.capacity:
-                raise ValueError(f"an episode of {length} transitions does not fit a buffer of capacity {self.capacity}")
+                raise ValueError(
+                    f"an episode of {length} transitions does not fit a buffer of capacity {self.capacity}"
+                )
             self._write(
                 obs[o : o + length + k].to(self.device),
                 action[a : a + length].to(self.device, torch.float32),

@@ -68,8 +68,15 @@ def main() -> None:
 
 
 _TRAIN_OPTIONS = [
-    click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML file of overrides."),
-    click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/[expert-]<task>[-rgb]-s<seed>)."),
+    click.option(
+        "--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML file of overrides."
+    ),
+    click.option(
+        "--work-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Run directory (default runs/[expert-]<task>[-rgb]-s<seed>).",
+    ),
     click.option("--resume", is_flag=True, help="Continue the run in --work-dir from its last checkpoint."),
     click.option("--device", default="cpu", show_default=True),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
@@ -127,7 +134,11 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("--preset", default=None, help="Named set of overrides (demo: the README's main job).")
-@click.option("--demos", type=click.Path(exists=True, dir_okay=False), help="Demonstrations (.npz); default: scripted Meta-World experts.")
+@click.option(
+    "--demos",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Demonstrations (.npz); default: scripted Meta-World experts.",
+)
 @_train_options
 def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
     """Train CDRED online from expert demonstrations (key=value overrides).
@@ -183,7 +194,9 @@ def eval_cmd(checkpoint, episodes, seed, trembling_hand, device) -> None:
     result = evaluate(agent, env, episodes, seed=cfg.seed + EVAL_SEED_OFFSET if seed is None else seed)
     p = cfg.trembling_hand if trembling_hand is None else trembling_hand
     click.echo(
-        json.dumps({"checkpoint": str(checkpoint), "step": state["step"], "episodes": episodes, "trembling_hand": p, **result})
+        json.dumps(
+            {"checkpoint": str(checkpoint), "step": state["step"], "episodes": episodes, "trembling_hand": p, **result}
+        )
     )
 
 
@@ -309,7 +322,9 @@ def data_convert(released, task, out) -> None:
     try:
         demos = import_released_pickle(released, task=task)
         demos.check_compatible(
-            task=task, obs_dim=env.observation_space.shape[0], action_dim=env.action_space.shape[0],
+            task=task,
+            obs_dim=env.observation_space.shape[0],
+            action_dim=env.action_space.shape[0],
             source=f"the episodes in {released!r}",
         )
     except (DemonstrationError, pickle.UnpicklingError) as exc:
@@ -323,7 +338,9 @@ def data_convert(released, task, out) -> None:
 @data.command("render")
 @click.argument("demos_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file (pixel observations).")
-@click.option("--seed", type=int, default=None, help="Only for files without recorded seeds: episode i was reset with seed + i.")
+@click.option(
+    "--seed", type=int, default=None, help="Only for files without recorded seeds: episode i was reset with seed + i."
+)
 def data_render(demos_file, out, seed) -> None:
     """Re-simulate state demonstrations (DEMOS_FILE, with reset seeds) and record 64x64 pixel observations."""
     from .collect import render_pixels
@@ -343,7 +360,9 @@ def tasks() -> None:
     from .envs import TASKS
 
     for name, spec in TASKS.items():
-        click.echo(f"{name:<22} {spec.suite:<10} {spec.episode_length} steps x repeat {spec.action_repeat}{'  (paper)' if spec.paper else ''}")
+        click.echo(
+            f"{name:<22} {spec.suite:<10} {spec.episode_length} steps x repeat {spec.action_repeat}{'  (paper)' if spec.paper else ''}"
+        )
 
 
 if __name__ == "__main__":

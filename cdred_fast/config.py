@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -340,7 +339,9 @@ class CDREDConfig:
         if self.min_std > self.max_std:
             _fail("min_std", f"<= max_std = {self.max_std}", self.min_std)
         if self.num_pi_trajs >= self.num_samples:
-            _fail("num_pi_trajs", f"< num_samples = {self.num_samples} (at least one sampled sequence)", self.num_pi_trajs)
+            _fail(
+                "num_pi_trajs", f"< num_samples = {self.num_samples} (at least one sampled sequence)", self.num_pi_trajs
+            )
         if self.num_elites > self.num_samples:
             _fail("num_elites", f"<= num_samples = {self.num_samples}", self.num_elites)
         if self.obs == "rgb":

@@ -207,6 +207,7 @@ class Demonstrations:
     def validate(self, source: str = "demonstrations") -> None:
         """Raise :class:`DemonstrationError` unless the arrays are mutually consistent,
         non-empty and finite. ``source`` names the data in messages (e.g. a file)."""
+
         def fail(msg: str):
             raise DemonstrationError(f"{source}: {msg}")
 
@@ -420,7 +421,9 @@ class Demonstrations:
 def _seeds_array(seeds: Any, where: str) -> np.ndarray:
     arr = np.asarray(seeds)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise DemonstrationError(f"{where}: seeds must be a 1-D integer array (one reset seed per episode), got {arr.dtype} {arr.shape}")
+        raise DemonstrationError(
+            f"{where}: seeds must be a 1-D integer array (one reset seed per episode), got {arr.dtype} {arr.shape}"
+        )
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
@@ -428,7 +431,9 @@ def _scalar(data: dict, key: str, where: str, kind) -> Any:
     """A 0-d metadata entry as a Python value, type-checked."""
     arr = data[key]
     if arr.shape != () or not np.issubdtype(arr.dtype, kind):
-        raise DemonstrationError(f"{where}: metadata {key} must be a scalar of type {kind.__name__}, got {arr.dtype} {arr.shape}")
+        raise DemonstrationError(
+            f"{where}: metadata {key} must be a scalar of type {kind.__name__}, got {arr.dtype} {arr.shape}"
+        )
     value = arr.item()
     return str(value) if kind is np.str_ else int(value)
 
@@ -524,7 +529,15 @@ def import_released_pickle(path: str | os.PathLike, task: str) -> Demonstrations
             obj = RestrictedUnpickler(f).load()
         except ForbiddenGlobalError as exc:
             raise ForbiddenGlobalError(f"{where}: {exc}") from exc
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as exc:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            MemoryError,
+        ) as exc:
             raise DemonstrationError(f"{where} is not a readable pickle (truncated or corrupt?): {exc}") from exc
     if not isinstance(obj, (list, tuple)) or len(obj) == 0:
         raise DemonstrationError(f"{where}: expected a non-empty list of episodes, got {type(obj).__name__}")

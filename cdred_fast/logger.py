@@ -71,7 +71,7 @@ def _tensorboard(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception as exc:  # tensorboard missing or broken: CSV logs still work
-        warnings.warn(f"TensorBoard logging disabled: {exc}")
+        warnings.warn(f"TensorBoard logging disabled: {exc}", stacklevel=2)
         return None
     return SummaryWriter(str(path))
 

@@ -66,8 +66,11 @@ class MPPISettings:
             need(isinstance(value, int) and not isinstance(value, bool), name, "an int")
         need(self.horizon >= 1, "horizon", ">= 1")
         need(self.num_samples >= 1, "num_samples", ">= 1")
-        need(0 <= self.num_pi_trajs < self.num_samples, "num_pi_trajs",
-             f"in [0, num_samples) = [0, {self.num_samples}) (at least one sampled sequence)")
+        need(
+            0 <= self.num_pi_trajs < self.num_samples,
+            "num_pi_trajs",
+            f"in [0, num_samples) = [0, {self.num_samples}) (at least one sampled sequence)",
+        )
         need(1 <= self.num_elites <= self.num_samples, "num_elites", f"in [1, num_samples] = [1, {self.num_samples}]")
         need(self.iterations >= 1, "iterations", ">= 1")
         need(self.action_dim >= 1, "action_dim", ">= 1")
@@ -76,19 +79,24 @@ class MPPISettings:
         need(float(self.max_std) >= float(self.min_std), "max_std", f">= min_std = {self.min_std}")
 
     @classmethod
-    def from_config(cls, cfg: Any, action_dim: int, iterations: Optional[int] = None,
-                    get: Callable[[Any, str], Any] = getattr) -> "MPPISettings":
+    def from_config(
+        cls, cfg: Any, action_dim: int, iterations: Optional[int] = None, get: Callable[[Any, str], Any] = getattr
+    ) -> "MPPISettings":
         """Settings from a config with TD-MPC2's field names (``horizon``, ``num_samples``,
         ``num_elites``, ``num_pi_trajs``, ``iterations``, ``temperature``, ``min_std``,
         ``max_std``), read with ``get(cfg, name)``. ``iterations`` is the total count; by default
         ``cfg.iterations`` plus 2 when ``action_dim >= 20`` (:func:`cdred_fast.config.mppi_iterations`)."""
         A = int(action_dim)
         return cls(
-            horizon=int(get(cfg, "horizon")), num_samples=int(get(cfg, "num_samples")),
-            num_elites=int(get(cfg, "num_elites")), num_pi_trajs=int(get(cfg, "num_pi_trajs")),
+            horizon=int(get(cfg, "horizon")),
+            num_samples=int(get(cfg, "num_samples")),
+            num_elites=int(get(cfg, "num_elites")),
+            num_pi_trajs=int(get(cfg, "num_pi_trajs")),
             iterations=mppi_iterations(int(get(cfg, "iterations")), A) if iterations is None else iterations,
-            temperature=float(get(cfg, "temperature")), min_std=float(get(cfg, "min_std")),
-            max_std=float(get(cfg, "max_std")), action_dim=A,
+            temperature=float(get(cfg, "temperature")),
+            min_std=float(get(cfg, "min_std")),
+            max_std=float(get(cfg, "max_std")),
+            action_dim=A,
         )
 
 
@@ -294,8 +302,9 @@ def _check_capturable_impl(impl: str, where: str) -> None:
         )
 
 
-def _record_plan_graph(body: Callable[[], tuple[Tensor, Tensor]], device: torch.device,
-                       generator: Optional[torch.Generator]) -> tuple["torch.cuda.CUDAGraph", Tensor, Tensor]:
+def _record_plan_graph(
+    body: Callable[[], tuple[Tensor, Tensor]], device: torch.device, generator: Optional[torch.Generator]
+) -> tuple["torch.cuda.CUDAGraph", Tensor, Tensor]:
     """Record ``body() -> (action, mean)`` in a CUDA graph: two warm-up runs on a side stream
     (lazy initialisation, cuBLAS workspaces: they draw from the generator like any plan), then
     the capture. ``generator`` (None: the default CUDA generator, which graphs track by
@@ -361,8 +370,6 @@ class _PlanGraph:
         return self.action.clone(), self.mean.clone()
 
 
-
-
 # =============================================================================== the planner between plans
 class MPPIPlanner:
     """Plans with :func:`mppi_plan` and keeps what lives between plans: the warm start (each
@@ -380,8 +387,15 @@ class MPPIPlanner:
         device: where the plans run, if known now (then ``capture_graph`` is checked against it here).
     """
 
-    def __init__(self, settings: MPPISettings, discount: float, *, kernels: str = "fused",
-                 capture_graph: bool = False, device=None):
+    def __init__(
+        self,
+        settings: MPPISettings,
+        discount: float,
+        *,
+        kernels: str = "fused",
+        capture_graph: bool = False,
+        device=None,
+    ):
         if not isinstance(capture_graph, bool):
             raise TypeError(f"capture_graph must be a bool, got {type(capture_graph).__name__}")
         self.settings = settings
@@ -466,8 +480,17 @@ class MPPIPlanner:
         impl = resolve_impl(self.kernels, device)
 
         def plan(z: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
-            return mppi_plan(fns, z, mean, self.settings, discount=discount, mask=mask, eval_mode=eval_mode,
-                             generator=generator, impl=impl)
+            return mppi_plan(
+                fns,
+                z,
+                mean,
+                self.settings,
+                discount=discount,
+                mask=mask,
+                eval_mode=eval_mode,
+                generator=generator,
+                impl=impl,
+            )
 
         if self.capture_graph:
             if device.type != "cuda":
@@ -478,8 +501,15 @@ class MPPIPlanner:
             graph = self._graphs.get(key)
             if graph is None:
                 _check_capturable_impl(impl, "MPPIPlanner")
-                graph = _PlanGraph(z, self.settings.horizon, self.settings.action_dim, dtype, plan, generator,
-                                   keep_alive=(fns, mask, discount, generator))
+                graph = _PlanGraph(
+                    z,
+                    self.settings.horizon,
+                    self.settings.action_dim,
+                    dtype,
+                    plan,
+                    generator,
+                    keep_alive=(fns, mask, discount, generator),
+                )
                 self._graphs[key] = graph
             action, mean = graph.replay(z, self._prev_mean, t0)
         else:

@@ -29,7 +29,14 @@ _API_LAYOUT = {
     "scalar-reward": ("(mu, pi, log_pi, log_std)", "scalar"),
 }
 _REQUIRED_FIELDS = (
-    "horizon", "num_samples", "num_elites", "num_pi_trajs", "iterations", "temperature", "min_std", "max_std",
+    "horizon",
+    "num_samples",
+    "num_elites",
+    "num_pi_trajs",
+    "iterations",
+    "temperature",
+    "min_std",
+    "max_std",
     "action_dim",
 )
 _MODEL_METHODS = {
@@ -182,8 +189,9 @@ class Planner:
         return cls._from_rollout_functions(fns, cfg, kernels, iterations, discount, capture_graph)
 
     @classmethod
-    def _from_rollout_functions(cls, fns: RolloutFunctions, cfg, kernels, iterations, discount,
-                                capture_graph) -> "Planner":
+    def _from_rollout_functions(
+        cls, fns: RolloutFunctions, cfg, kernels, iterations, discount, capture_graph
+    ) -> "Planner":
         self = cls(None, cfg, None, kernels, iterations=iterations, discount=discount, capture_graph=capture_graph)
         self._user_fns = fns
         self._api, self._detected = "functions", True
@@ -198,8 +206,9 @@ class Planner:
         agent's warm start is not shared (this planner keeps its own ``prev_mean``)."""
         settings = agent.planner.settings
         cfg = {name: getattr(settings, name) for name in _REQUIRED_FIELDS}
-        return cls._from_rollout_functions(agent.rollout_functions(None), cfg, agent.cfg.kernels,
-                                           settings.iterations, agent.discount, capture_graph)
+        return cls._from_rollout_functions(
+            agent.rollout_functions(None), cfg, agent.cfg.kernels, settings.iterations, agent.discount, capture_graph
+        )
 
     def _require_bins(self) -> tuple[int, float, float]:
         got = {name: _cfg_get(self.cfg, name, None) for name in ("num_bins", "vmin", "vmax")}
@@ -393,8 +402,7 @@ class Planner:
         if int(ids.min()) < 0 or int(ids.max()) >= n_tasks:
             raise ValueError(f"task ids must be in [0, {n_tasks}), got {ids.tolist()}")
         per_row = ids.numel() > 1
-        return {"given": task, "ids": ids, "per_row": per_row, "B": B,
-                "ids_dev": ids.to(device) if per_row else None}
+        return {"given": task, "ids": ids, "per_row": per_row, "B": B, "ids_dev": ids.to(device) if per_row else None}
 
     def _model_task(self, state: Optional[dict], rows: int):
         """The task argument of a model call on ``rows`` rows (problem-major)."""
@@ -433,7 +441,8 @@ class Planner:
                 reward=lambda z, a: _rows(u.reward(z, a), z.shape[0], "reward(z, a)"),
                 value=lambda z, a: _rows(u.value(z, a), z.shape[0], "value(z, a)"),
                 termination=None if u.termination is None else termination,
-                shared_reward=None if u.shared_reward is None
+                shared_reward=None
+                if u.shared_reward is None
                 else lambda z, a: _rows(u.shared_reward(z, a), a.shape[0], "shared_reward(z, a)"),
                 deterministic=u.deterministic,
             )
@@ -451,7 +460,8 @@ class Planner:
             reward=lambda z, a: decode(m.reward(z, a, task(z.shape[0]))).reshape(z.shape[0]),
             value=lambda z, a: m.Q(z, a, task(z.shape[0]), return_type="avg").reshape(z.shape[0]),
             termination=(lambda z: (m.termination(z, task(z.shape[0])) > 0.5).to(dtype).reshape(z.shape[0]))
-            if self.episodic else None,
+            if self.episodic
+            else None,
         )
 
     # ------------------------------------------------------------------ planning
@@ -490,8 +500,14 @@ class Planner:
         # a graph per task assignment: the task ids are read when the functions are built
         task_key = None if state is None or state["ids"] is None else tuple(state["ids"].tolist())
         action = self._mppi.plan(
-            self._functions(state, dtype), z, self._t0(t0, B), eval_mode=eval_mode, generator=generator,
-            mask=mask, discount=discount, graph_key=task_key,
+            self._functions(state, dtype),
+            z,
+            self._t0(t0, B),
+            eval_mode=eval_mode,
+            generator=generator,
+            mask=mask,
+            discount=discount,
+            graph_key=task_key,
         )
         return action[0] if unbatched else action
 

@@ -26,8 +26,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .config import CDREDConfig, conv_output_size
 from .layers import Ensemble, SimNorm, mlp, trunc_normal_init_, two_hot_inv, use_kernels
@@ -74,7 +74,9 @@ class ShiftAug(nn.Module):
             raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
         self.pad = int(pad)
 
-    def forward(self, x: Tensor, generator: Optional[torch.Generator] = None, shifts: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, x: Tensor, generator: Optional[torch.Generator] = None, shifts: Optional[Tensor] = None
+    ) -> Tensor:
         """``shifts [N, 2]``: integer crop offsets ``(dx, dy)`` in ``[0, 2 pad]`` of the padded image
         (the pixel at ``(y, x)`` comes from ``(y + dy - pad, x + dx - pad)``), instead of a random draw."""
         if not self.training or self.pad == 0:
@@ -127,7 +129,9 @@ class PixelEncoder(nn.Module):
 
     def forward(self, obs: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         if tuple(obs.shape[-3:]) != self.obs_shape:
-            raise ValueError(f"pixel observations must be [..., {', '.join(map(str, self.obs_shape))}], got {tuple(obs.shape)}")
+            raise ValueError(
+                f"pixel observations must be [..., {', '.join(map(str, self.obs_shape))}], got {tuple(obs.shape)}"
+            )
         lead = obs.shape[:-3]
         x = self.shift(obs.reshape(-1, *self.obs_shape), generator=generator)  # on uint8: 4x less to move
         x = x.to(torch.float32).mul_(1.0 / 255.0).sub_(0.5)  # to float32 first: a copy, so in place is safe

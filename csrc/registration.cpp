@@ -1,9 +1,9 @@
 // Every op schema of the cdred_fast namespace, defined once, and every
 // registration: each op's host front (ops.h, csrc/<family>/front.cpp) under the
 // CPU key and, in CUDA builds, the CUDA key; the MPPI ops' Autograd kernel.
-#include <Python.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <Python.h>
 #include <torch/library.h>
 
 #include <string>
@@ -127,10 +127,14 @@ void call_below_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cdred_fast, CPU, m) { register_kernels(m); }
+TORCH_LIBRARY_IMPL(cdred_fast, CPU, m) {
+  register_kernels(m);
+}
 
 #ifdef CDRED_WITH_CUDA
-TORCH_LIBRARY_IMPL(cdred_fast, CUDA, m) { register_kernels(m); }
+TORCH_LIBRARY_IMPL(cdred_fast, CUDA, m) {
+  register_kernels(m);
+}
 #endif
 
 TORCH_LIBRARY_IMPL(cdred_fast, Autograd, m) {

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from testing_utils import CUDA_SKIP_REASON
 
 

@@ -9,25 +9,46 @@ import math
 import numpy as np
 import pytest
 import torch
+from testing_utils import BF16_PROBE_THRESHOLD, BF16_UNIT_ROUNDOFF, cpu_bf16_features, medium_matmul_error
 
 from cdred_fast.agent import CDREDAgent, RunningScale
 from cdred_fast.config import CDREDConfig, matmul_precision
 from cdred_fast.planner import trajectory_value
 
-from testing_utils import BF16_PROBE_THRESHOLD, BF16_UNIT_ROUNDOFF, cpu_bf16_features, medium_matmul_error
-
 OBS, ACT, B, H = 6, 2, 8, 3
 UPDATE_KEYS = {
-    "consistency_loss", "value_loss", "reward_loss", "pi_loss", "total_loss", "grad_norm", "pi_grad_norm",
-    "reward_expert", "reward_behavioral", "q_gap", "pi_scale", "lr",
+    "consistency_loss",
+    "value_loss",
+    "reward_loss",
+    "pi_loss",
+    "total_loss",
+    "grad_norm",
+    "pi_grad_norm",
+    "reward_expert",
+    "reward_behavioral",
+    "q_gap",
+    "pi_scale",
+    "lr",
 }
 
 
 def small_cfg(**kw):
     base = dict(
-        latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32), num_targets=3, batch_size=B, horizon=H, num_samples=32,
-        num_elites=4, num_pi_trajs=4, episode_length=100, kernels="reference", dropout=0.0,
+        latent_dim=16,
+        enc_dim=16,
+        mlp_dim=32,
+        rnd_dim=8,
+        rnd_target_hidden=(16, 16),
+        rnd_predictor_hidden=(32, 32, 32),
+        num_targets=3,
+        batch_size=B,
+        horizon=H,
+        num_samples=32,
+        num_elites=4,
+        num_pi_trajs=4,
+        episode_length=100,
+        kernels="reference",
+        dropout=0.0,
     )
     base.update(kw)
     return CDREDConfig(**base)
@@ -100,8 +121,12 @@ def hand_losses(agent, beh, exp, noise):
             x = [torch.cat([zs[t], act[t]], -1) for t in range(H)]
             pred = m.reward_model.expert_predictor if name == "exp" else m.reward_model.behavioral_predictor
             preds = [np_(pred(x[t])) for t in range(H)]
-            targets = [[np_(m.reward_model.target_nets.member(k)(x[t])) for k in range(cfg.num_targets)] for t in range(H)]
-        per_half[name] = dict(zs=zs, next_z=next_z, rewards=rewards, y=y, online=online, preds=preds, targets=targets, cols=cols)
+            targets = [
+                [np_(m.reward_model.target_nets.member(k)(x[t])) for k in range(cfg.num_targets)] for t in range(H)
+            ]
+        per_half[name] = dict(
+            zs=zs, next_z=next_z, rewards=rewards, y=y, online=online, preds=preds, targets=targets, cols=cols
+        )
 
     for t in range(H):
         sq = [((np_(h["zs"][t + 1]) - np_(h["next_z"][t])) ** 2) for h in per_half.values()]
@@ -198,13 +223,20 @@ def test_update_side_effects_and_stats():
     for k in snap:
         if k.startswith("reward_model.target_nets."):
             assert torch.equal(snap[k], after[k]), k
-    for prefix in ("reward_model.expert_predictor.", "reward_model.behavioral_predictor.", "encoder.", "dynamics.", "Qs.", "pi_net."):
+    for prefix in (
+        "reward_model.expert_predictor.",
+        "reward_model.behavioral_predictor.",
+        "encoder.",
+        "dynamics.",
+        "Qs.",
+        "pi_net.",
+    ):
         assert any(not torch.equal(snap[k], after[k]) for k in snap if k.startswith(prefix)), prefix
     # Polyak target: Q_bar <- (1 - tau) Q_bar + tau Q
     tau = agent.cfg.tau
     for k in snap:
         if k.startswith("target_Qs."):
-            online = after["Qs." + k[len("target_Qs."):]]
+            online = after["Qs." + k[len("target_Qs.") :]]
             torch.testing.assert_close(after[k], (1 - tau) * snap[k] + tau * online)
     assert not m.training and agent.step == 1
 
@@ -330,7 +362,9 @@ def test_one_target_evaluation_equals_separate_reward_and_loss(kernels):
     x2 = x.detach().clone().requires_grad_(True)
     ref_rewards = rm.reward(x2.detach())
     flat = lambda t: t.reshape(-1, t.shape[-1])
-    le2, lb2 = rm.predictor_loss(flat(x2[:, nb:]), flat(x2[:, :nb]), idx_expert=idx[:, nb:].reshape(-1), idx_behavioral=idx[:, :nb].reshape(-1))
+    le2, lb2 = rm.predictor_loss(
+        flat(x2[:, nb:]), flat(x2[:, :nb]), idx_expert=idx[:, nb:].reshape(-1), idx_behavioral=idx[:, :nb].reshape(-1)
+    )
     grads2 = torch.autograd.grad((le2.sum() + 2 * lb2.sum()), [x2, *rm.predictor_parameters()])
 
     assert not rewards.requires_grad
@@ -354,7 +388,9 @@ def test_planning_reward_with_a_shared_latent_equals_the_full_input(kernels):
     shared = fns.shared_reward(z[0], a)
     full = fns.reward(z.contiguous(), a)
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(full, m.reward_model.reward(torch.cat([z, a], -1), impl="reference"), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        full, m.reward_model.reward(torch.cat([z, a], -1), impl="reference"), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_fused_and_reference_agents_give_the_same_updates():
@@ -402,8 +438,9 @@ def test_matmul_precision_is_set_while_acting_and_updating_then_restored():
 def _plan_values(precision):
     """Sequence values G of 64 random action sequences from one latent (the quantity MPPI ranks),
     computed under ``matmul_precision(precision)``, or under the process default when None."""
-    agent = make_agent(kernels="fused", matmul_precision=precision or "highest", mlp_dim=256,
-                       rnd_predictor_hidden=(256, 256))
+    agent = make_agent(
+        kernels="fused", matmul_precision=precision or "highest", mlp_dim=256, rnd_predictor_hidden=(256, 256)
+    )
     with torch.no_grad(), agent.model.planning():
         z = agent.model.encode(torch.randn(1, OBS, generator=torch.Generator().manual_seed(0)))
         actions = torch.rand(H, 64, ACT, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -444,7 +481,9 @@ def test_matmul_precision_medium_stays_close_to_float32():
         bound, kind = depth * 2 * BF16_UNIT_ROUNDOFF, "bf16"
     else:
         bound, kind = 1e-4, "float32-class"
-    report = (f"medium vs highest: max relative difference {err:.2e}, bound {bound:.2e} ({kind} products: "
-              f"probe error medium {e_medium:.1e}, highest {e_highest:.1e}; {cpu_bf16_features()})")
+    report = (
+        f"medium vs highest: max relative difference {err:.2e}, bound {bound:.2e} ({kind} products: "
+        f"probe error medium {e_medium:.1e}, highest {e_highest:.1e}; {cpu_bf16_features()})"
+    )
     print(report)
     assert err < bound, report

@@ -17,8 +17,17 @@ F64 = torch.float64
 
 
 def make_model(A=3, obs=5, seed=0):
-    cfg = CDREDConfig(latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
-                      rnd_predictor_hidden=(32, 32, 32), num_targets=3, episode_length=100, kernels="reference")
+    cfg = CDREDConfig(
+        latent_dim=16,
+        enc_dim=16,
+        mlp_dim=32,
+        rnd_dim=8,
+        rnd_target_hidden=(16, 16),
+        rnd_predictor_hidden=(32, 32, 32),
+        num_targets=3,
+        episode_length=100,
+        kernels="reference",
+    )
     torch.manual_seed(seed)
     m = WorldModel(cfg, obs, A).to(F64)
     with torch.no_grad():  # a policy head with outputs of a useful size (the init's std 0.02 gives mu ~ 0)
@@ -69,7 +78,9 @@ def test_log_likelihood_against_hand():
     for i in range(5):
         assert float(ll[i]) == pytest.approx(hand_ll(mu[i], log_std[i], action[i]), rel=1e-10, abs=1e-8)
     # the clamp: atanh(1 - 1e-6) = 7.254...
-    one = bc.tanh_gaussian_log_likelihood(torch.zeros(1, dtype=F64), torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64))
+    one = bc.tanh_gaussian_log_likelihood(
+        torch.zeros(1, dtype=F64), torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64)
+    )
     u = math.atanh(1 - 1e-6)
     expected = -0.5 * u * u - 0.5 * math.log(2 * math.pi) - math.log((1e-6) * (2 - 1e-6))
     assert float(one) == pytest.approx(expected, rel=1e-9)

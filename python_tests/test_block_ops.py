@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from testing_utils import DEVICES, needs_cuda
 from torch import nn
 
 from cdred_fast import ops, reference
 from cdred_fast.layers import Ensemble, NormedLinear, mlp, use_kernels
-
-from testing_utils import DEVICES, needs_cuda
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
 
@@ -52,7 +51,7 @@ def test_forward_and_backward_match_reference(E, M, D, dtype, device):
         # grad_gamma / grad_beta sum M rows: the tolerance grows with sqrt(M)
         scale = 1.0 if name in ("y", "grad_x") else max(1.0, math.sqrt(M))
         tol = {k: v * scale for k, v in TOL[dtype].items()}
-        torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name: f"{name}: {m}")
     if M == 0:
         assert torch.equal(fused[2], torch.zeros_like(gamma)) and torch.equal(fused[3], torch.zeros_like(beta))
 
@@ -102,7 +101,9 @@ def _mish_grad_via_op(u: torch.Tensor) -> torch.Tensor:
     x = torch.zeros(1, 1, D, dtype=u.dtype, device=u.device)
     gamma = torch.ones(1, D, dtype=u.dtype, device=u.device)
     y, mean, rstd = torch.ops.cdred_fast.layernorm_mish(x, gamma, u.view(1, D), 1e-5)
-    _, _, grad_beta = torch.ops.cdred_fast.layernorm_mish_backward(torch.ones_like(x), x, mean, rstd, gamma, u.view(1, D))
+    _, _, grad_beta = torch.ops.cdred_fast.layernorm_mish_backward(
+        torch.ones_like(x), x, mean, rstd, gamma, u.view(1, D)
+    )
     return grad_beta.view(-1)
 
 
@@ -168,7 +169,11 @@ def test_wrapper_layouts(layout):
         x, gamma, beta = torch.randn(4, 3, 8, generator=g), torch.randn(8, generator=g), torch.randn(8, generator=g)
         want = F.mish(F.layer_norm(x, (8,), gamma, beta, 1e-5))
     else:
-        x, gamma, beta = torch.randn(2, 3, 5, 8, generator=g), torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+        x, gamma, beta = (
+            torch.randn(2, 3, 5, 8, generator=g),
+            torch.randn(2, 8, generator=g),
+            torch.randn(2, 8, generator=g),
+        )
         want = torch.stack([F.mish(F.layer_norm(x[e], (8,), gamma[e], beta[e], 1e-5)) for e in range(2)])
     for impl in ("fused", "reference"):
         got = ops.layernorm_mish(x, gamma, beta, impl=impl)
@@ -196,7 +201,10 @@ def test_opcheck(device):
         torch.ops.cdred_fast.layernorm_mish.default,
         (x.requires_grad_(True), gamma.requires_grad_(True), beta.requires_grad_(True), 1e-5),
     )
-    torch.library.opcheck(torch.ops.cdred_fast.layernorm_mish_backward.default, (gy, x.detach(), mean, rstd, gamma.detach(), beta.detach()))
+    torch.library.opcheck(
+        torch.ops.cdred_fast.layernorm_mish_backward.default,
+        (gy, x.detach(), mean, rstd, gamma.detach(), beta.detach()),
+    )
 
 
 def test_torch_compile_fullgraph_forward_and_backward():
@@ -303,7 +311,7 @@ def test_cuda_past_the_grid_cap(E, M, D):
     for name, got, want in zip(("y", "grad_x", "grad_gamma", "grad_beta"), fused, ref):
         scale = 1.0 if name in ("y", "grad_x") else max(1.0, math.sqrt(M))
         tol = {k: v * scale for k, v in TOL[torch.float64].items()}
-        torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ----------------------------------------------------------------------------- in the networks
@@ -334,6 +342,7 @@ def test_normed_linear_and_ensemble_fused_equal_pytorch():
 
 def test_reference_blocks_never_call_the_op(monkeypatch):
     """kernels="reference" (the default of a bare Block) stays pure PyTorch."""
+
     def boom(*a, **k):
         raise AssertionError("fused op called")
 

@@ -127,8 +127,14 @@ def test_from_demonstrations_rebuilds_final_observation():
     episodes = []
     for length in (5, 8):
         states = rng.normal(size=(length + 1, 4)).astype(np.float32)
-        episodes.append({"obs": states[:-1], "next_obs": states[1:], "reward": np.zeros(length, np.float32),
-                         "action": rng.uniform(-1, 1, (length, 2)).astype(np.float32)})
+        episodes.append(
+            {
+                "obs": states[:-1],
+                "next_obs": states[1:],
+                "reward": np.zeros(length, np.float32),
+                "action": rng.uniform(-1, 1, (length, 2)).astype(np.float32),
+            }
+        )
     demos = Demonstrations.from_episodes(episodes, task="mw-reach")
     buf = EpisodeBuffer.from_demonstrations(demos)
     assert buf.capacity == 13 and buf.num_episodes == 2 and buf.episode_lengths == [5, 8]

@@ -70,7 +70,9 @@ def test_gpu_cases_run_on_the_cpu_kernels():
     """The compute-sanitizer cases of scripts/gpu_check.sh, on the CPU kernels: they stay correct between GPU runs."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "gpu_cases.py"), "all", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("ok ") == 13, proc.stdout
@@ -92,9 +94,12 @@ def test_gpu_report_reads_results_and_checks_targets(tmp_path):
     (tmp_path / "sanitizer.txt").write_text("mppi memcheck ok 12\nmppi racecheck ok 30\n")
 
     def bench(times_ms):
-        return {"benchmarks": [
-            {"group": "A6", "extra_info": {"impl": impl}, "stats": {"median": ms / 1e3}} for impl, ms in times_ms.items()
-        ]}
+        return {
+            "benchmarks": [
+                {"group": "A6", "extra_info": {"impl": impl}, "stats": {"median": ms / 1e3}}
+                for impl, ms in times_ms.items()
+            ]
+        }
 
     import json
 
@@ -103,15 +108,21 @@ def test_gpu_report_reads_results_and_checks_targets(tmp_path):
         import gpu_report
     finally:
         sys.path.pop(0)
-    (tmp_path / "bench.json").write_text(json.dumps(bench({"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0})))
+    (tmp_path / "bench.json").write_text(
+        json.dumps(bench({"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0}))
+    )
     text, ok = gpu_report.render(tmp_path, 300)
     assert ok, text
     assert "2 passed, 0 failed, 1 skipped" in text and "NVIDIA H200" in text and "24.0x" in text and "4.0x" in text
     # A missed target (19x) and a failed test each make the report FAIL.
-    (tmp_path / "bench.json").write_text(json.dumps(bench({"fused-graph": 0.5, "reference": 9.5, "reference-compiled": 2.0})))
+    (tmp_path / "bench.json").write_text(
+        json.dumps(bench({"fused-graph": 0.5, "reference": 9.5, "reference-compiled": 2.0}))
+    )
     text, ok = gpu_report.render(tmp_path, 300)
     assert not ok and "19.0x | **no**" in text
-    (tmp_path / "bench.json").write_text(json.dumps(bench({"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0})))
+    (tmp_path / "bench.json").write_text(
+        json.dumps(bench({"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0}))
+    )
     (tmp_path / "cuda-tests.xml").write_text(
         '<testsuite tests="1" failures="1" errors="0" skipped="0"><testcase classname="a" name="t1">'
         "<failure/></testcase></testsuite>"
@@ -124,6 +135,7 @@ def test_cuda_skip_reason_names_what_is_missing(monkeypatch):
     """CUDA tests skip without a visible device, and also with one when the extension has no
     CUDA kernels; the reason says which."""
     import testing_utils
+
     from cdred_fast.ops import _dispatch
 
     monkeypatch.setattr(testing_utils.torch.cuda, "is_available", lambda: False)

@@ -94,7 +94,9 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
 def test_wrong_dims_for_task(tmp_path):
     path = _demos(obs_dim=39, action_dim=4).save(tmp_path / "d.npz")
-    with pytest.raises(DemonstrationError, match=r"d\.npz' are for task 'mw-reach' with obs_dim 39 .* environment has obs_dim 17"):
+    with pytest.raises(
+        DemonstrationError, match=r"d\.npz' are for task 'mw-reach' with obs_dim 39 .* environment has obs_dim 17"
+    ):
         Demonstrations.load(path, obs_dim=17)
     with pytest.raises(DemonstrationError, match="action_dim 4, but the environment has obs_dim 39, action_dim 6"):
         Demonstrations.load(path, obs_dim=39, action_dim=6)
@@ -131,8 +133,12 @@ def test_empty_rejected(tmp_path):
 
 def test_truncated_and_garbage_files(tmp_path):
     good = _demos().save(tmp_path / "good.npz").read_bytes()
-    for name, content in [("truncated.npz", good[: len(good) // 2]), ("tail_cut.npz", good[:-30]),
-                          ("garbage.npz", b"this is not a zip archive at all" * 10), ("zero.npz", b"")]:
+    for name, content in [
+        ("truncated.npz", good[: len(good) // 2]),
+        ("tail_cut.npz", good[:-30]),
+        ("garbage.npz", b"this is not a zip archive at all" * 10),
+        ("zero.npz", b""),
+    ]:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(DemonstrationError, match=rf"{name}.*not a readable \.npz"):
             Demonstrations.load(tmp_path / name)
@@ -198,7 +204,9 @@ def _released_episodes(rng, n=3, length=6, obs_dim=5, action_dim=2):
     eps = []
     for _ in range(n):
         ep = _episode(rng, length, obs_dim, action_dim)
-        eps.append((ep["obs"].astype(np.float64), ep["action"], ep["reward"][:, None], ep["next_obs"].astype(np.float64)))
+        eps.append(
+            (ep["obs"].astype(np.float64), ep["action"], ep["reward"][:, None], ep["next_obs"].astype(np.float64))
+        )
     return eps
 
 
@@ -245,7 +253,9 @@ class _Evals:
 
 def test_restricted_unpickler_refuses_code_execution(tmp_path):
     marker = tmp_path / "pwned"
-    payload = pickle.dumps([(np.zeros((2, 3)), np.zeros((2, 1)), np.zeros(2), _RunsShell(f"touch {shlex.quote(str(marker))}"))])
+    payload = pickle.dumps(
+        [(np.zeros((2, 3)), np.zeros((2, 1)), np.zeros(2), _RunsShell(f"touch {shlex.quote(str(marker))}"))]
+    )
 
     # Control: the payload is real - an ordinary unpickler runs the command.
     control = tmp_path / "control"
@@ -272,7 +282,10 @@ def test_released_pickle_with_wrong_layout(tmp_path):
         ([], "non-empty list"),
         ({"obs": np.zeros(3)}, "non-empty list"),
         ([(np.zeros((3, 5)), np.zeros((3, 2)), np.zeros(3))], "must be a tuple"),
-        ([(np.zeros((3, 5)), np.zeros((3, 2)), [0.0, 0.0, 0.0], np.zeros((3, 5)))], "rewards must be a numeric numpy array"),
+        (
+            [(np.zeros((3, 5)), np.zeros((3, 2)), [0.0, 0.0, 0.0], np.zeros((3, 5)))],
+            "rewards must be a numeric numpy array",
+        ),
         ([(np.zeros((3, 5)), np.zeros((2, 2)), np.zeros(3), np.zeros((3, 5)))], "action has 2 rows"),
         ([_released_episodes(rng, 1)[0], _released_episodes(rng, 1, obs_dim=6)[0]], "inconsistent shapes"),
     ]

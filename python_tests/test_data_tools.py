@@ -29,8 +29,10 @@ def reach_demos():
     env = envs.make("mw-reach", seed=0)
     good = collect(env, scripted_policy("mw-reach"), episodes=2, seed=10)
     idle = collect(env, lambda o: np.zeros(4, np.float32), episodes=1, seed=30)
-    eps = list(good.episodes()) + [dict(ep, obs=ep["obs"][:40], action=ep["action"][:40], reward=ep["reward"][:40],
-                                        next_obs=ep["next_obs"][:40]) for ep in idle.episodes()]
+    eps = list(good.episodes()) + [
+        dict(ep, obs=ep["obs"][:40], action=ep["action"][:40], reward=ep["reward"][:40], next_obs=ep["next_obs"][:40])
+        for ep in idle.episodes()
+    ]
     return Demonstrations.from_episodes(eps, task="mw-reach")
 
 
@@ -39,7 +41,9 @@ def test_summary_statistics(reach_demos):
     returns = [ep["reward"].astype(np.float64).sum() for ep in reach_demos.episodes()]
     assert info["episodes"] == 3 and info["transitions"] == 240 and info["task"] == "mw-reach"
     assert (info["length_min"], info["length_mean"], info["length_max"]) == (40, 80.0, 100)
-    assert info["return_mean"] == pytest.approx(np.mean(returns)) and info["return_std"] == pytest.approx(np.std(returns))
+    assert info["return_mean"] == pytest.approx(np.mean(returns)) and info["return_std"] == pytest.approx(
+        np.std(returns)
+    )
     assert info["return_min"] == pytest.approx(min(returns)) and info["return_max"] == pytest.approx(max(returns))
     assert info["success_rate"] == pytest.approx(reach_demos.success.mean())
     assert reach_demos.success.tolist()[:2] == [True, True] and not reach_demos.success[2]
@@ -54,8 +58,15 @@ def test_data_info(tmp_path, reach_demos):
     assert json.loads(out) == {"file": str(path), **data.summary(reach_demos)}
     code, out, err = _cli("data", "info", path)
     assert code == 0, err
-    for text in ("mw-reach", "3 (240 transitions)", "min 40  mean 80.0  max 100", "success rate  0.67", "observation   39 float32",
-                 "action dim    4", "reset seeds   recorded"):
+    for text in (
+        "mw-reach",
+        "3 (240 transitions)",
+        "min 40  mean 80.0  max 100",
+        "success rate  0.67",
+        "observation   39 float32",
+        "action dim    4",
+        "reset seeds   recorded",
+    ):
         assert text in out, text
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     code, out, err = _cli("data", "info", tmp_path / "junk.npz")
@@ -69,7 +80,12 @@ def test_data_convert_a_released_pickle(tmp_path):
     rng = np.random.default_rng(0)
     demos = collect(env, lambda o: rng.uniform(-1, 1, 2), episodes=2, seed=3)
     released = [
-        (ep["obs"].astype(np.float64), ep["action"], ep["reward"][:, None].astype(np.float64), ep["next_obs"].astype(np.float64))
+        (
+            ep["obs"].astype(np.float64),
+            ep["action"],
+            ep["reward"][:, None].astype(np.float64),
+            ep["next_obs"].astype(np.float64),
+        )
         for ep in demos.episodes()
     ]
     pkl = tmp_path / "reacher_easy.pkl"

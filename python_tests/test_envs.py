@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from testing_utils import check_state_env, check_step_output
 
 from cdred_fast import envs
 from cdred_fast.envs.metaworld import scripted_policy
-
-from testing_utils import check_state_env, check_step_output
 
 # The paper's tasks and the sizes their simulators define.
 DMC_PAPER = {
@@ -49,7 +48,16 @@ def test_cli_lists_the_tasks():
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines()}
     assert list(lines) == envs.known_tasks()
-    assert lines["ms2-turn-faucet"].split() == ["ms2-turn-faucet", "maniskill2", "100", "steps", "x", "repeat", "2", "(paper)"]
+    assert lines["ms2-turn-faucet"].split() == [
+        "ms2-turn-faucet",
+        "maniskill2",
+        "100",
+        "steps",
+        "x",
+        "repeat",
+        "2",
+        "(paper)",
+    ]
 
 
 @pytest.mark.parametrize("task", list(DMC_PAPER))
@@ -265,4 +273,3 @@ def test_maniskill2_worker_messages_cannot_carry_code():
     assert _plain_loads(pickle.dumps(plain, protocol=4)) == plain
     with pytest.raises(pickle.UnpicklingError, match="only plain values"):
         _plain_loads(pickle.dumps(("ok", ValueError("x")), protocol=4))
-

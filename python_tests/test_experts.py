@@ -8,14 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from testing_utils import TINY as SHARED_TINY
 
 from cdred_fast import CDREDConfig
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.buffer import EpisodeBuffer
 from cdred_fast.data import Demonstrations
 from cdred_fast.layers import two_hot
-
-from testing_utils import TINY as SHARED_TINY
 
 OBS, ACT, H, B = 6, 2, 3, 16
 TINY = {**SHARED_TINY, "num_bins": 21}
@@ -122,8 +121,20 @@ def _cli(*args):
 
 def test_expert_train_then_collect_from_the_checkpoint(tmp_path):
     overrides = [f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in TINY.items()]
-    code, out, err = _cli("expert", "train", "mw-reach", "--no-progress", "--work-dir", tmp_path / "expert",
-                          "steps=200", "seed_steps=100", "eval_freq=200", "eval_episodes=1", "mpc=false", *overrides)
+    code, out, err = _cli(
+        "expert",
+        "train",
+        "mw-reach",
+        "--no-progress",
+        "--work-dir",
+        tmp_path / "expert",
+        "steps=200",
+        "seed_steps=100",
+        "eval_freq=200",
+        "eval_episodes=1",
+        "mpc=false",
+        *overrides,
+    )
     assert code == 0, err
     assert "TD-MPC2 expert on mw-reach" in out
     run = tmp_path / "expert"
@@ -184,6 +195,11 @@ def test_trembling_hand_from_the_config(tmp_path):
         assert abs(after.mean() - p) < 4.5 * np.sqrt(p * (1 - p) / after.size)
         sequences.append(trembled)
     assert not np.array_equal(*sequences)  # the two environments draw their own noise (own seeds)
-    calm = Trainer(CDREDConfig(**TINY, method="tdmpc2", task="cartpole-swingup", steps=10), tmp_path / "calm", progress=False, tensorboard=False)
+    calm = Trainer(
+        CDREDConfig(**TINY, method="tdmpc2", task="cartpole-swingup", steps=10),
+        tmp_path / "calm",
+        progress=False,
+        tensorboard=False,
+    )
     calm.env.reset()
     assert "trembled" not in calm.env.step(np.zeros(1, np.float32))[4]

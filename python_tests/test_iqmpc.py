@@ -92,8 +92,13 @@ class FakeDynamics:
 
     def hand(self, z, a):
         L, A = self.K.shape
-        return [math.tanh(sum(float(self.M[i, j]) * float(z[j]) for j in range(L))
-                          + sum(float(self.K[i, j]) * float(a[j]) for j in range(A))) for i in range(L)]
+        return [
+            math.tanh(
+                sum(float(self.M[i, j]) * float(z[j]) for j in range(L))
+                + sum(float(self.K[i, j]) * float(a[j]) for j in range(A))
+            )
+            for i in range(L)
+        ]
 
 
 def hand_qmin(q, pair, z, a, target=False):
@@ -115,9 +120,13 @@ def pairs(rows, seed=0, num_q=5):
 
 def make_noise(H, N, nb, A, num_q=5, seed=10, gp=False):
     return iq.IQMPCCriticNoise(
-        v0_eps=rand(N - nb, A, seed=seed), v0_heads=torch.tensor([3, 1]),
-        next_eps=rand(H, N, A, seed=seed + 1), next_heads=torch.tensor([0, 4]),
-        dec_eps=rand(H, N, A, seed=seed + 2), dec_heads=pairs(H, seed + 3, num_q), dec_next_heads=pairs(H, seed + 4, num_q),
+        v0_eps=rand(N - nb, A, seed=seed),
+        v0_heads=torch.tensor([3, 1]),
+        next_eps=rand(H, N, A, seed=seed + 1),
+        next_heads=torch.tensor([0, 4]),
+        dec_eps=rand(H, N, A, seed=seed + 2),
+        dec_heads=pairs(H, seed + 3, num_q),
+        dec_next_heads=pairs(H, seed + 4, num_q),
         gp_u=torch.rand(H, num_q, nb, generator=torch.Generator().manual_seed(seed + 5), dtype=F64) if gp else None,
         gp_heads=pairs(H * num_q, seed + 6, num_q).view(H, num_q, 2) if gp else None,
     )
@@ -226,8 +235,17 @@ def hand_critic(q, pi, zs, action, next_z, nb, gamma, rho, c, noise, gp=None):
     """L_critic of SPEC section 6 by loops; ``gp[t][k]`` the penalties (or None)."""
     H, N = action.shape[0], action.shape[1]
     ne = N - nb
-    y = [[gamma * (hand_qmin(q, noise.next_heads, next_z[t, i], pi.hand(next_z[t, i], noise.next_eps[t, i])[0], True)
-                   - c * pi.hand(next_z[t, i], noise.next_eps[t, i])[1]) for i in range(N)] for t in range(H)]
+    y = [
+        [
+            gamma
+            * (
+                hand_qmin(q, noise.next_heads, next_z[t, i], pi.hand(next_z[t, i], noise.next_eps[t, i])[0], True)
+                - c * pi.hand(next_z[t, i], noise.next_eps[t, i])[1]
+            )
+            for i in range(N)
+        ]
+        for t in range(H)
+    ]
     v0 = 0.0
     for j in range(ne):
         act, lp = pi.hand(zs[0, nb + j], noise.v0_eps[j])
@@ -252,8 +270,9 @@ def hand_decoded(q, pi, z_obs, action, next_z, gamma, c, noise):
     for t in range(H):
         for i in range(N):
             act, lp = pi.hand(next_z[t, i], noise.dec_eps[t, i])
-            out[t][i] = (hand_qmin(q, noise.dec_heads[t], z_obs[t, i], action[t, i])
-                         - gamma * (hand_qmin(q, noise.dec_next_heads[t], next_z[t, i], act) - c * lp))
+            out[t][i] = hand_qmin(q, noise.dec_heads[t], z_obs[t, i], action[t, i]) - gamma * (
+                hand_qmin(q, noise.dec_next_heads[t], next_z[t, i], act) - c * lp
+            )
     return out
 
 
@@ -280,15 +299,30 @@ def test_critic_loss_against_hand(H, N, nb, A):
     exp_b = sum(v for row in dec for v in row[:nb]) / (H * nb)
     assert float(stats["decoded_reward_expert"]) == pytest.approx(exp_e, abs=1e-9)
     assert float(stats["decoded_reward_behavioral"]) == pytest.approx(exp_b, abs=1e-9)
-    direct = iq.decoded_reward(q, pi, z_obs, action, next_z, gamma, entropy_coef=c, eps=noise.dec_eps,
-                               heads=noise.dec_heads, next_heads=noise.dec_next_heads)
+    direct = iq.decoded_reward(
+        q,
+        pi,
+        z_obs,
+        action,
+        next_z,
+        gamma,
+        entropy_coef=c,
+        eps=noise.dec_eps,
+        heads=noise.dec_heads,
+        next_heads=noise.dec_next_heads,
+    )
     torch.testing.assert_close(direct, torch.tensor(dec, dtype=F64), atol=1e-9, rtol=0)
 
 
 def test_critic_loss_explicit_z_obs():
     H, N, nb, L, A = 2, 4, 2, 3, 2
     q, pi = make_q(L, A), FakePi(L, A)
-    zs, action, next_z, z_obs = rand(H + 1, N, L, seed=5), rand(H, N, A, seed=6, scale=0.4), rand(H, N, L, seed=7), rand(H, N, L, seed=8)
+    zs, action, next_z, z_obs = (
+        rand(H + 1, N, L, seed=5),
+        rand(H, N, A, seed=6, scale=0.4),
+        rand(H, N, L, seed=7),
+        rand(H, N, L, seed=8),
+    )
     noise = make_noise(H, N, nb, A)
     _, stats = iq.iqmpc_critic_loss(q, pi, zs, action, next_z, nb, 0.95, entropy_coef=0.1, noise=noise, z_obs=z_obs)
     dec = hand_decoded(q, pi, z_obs, action, next_z, 0.95, 0.1, noise)
@@ -321,8 +355,17 @@ def test_critic_loss_gradients_flow_as_released():
 
 def test_critic_loss_default_noise_and_world_model_policy():
     """Runs with the real policy prior and drawn noise (dropout on); a generator makes it reproducible."""
-    cfg = CDREDConfig(latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
-                      rnd_predictor_hidden=(32, 32, 32), num_targets=3, episode_length=100, kernels="reference")
+    cfg = CDREDConfig(
+        latent_dim=16,
+        enc_dim=16,
+        mlp_dim=32,
+        rnd_dim=8,
+        rnd_target_hidden=(16, 16),
+        rnd_predictor_hidden=(32, 32, 32),
+        num_targets=3,
+        episode_length=100,
+        kernels="reference",
+    )
     m = WorldModel(cfg, 5, 3)
     q = iq.ScalarQEnsemble.from_config(cfg, 3)
     with torch.no_grad():
@@ -342,9 +385,17 @@ def test_critic_loss_shape_errors():
     H, N, nb, L, A = 2, 4, 2, 3, 2
     q, pi = make_q(L, A), FakePi(L, A)
     zs, action, next_z = rand(H + 1, N, L), rand(H, N, A), rand(H, N, L)
-    call = lambda **kw: iq.iqmpc_critic_loss(q, pi, kw.get("zs", zs), kw.get("action", action), kw.get("next_z", next_z),
-                                             kw.get("nb", nb), kw.get("gamma", 0.9), noise=kw.get("noise"),
-                                             grad_pen=kw.get("grad_pen", False))
+    call = lambda **kw: iq.iqmpc_critic_loss(
+        q,
+        pi,
+        kw.get("zs", zs),
+        kw.get("action", action),
+        kw.get("next_z", next_z),
+        kw.get("nb", nb),
+        kw.get("gamma", 0.9),
+        noise=kw.get("noise"),
+        grad_pen=kw.get("grad_pen", False),
+    )
     with pytest.raises(ValueError, match=r"zs must be \[H\+1, N, L=3\]"):
         call(zs=rand(N, L))
     with pytest.raises(ValueError, match=r"zs must be .*H >= 1"):
@@ -399,7 +450,9 @@ def test_gradient_penalty_against_finite_differences():
     gp = iq.gradient_penalty(q, ze, ae, zb, ab, u, heads, coef=2.0)
     assert gp.shape == (P,)
     for p in range(P):
-        assert float(gp[p].detach()) == pytest.approx(hand_gp(q, heads[p], ze[p], ae[p], zb[p], ab[p], u[p], L, 2.0), abs=1e-6)
+        assert float(gp[p].detach()) == pytest.approx(
+            hand_gp(q, heads[p], ze[p], ae[p], zb[p], ab[p], u[p], L, 2.0), abs=1e-6
+        )
 
 
 def test_gradient_penalty_inputs_detached_and_heads_learn():
@@ -422,8 +475,15 @@ def test_gradient_penalty_inputs_detached_and_heads_learn():
 def test_gradient_penalty_at_zero_init_is_one_with_finite_gradient():
     """Zero last layer: Q is constant, grad 0, GP = (0 - 1)^2 = 1; the norm's backward at 0 stays finite."""
     q = make_q(3, 2, zero_last=True)
-    gp = iq.gradient_penalty(q, rand(2, 3, 3), rand(2, 3, 2), rand(2, 3, 3, seed=1), rand(2, 3, 2, seed=1),
-                             torch.full((2, 3), 0.5, dtype=F64), pairs(2))
+    gp = iq.gradient_penalty(
+        q,
+        rand(2, 3, 3),
+        rand(2, 3, 2),
+        rand(2, 3, 3, seed=1),
+        rand(2, 3, 2, seed=1),
+        torch.full((2, 3), 0.5, dtype=F64),
+        pairs(2),
+    )
     torch.testing.assert_close(gp, torch.ones(2, dtype=F64))
     gp.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in q.Qs.parameters() if p.grad is not None)
@@ -439,10 +499,19 @@ def test_gradient_penalty_fused_blocks_match_reference():
     for kernels in ("reference", "fused"):
         q = make_q(L, A, hidden=8).to(torch.float32)
         use_kernels(q, kernels)
-        gp = iq.gradient_penalty(q, rand(P, n, L).float(), rand(P, n, A).float(), rand(P, n, L, seed=1).float(),
-                                 rand(P, n, A, seed=1).float(), torch.full((P, n), 0.4), pairs(P))
+        gp = iq.gradient_penalty(
+            q,
+            rand(P, n, L).float(),
+            rand(P, n, A).float(),
+            rand(P, n, L, seed=1).float(),
+            rand(P, n, A, seed=1).float(),
+            torch.full((P, n), 0.4),
+            pairs(P),
+        )
         gp.sum().backward()
-        grads.append((gp.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in q.Qs.parameters()]))
+        grads.append(
+            (gp.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in q.Qs.parameters()])
+        )
         assert all(m.kernels == kernels for m in q.Qs.layers)  # restored after the penalty
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1]):
@@ -455,10 +524,18 @@ def test_critic_loss_with_grad_pen_against_hand():
     q, pi = make_q(L, A), FakePi(L, A)
     zs, action, next_z = rand(H + 1, N, L, seed=5), rand(H, N, A, seed=6, scale=0.5), rand(H, N, L, seed=7)
     noise = make_noise(H, N, nb, A, gp=True)
-    loss, stats = iq.iqmpc_critic_loss(q, pi, zs, action, next_z, nb, gamma, rho=rho, entropy_coef=c, noise=noise,
-                                       grad_pen=True, grad_pen_coef=1.0)
-    gp = [[hand_gp(q, noise.gp_heads[t, k], zs[t, nb:], action[t, nb:], zs[t, :nb], action[t, :nb],
-                   noise.gp_u[t, k], L) for k in range(5)] for t in range(H)]
+    loss, stats = iq.iqmpc_critic_loss(
+        q, pi, zs, action, next_z, nb, gamma, rho=rho, entropy_coef=c, noise=noise, grad_pen=True, grad_pen_coef=1.0
+    )
+    gp = [
+        [
+            hand_gp(
+                q, noise.gp_heads[t, k], zs[t, nb:], action[t, nb:], zs[t, :nb], action[t, :nb], noise.gp_u[t, k], L
+            )
+            for k in range(5)
+        ]
+        for t in range(H)
+    ]
     expected, _, _ = hand_critic(q, pi, zs, action, next_z, nb, gamma, rho, c, noise, gp=gp)
     assert float(loss.detach()) == pytest.approx(expected, abs=1e-6)
     assert float(stats["grad_pen"]) == pytest.approx(sum(sum(r) for r in gp) / (H * 5), abs=1e-6)
@@ -520,13 +597,19 @@ def test_soft_planning_return_against_hand(H, R, A):
     q, pi, dyn = make_q(L, A), FakePi(L, A), FakeDynamics(L, A)
     z, actions = rand(R, L, seed=20), rand(H, R, A, seed=21, scale=0.5).clamp(-1, 1)
     nz = iq.SoftReturnNoise(
-        q_heads=pairs(H, 22), hat_eps=rand(H, R, A, seed=23), next_eps=rand(H, R, A, seed=24), next_heads=pairs(H, 25),
-        term_eps=rand(R, A, seed=26), term_log_eps=rand(R, A, seed=27), term_heads=torch.tensor([1, 4]),
+        q_heads=pairs(H, 22),
+        hat_eps=rand(H, R, A, seed=23),
+        next_eps=rand(H, R, A, seed=24),
+        next_heads=pairs(H, 25),
+        term_eps=rand(R, A, seed=26),
+        term_log_eps=rand(R, A, seed=27),
+        term_heads=torch.tensor([1, 4]),
     )
     G = iq.soft_planning_return(q, pi, dyn, z, actions, gamma, entropy_coef=c, noise=nz)
     assert G.shape == (R,)
-    torch.testing.assert_close(G, torch.tensor(hand_soft_return(q, pi, dyn, z, actions, gamma, c, nz), dtype=F64),
-                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        G, torch.tensor(hand_soft_return(q, pi, dyn, z, actions, gamma, c, nz), dtype=F64), atol=1e-9, rtol=0
+    )
 
 
 def test_soft_planning_return_is_redrawn_each_call():
@@ -542,8 +625,17 @@ def test_soft_planning_return_is_redrawn_each_call():
 
 
 def test_soft_planning_return_with_world_model_no_grad():
-    cfg = CDREDConfig(latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
-                      rnd_predictor_hidden=(32, 32, 32), num_targets=3, episode_length=100, kernels="reference")
+    cfg = CDREDConfig(
+        latent_dim=16,
+        enc_dim=16,
+        mlp_dim=32,
+        rnd_dim=8,
+        rnd_target_hidden=(16, 16),
+        rnd_predictor_hidden=(32, 32, 32),
+        num_targets=3,
+        episode_length=100,
+        kernels="reference",
+    )
     m = WorldModel(cfg, 5, 3)
     q = iq.ScalarQEnsemble.from_config(cfg, 3).train(False)
     G = iq.soft_planning_return(q, m.pi, m.next, torch.randn(10, 16), torch.rand(3, 10, 3) * 2 - 1, 0.99)

@@ -172,7 +172,9 @@ def test_two_hot_round_trip():
         enc = two_hot(x, nb, -10.0, 10.0)
         assert enc.shape == (2, 500, nb)
         bins = np.linspace(-10, 10, nb)
-        np.testing.assert_allclose((enc.numpy() * bins).sum(-1), np.sign(x.numpy()) * np.log1p(np.abs(x.numpy())), atol=1e-10)
+        np.testing.assert_allclose(
+            (enc.numpy() * bins).sum(-1), np.sign(x.numpy()) * np.log1p(np.abs(x.numpy())), atol=1e-10
+        )
         assert ((enc > 0).sum(-1) <= 2).all() and (enc >= 0).all()
         # decode: logits = log(two-hot); softmax recovers the two-hot; symexp recovers x
         np.testing.assert_allclose(two_hot_inv(enc.log(), -10.0, 10.0).numpy(), x.numpy(), rtol=1e-8, atol=1e-8)

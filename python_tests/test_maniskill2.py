@@ -12,11 +12,10 @@ import logging
 
 import numpy as np
 import pytest
+from testing_utils import check_state_env, check_step_output
 
 from cdred_fast import envs
 from cdred_fast.envs import maniskill2 as ms2
-
-from testing_utils import check_state_env, check_step_output
 
 _OK, _WHY = ms2.available()
 if not _OK:
@@ -153,7 +152,7 @@ def test_state_only_matches_the_renderer(task):
     try:
         assert normal.unwrapped.renderer == "sapien"
         rng = np.random.default_rng(1)
-        for episode in range(2):
+        for _episode in range(2):
             a, b = normal.reset()[0], state_only.reset()[0]
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
             for _ in range(40):
@@ -208,7 +207,9 @@ def test_turn_faucet_code_path_with_a_stand_in_model(tmp_path):
     model = tmp_path / "partnet_mobility" / "dataset" / "5000"
     model.mkdir(parents=True)
     (model / "mobility_cvx.urdf").write_text(_STAND_IN_FAUCET)
-    env = ms2.ManiSkill2Env("TurnFaucet-v0", "pd_ee_delta_pose", seed=0, renderer="none", asset_dir=tmp_path, model_ids=["5000"])
+    env = ms2.ManiSkill2Env(
+        "TurnFaucet-v0", "pd_ee_delta_pose", seed=0, renderer="none", asset_dir=tmp_path, model_ids=["5000"]
+    )
     try:
         assert env.observation_space.shape == (40,) and env.action_space.shape == (7,)
         obs, info = env.reset()
@@ -222,11 +223,12 @@ def test_turn_faucet_code_path_with_a_stand_in_model(tmp_path):
 
 
 def test_short_cdred_training_run_on_pick_cube(tmp_path, monkeypatch):
+    from testing_utils import TINY
+
     from cdred_fast import CDREDConfig
     from cdred_fast.checkpoint import load_checkpoint
     from cdred_fast.collect import collect
     from cdred_fast.trainer import Trainer
-    from testing_utils import TINY
 
     env = envs.make("ms2-pick-cube", seed=0, renderer="none")
     try:
@@ -252,9 +254,10 @@ def test_short_cdred_training_run_on_pick_cube(tmp_path, monkeypatch):
 def test_trainer_collects_scripted_demonstrations_for_lift_cube(monkeypatch):
     """Without --demos, a run on ms2-lift-cube collects successful scripted-expert episodes
     (as for Meta-World); turn-faucet has no scripted expert and says so."""
+    from testing_utils import TINY
+
     from cdred_fast import CDREDConfig
     from cdred_fast.trainer import obtain_demonstrations
-    from testing_utils import TINY
 
     monkeypatch.setenv(ms2.RENDERER_ENV, "none")
     cfg = CDREDConfig(**TINY, task="ms2-lift-cube", num_demos=1)

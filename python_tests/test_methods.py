@@ -3,13 +3,12 @@ dispatching to it, and each method's planning return on the world model."""
 
 import pytest
 import torch
+from testing_utils import TINY
 
 from cdred_fast import methods
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import METHOD_CHOICES, CDREDConfig
 from cdred_fast.planner import trajectory_value
-
-from testing_utils import TINY
 
 OBS, ACT = 6, 2
 

@@ -6,10 +6,9 @@ import platform
 import numpy as np
 import pytest
 import torch
-
-from cdred_fast import ops, reference
-
 from testing_utils import DEVICES, needs_cuda
+
+from cdred_fast import ops
 
 TOL = {torch.float32: dict(rtol=3e-5, atol=3e-6), torch.float64: dict(rtol=1e-11, atol=1e-12)}
 
@@ -18,6 +17,8 @@ def _tol(dtype, k):
     """Weighted sums over k elites are accumulated in different orders: allow error growing with k."""
     grow = max(1.0, k / 512)
     return {key: val * grow for key, val in TOL[dtype].items()}
+
+
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -153,7 +154,7 @@ def _elite_parity(values, actions, k, tau, lo, hi):
     fused = ops.mppi_elite_update(values, actions, k, tau, lo, hi)
     ref = ops.mppi_elite_update(values, actions, k, tau, lo, hi, impl="reference")
     names = ("mean", "std", "elite_actions", "elite_weights", "elite_values")
-    B, N = values.shape[0], values.shape[-1]
+    B = values.shape[0]
     H, A = actions.shape[-3], actions.shape[-1]
     shapes = ((B, H, A), (B, H, A), (B, H, k, A), (B, k), (B, k))
     for name, f, r, shape in zip(names, fused, ref, shapes):
@@ -163,7 +164,7 @@ def _elite_parity(values, actions, k, tau, lo, hi):
             # -0.0 is kept as is (NaN -> +0.0 only)
             assert torch.equal(torch.signbit(f), torch.signbit(r)), name
         else:
-            torch.testing.assert_close(f, r, **_tol(values.dtype, k), msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(f, r, **_tol(values.dtype, k), msg=lambda m, name=name: f"{name}: {m}")
     return fused
 
 
@@ -240,8 +241,9 @@ def test_temperature_extremes_and_std_clamping(dtype, device):
         assert (std == (lo if lo > 0.5 else hi)).all()
     # Identical elites: zero spread, clamped up to min_std.
     same = actions[:, :, :1].expand(B, H, N, A).contiguous()
-    torch.testing.assert_close(_elite_parity(values, same, k, 0.5, 0.05, 2.0)[1], torch.full((B, H, A), 0.05,
-                                                                                             dtype=dtype, device=device))
+    torch.testing.assert_close(
+        _elite_parity(values, same, k, 0.5, 0.05, 2.0)[1], torch.full((B, H, A), 0.05, dtype=dtype, device=device)
+    )
 
 
 def test_elite_update_unbatched_and_non_contiguous():
@@ -468,8 +470,14 @@ def _good():
     ea, w, std = _elites(2, 3, 4, 5, torch.float32, "cpu", 1)
     return dict(
         sample=dict(mean=std.clone(), std=std, num_samples=3, generator=None),
-        elite=dict(values=torch.randn(2, 6), actions=torch.randn(2, 3, 6, 5), num_elites=4, temperature=0.5,
-                   min_std=0.05, max_std=2.0),
+        elite=dict(
+            values=torch.randn(2, 6),
+            actions=torch.randn(2, 3, 6, 5),
+            num_elites=4,
+            temperature=0.5,
+            min_std=0.05,
+            max_std=2.0,
+        ),
         select=dict(elite_actions=ea, elite_weights=w, std=std, eval_mode=False, generator=None),
     )
 
@@ -496,11 +504,21 @@ BAD_CASES = [
     ("elite", "min_std 0", lambda a: a.update(min_std=0.0), ValueError, "min_std"),
     ("elite", "max_std < min", lambda a: a.update(max_std=0.01), ValueError, "max_std"),
     ("elite", "max_std inf", lambda a: a.update(max_std=float("inf")), ValueError, "max_std"),
-    ("select", "weights shape", lambda a: a.update(elite_weights=a["elite_weights"][:, :3]), ValueError,
-     "elite_weights"),
+    (
+        "select",
+        "weights shape",
+        lambda a: a.update(elite_weights=a["elite_weights"][:, :3]),
+        ValueError,
+        "elite_weights",
+    ),
     ("select", "std shape", lambda a: a.update(std=a["std"][:, :, :2]), ValueError, "std"),
-    ("select", "H = 0", lambda a: a.update(elite_actions=a["elite_actions"][:, :0], std=a["std"][:, :0]), ValueError,
-     "H >= 1"),
+    (
+        "select",
+        "H = 0",
+        lambda a: a.update(elite_actions=a["elite_actions"][:, :0], std=a["std"][:, :0]),
+        ValueError,
+        "H >= 1",
+    ),
     ("select", "mixed dtype", lambda a: a.update(std=a["std"].double()), TypeError, "std"),
     ("select", "int actions", lambda a: a.update(elite_actions=a["elite_actions"].int()), TypeError, "elite_actions"),
     ("select", "weights 1-D", lambda a: a.update(elite_weights=a["elite_weights"][0]), ValueError, "elite_weights"),

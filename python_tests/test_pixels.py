@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from testing_utils import TINY
 
 from cdred_fast import CDREDConfig, envs
 from cdred_fast.buffer import EpisodeBuffer
 from cdred_fast.collect import collect, render_pixels
 from cdred_fast.data import DemonstrationError, Demonstrations
 from cdred_fast.world_model import PixelEncoder, ShiftAug, WorldModel
-
-from testing_utils import TINY
 
 # the shared tiny model with a pixel latent: latent_dim = num_channels * 4 * 4 at 64x64
 PIXEL_TINY = {**TINY, "latent_dim": 64, "num_channels": 4, "batch_size": 4}
@@ -99,7 +98,10 @@ def test_pixel_encoder_matches_spec():
     enc = PixelEncoder(cfg, (9, 64, 64))
     convs = [m for m in enc.convs if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
-        (9, 32, 7, 2), (32, 32, 5, 2), (32, 32, 3, 2), (32, 32, 3, 1)
+        (9, 32, 7, 2),
+        (32, 32, 5, 2),
+        (32, 32, 3, 2),
+        (32, 32, 3, 1),
     ]
     assert sum(isinstance(m, torch.nn.ReLU) for m in enc.convs) == 3 and enc.shift.pad == 3
     seen = []
@@ -175,7 +177,9 @@ def test_buffer_stores_each_frame_once_and_rebuilds_the_stacks():
         for i in range(300):  # each sample is a contiguous piece of one stored episode
             obs, act, rew = batch["obs"][:, i].numpy(), batch["action"][:, i].numpy(), batch["reward"][:, i].numpy()
             hits = [
-                (e, t) for e, (o, a, r) in enumerate(episodes[2:]) for t in range(len(a) - 2)
+                (e, t)
+                for e, (o, a, r) in enumerate(episodes[2:])
+                for t in range(len(a) - 2)
                 if np.array_equal(o[t : t + 4], obs)
             ]
             assert len(hits) == 1
@@ -225,7 +229,9 @@ def test_pixel_demonstrations_validate_and_round_trip(tmp_path):
     with pytest.raises(DemonstrationError, match=r"next_obs\[1\] differs from obs\[2\]"):
         Demonstrations.from_episodes([bad], task="cartpole-swingup")
     with pytest.raises(DemonstrationError, match="must be uint8"):
-        Demonstrations.from_episodes([dict(eps[0], obs=eps[0]["obs"] / 255.0, next_obs=eps[0]["next_obs"] / 255.0)], task="t")
+        Demonstrations.from_episodes(
+            [dict(eps[0], obs=eps[0]["obs"] / 255.0, next_obs=eps[0]["next_obs"] / 255.0)], task="t"
+        )
 
 
 # --------------------------------------------------------------------------- rendering demonstrations
@@ -246,12 +252,19 @@ def test_render_pixels_replays_state_demonstrations():
         obs = env.step(state_demos.action[500 + t])[0]
     np.testing.assert_array_equal(obs, pix.next_obs[502])
     # without seeds: refused, unless the seed convention is given (and then checked)
-    unseeded = Demonstrations.from_episodes([{k: v for k, v in ep.items() if k != "seed"} for ep in state_demos.episodes()], task="reacher-easy")
+    unseeded = Demonstrations.from_episodes(
+        [{k: v for k, v in ep.items() if k != "seed"} for ep in state_demos.episodes()], task="reacher-easy"
+    )
     with pytest.raises(DemonstrationError, match="record no reset seeds"):
         render_pixels(unseeded)
     with pytest.raises(DemonstrationError, match=r"episode 0 \(reset seed 20\): the replay diverged"):
         render_pixels(unseeded, seed=20)
-    assert render_pixels(Demonstrations.from_episodes([next(unseeded.episodes())], "reacher-easy"), seed=21).num_transitions == 500
+    assert (
+        render_pixels(
+            Demonstrations.from_episodes([next(unseeded.episodes())], "reacher-easy"), seed=21
+        ).num_transitions
+        == 500
+    )
     # perturbed actions are caught
     shaky = Demonstrations.from_episodes(list(state_demos.episodes()), "reacher-easy")
     shaky.action[10] = -shaky.action[10]
@@ -270,8 +283,14 @@ def test_cdred_learns_from_pixels_end_to_end(tmp_path):
     state_demos = collect(envs.make("cartpole-swingup", seed=0), lambda o: rng.uniform(-1, 1, 1), episodes=1, seed=3)
     path = render_pixels(state_demos).save(tmp_path / "pixels.npz")
     cfg = CDREDConfig(
-        **PIXEL_TINY, task="cartpole-swingup", obs="rgb", steps=600, seed_steps=100, eval_freq=600,
-        eval_episodes=1, mpc=False,  # planning from pixels: test_pixel_agent_acts_and_updates
+        **PIXEL_TINY,
+        task="cartpole-swingup",
+        obs="rgb",
+        steps=600,
+        seed_steps=100,
+        eval_freq=600,
+        eval_episodes=1,
+        mpc=False,  # planning from pixels: test_pixel_agent_acts_and_updates
     )
     trainer = Trainer(cfg, tmp_path / "run", demos=path, progress=False, tensorboard=False, log_freq=100)
     assert trainer.buffer.frame_stack == 3 and trainer.expert_buffer.num_transitions == 500

@@ -13,17 +13,15 @@ the GPU plan benchmark (bench/test_bench_plan_gpu.py), which needs a CUDA device
   plans exactly like the agent.
 """
 
-
 import pytest
 import torch
+from testing_utils import TINY
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from cdred_fast import Planner
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
-from cdred_fast import Planner
 from cdred_fast.planner import mppi_plan
-
-from testing_utils import TINY
 
 OBS, ACT = 6, 2
 

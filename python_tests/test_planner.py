@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from testing_utils import needs_cuda
 from torch import nn
 
 import cdred_fast
@@ -27,16 +28,25 @@ from cdred_fast.config import CDREDConfig
 from cdred_fast.planner import MPPIPlanner, MPPISettings
 from cdred_fast.tdmpc2_planner import Planner
 
-from testing_utils import needs_cuda
-
 L, A, BINS, VMIN, VMAX = 8, 3, 11, -5.0, 5.0
 IMPLS = ["fused", "reference"]
 
 
 # =============================================================================== test world models
 class _SmallWorldModel(nn.Module):
-    def __init__(self, latent=L, action=A, num_bins=BINS, num_q=5, hidden=32, num_tasks=0, masks=None,
-                 scalar_reward=False, deterministic=False, seed=0):
+    def __init__(
+        self,
+        latent=L,
+        action=A,
+        num_bins=BINS,
+        num_q=5,
+        hidden=32,
+        num_tasks=0,
+        masks=None,
+        scalar_reward=False,
+        deterministic=False,
+        seed=0,
+    ):
         super().__init__()
         torch.manual_seed(seed)
         self.num_q, self.deterministic = num_q, deterministic
@@ -117,9 +127,26 @@ def make_model(api, **kw):
 
 
 def make_cfg(**kw):
-    base = dict(horizon=3, num_samples=64, num_elites=8, num_pi_trajs=6, iterations=3, temperature=0.5,
-                min_std=0.05, max_std=2.0, action_dim=A, multitask=False, num_bins=BINS, vmin=VMIN, vmax=VMAX,
-                episode_length=100, discount_denom=5, discount_min=0.95, discount_max=0.995, episodic=False)
+    base = dict(
+        horizon=3,
+        num_samples=64,
+        num_elites=8,
+        num_pi_trajs=6,
+        iterations=3,
+        temperature=0.5,
+        min_std=0.05,
+        max_std=2.0,
+        action_dim=A,
+        multitask=False,
+        num_bins=BINS,
+        vmin=VMIN,
+        vmax=VMAX,
+        episode_length=100,
+        discount_denom=5,
+        discount_min=0.95,
+        discount_max=0.995,
+        episodic=False,
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -203,11 +230,26 @@ def run_both(planner, model, cfg, api, z, steps, eval_mode=False, task=None, gam
     prev = None
     for step in range(steps):
         torch.manual_seed(seed + step)
-        want, prev = eager_plan(model, cfg, api, z, prev, step == 0, eval_mode,
-                                torch.Generator().manual_seed(seed + 100 + step), task=task, gamma=gamma)
+        want, prev = eager_plan(
+            model,
+            cfg,
+            api,
+            z,
+            prev,
+            step == 0,
+            eval_mode,
+            torch.Generator().manual_seed(seed + 100 + step),
+            task=task,
+            gamma=gamma,
+        )
         torch.manual_seed(seed + step)
-        got = planner.plan(z[0], t0=step == 0, eval_mode=eval_mode, task=task,
-                           generator=torch.Generator().manual_seed(seed + 100 + step))
+        got = planner.plan(
+            z[0],
+            t0=step == 0,
+            eval_mode=eval_mode,
+            task=task,
+            generator=torch.Generator().manual_seed(seed + 100 + step),
+        )
         yield got, want, planner.prev_mean[0], prev
 
 
@@ -302,10 +344,16 @@ def check_batched_equals_single(monkeypatch, impl, model, cfg, tasks=None):
     singles = [Planner(model, cfg, kernels=impl) for _ in range(B)]
     single_actions = []
     for step, t0 in enumerate(t0s):
-        single_actions.append(torch.stack([
-            singles[b].plan(zs[b], t0=t0[b], task=task_b(b), generator=torch.Generator().manual_seed(10 * step + b))
-            for b in range(B)
-        ]))
+        single_actions.append(
+            torch.stack(
+                [
+                    singles[b].plan(
+                        zs[b], t0=t0[b], task=task_b(b), generator=torch.Generator().manual_seed(10 * step + b)
+                    )
+                    for b in range(B)
+                ]
+            )
+        )
     single_means = torch.cat([p.prev_mean for p in singles])
 
     real_sample, real_select = ops.mppi_sample, ops.mppi_select
@@ -315,8 +363,9 @@ def check_batched_equals_single(monkeypatch, impl, model, cfg, tasks=None):
         return torch.stack([real_sample(mean[b], std[b], num_samples, gens[b], impl=impl) for b in range(B)])
 
     def select(elite_actions, elite_weights, std, eval_mode=False, generator=None, *, impl):
-        return torch.stack([real_select(elite_actions[b], elite_weights[b], std[b], eval_mode, gens[b], impl=impl)
-                            for b in range(B)])
+        return torch.stack(
+            [real_select(elite_actions[b], elite_weights[b], std[b], eval_mode, gens[b], impl=impl) for b in range(B)]
+        )
 
     monkeypatch.setattr(ops, "mppi_sample", sample)
     monkeypatch.setattr(ops, "mppi_select", select)
@@ -462,7 +511,9 @@ def test_errors_name_what_is_missing():
     # one reward value per row with num_bins == 1: TD-MPC2 would symexp it, a scalar fork would not
     with pytest.raises(ValueError, match="num_bins == 1"):
         Planner(make_model("scalar-reward"), make_cfg(num_bins=1)).plan(torch.zeros(L))
-    assert Planner(make_model("scalar-reward"), make_cfg(num_bins=1), api="scalar-reward").plan(torch.zeros(L)).shape == (A,)
+    assert Planner(make_model("scalar-reward"), make_cfg(num_bins=1), api="scalar-reward").plan(
+        torch.zeros(L)
+    ).shape == (A,)
     # an explicit api that does not fit the model
     with pytest.raises(ValueError, match=r"api='tdmpc2' expects model.pi to return \(action, info\)"):
         Planner(make_model("tdmpc2-2023"), cfg, api="tdmpc2").plan(torch.zeros(L))
@@ -484,8 +535,11 @@ def test_from_functions_errors():
     with pytest.raises(ValueError, match="takes no task"):
         planner.plan(torch.zeros(L), task=1)
     bad = Planner.from_functions(
-        dynamics=lambda z, a: z, reward=lambda z, a: torch.zeros(z.shape[0], 2),
-        value=lambda z, a: torch.zeros(z.shape[0]), policy=lambda z: torch.zeros(z.shape[0], A), cfg=cfg,
+        dynamics=lambda z, a: z,
+        reward=lambda z, a: torch.zeros(z.shape[0], 2),
+        value=lambda z, a: torch.zeros(z.shape[0]),
+        policy=lambda z: torch.zeros(z.shape[0], A),
+        cfg=cfg,
     )
     with pytest.raises(ValueError, match=r"reward\(z, a\) must give one value per row"):
         bad.plan(torch.zeros(L))
@@ -530,9 +584,20 @@ def test_fused_agent_plans_like_reference_agent():
     than the reference, so the values differ by ~1e-6 relative. A plan from t0 agrees to ~2e-7;
     through the warm starts of the following plans the differences grow to ~7e-5 (measured).
     """
-    kw = dict(latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
-              rnd_predictor_hidden=(32, 32, 32), num_targets=3, num_samples=64, num_elites=8, num_pi_trajs=4,
-              episode_length=100, dropout=0.0)
+    kw = dict(
+        latent_dim=16,
+        enc_dim=16,
+        mlp_dim=32,
+        rnd_dim=8,
+        rnd_target_hidden=(16, 16),
+        rnd_predictor_hidden=(32, 32, 32),
+        num_targets=3,
+        num_samples=64,
+        num_elites=8,
+        num_pi_trajs=4,
+        episode_length=100,
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     fused = CDREDAgent(CDREDConfig(kernels="fused", **kw), 6, 2)
     reference = CDREDAgent(CDREDConfig(kernels="reference", **kw), 6, 2)
@@ -550,9 +615,20 @@ def test_fused_agent_plans_like_reference_agent():
 
 
 # =============================================================================== CUDA-graph replay of the agent's plans
-AGENT_KW = dict(latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
-                rnd_predictor_hidden=(32, 32, 32), num_targets=3, num_samples=64, num_elites=8, num_pi_trajs=4,
-                episode_length=100, dropout=0.0)
+AGENT_KW = dict(
+    latent_dim=16,
+    enc_dim=16,
+    mlp_dim=32,
+    rnd_dim=8,
+    rnd_target_hidden=(16, 16),
+    rnd_predictor_hidden=(32, 32, 32),
+    num_targets=3,
+    num_samples=64,
+    num_elites=8,
+    num_pi_trajs=4,
+    episode_length=100,
+    dropout=0.0,
+)
 
 
 def test_agent_capture_graph_is_validated_on_cpu():

@@ -12,18 +12,27 @@ import numpy as np
 import pytest
 import torch
 
+from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
-from cdred_fast import ops
 from cdred_fast.methods.common import world_model_rollout
 from cdred_fast.planner import MPPIPlanner, MPPISettings, trajectory_value
 
 
 def small_cfg(**kw):
     base = dict(
-        latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32), num_targets=3, num_samples=32, num_elites=4, num_pi_trajs=4,
-        episode_length=100, kernels="reference",
+        latent_dim=16,
+        enc_dim=16,
+        mlp_dim=32,
+        rnd_dim=8,
+        rnd_target_hidden=(16, 16),
+        rnd_predictor_hidden=(32, 32, 32),
+        num_targets=3,
+        num_samples=32,
+        num_elites=4,
+        num_pi_trajs=4,
+        episode_length=100,
+        kernels="reference",
     )
     base.update(kw)
     return CDREDConfig(**base)
@@ -139,7 +148,9 @@ def test_elite_update_std_clamped(impl):
 def test_estimate_value_by_hand():
     cfg = small_cfg(horizon=3, discount=0.9)
     c = torch.tensor([0.25, -0.5])
-    model = ToyModel([0.0, 0.0], pi_action=c, reward_fn=lambda z, a: z[:, 0] + a.sum(-1), q_fn=lambda z, a: 10 * z[:, 0] + a[:, 0])
+    model = ToyModel(
+        [0.0, 0.0], pi_action=c, reward_fn=lambda z, a: z[:, 0] + a.sum(-1), q_fn=lambda z, a: 10 * z[:, 0] + a[:, 0]
+    )
     planner = ToyPlanner(cfg, model, 2)
     z = torch.tensor([[2.0], [5.0]])
     acts = torch.rand(3, 2, 2)
@@ -205,8 +216,9 @@ def test_random_return_rolls_the_policy_sequences_out_every_iteration():
     model = ToyModel(target, pi_action=target)
     rows = []
     planner = ToyPlanner(cfg, model, 2)
-    fns = dataclasses.replace(planner.fns(), deterministic=False,
-                              reward=lambda z, a: rows.append(z.shape[0]) or model.reward(z, a))
+    fns = dataclasses.replace(
+        planner.fns(), deterministic=False, reward=lambda z, a: rows.append(z.shape[0]) or model.reward(z, a)
+    )
     a = planner.mppi.plan(fns, torch.zeros(1, 1), True, eval_mode=True, generator=torch.Generator().manual_seed(0))
     assert rows == [32] * (cfg.horizon * 3)
     np.testing.assert_allclose(a[0].numpy(), target, atol=1e-6)
@@ -268,7 +280,9 @@ def test_warm_start_and_reset():
 def test_plan_reproducible_and_noise_only_when_not_eval():
     cfg = small_cfg()
     planner = ToyPlanner(cfg, ToyModel([0.2, -0.1]), 2)
-    plan = lambda seed, ev: planner.plan(torch.zeros(1), t0=True, eval_mode=ev, generator=torch.Generator().manual_seed(seed))
+    plan = lambda seed, ev: planner.plan(
+        torch.zeros(1), t0=True, eval_mode=ev, generator=torch.Generator().manual_seed(seed)
+    )
     torch.testing.assert_close(plan(1, False), plan(1, False))
     assert not torch.allclose(plan(1, False), plan(2, False))
     a_eval = plan(3, True)

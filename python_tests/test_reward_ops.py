@@ -5,11 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from testing_utils import DEVICES, needs_cuda
 
 import cdred_fast
 from cdred_fast import ops, reference
-
-from testing_utils import DEVICES, needs_cuda
 
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
 SHAPES = [  # (K, N, D)
@@ -72,7 +71,9 @@ def test_parity_across_thread_counts(K, N, D, threads):
     torch.testing.assert_close(
         ops.cdred_reward(pe, pb, targets), ops.cdred_reward(pe, pb, targets, impl="reference"), **TOL[torch.float32]
     )
-    torch.testing.assert_close(ops.moment_bonus(pe, targets), ops.moment_bonus(pe, targets, impl="reference"), **TOL[torch.float32])
+    torch.testing.assert_close(
+        ops.moment_bonus(pe, targets), ops.moment_bonus(pe, targets, impl="reference"), **TOL[torch.float32]
+    )
 
 
 def _naive_bonus(pred, targets, alpha):

@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from testing_utils import DEVICES, needs_cuda
 
 from cdred_fast import ops, reference
 from cdred_fast.config import CDREDConfig
-from cdred_fast.layers import Ensemble, mlp, target_init_, trunc_normal_init_
+from cdred_fast.layers import Ensemble, mlp, target_init_
 from cdred_fast.reward import CDREDReward
-
-from testing_utils import DEVICES, needs_cuda
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
 
@@ -199,8 +198,12 @@ def test_epilogue_mish_through_zero_variance_layernorm(dtype, device):
     """Inside the op: a zero first Linear gives zero-variance rows, LayerNorm returns exactly
     beta, the epilogue's Mish is applied, and an identity last Linear returns Mish(beta)."""
     E, H = 256, 64
-    grid = torch.cat([torch.linspace(-90, 30, E * H - 8, dtype=torch.float64),
-                      torch.tensor([1e4, -1e4, 1e30, -1e30, 20.0, -20.0, 0.0, 1e-20], dtype=torch.float64)])
+    grid = torch.cat(
+        [
+            torch.linspace(-90, 30, E * H - 8, dtype=torch.float64),
+            torch.tensor([1e4, -1e4, 1e30, -1e30, 20.0, -20.0, 0.0, 1e-20], dtype=torch.float64),
+        ]
+    )
     beta = grid.view(E, H).to(dtype=dtype, device=device)
     opts = dict(dtype=dtype, device=device)
     ws = [torch.zeros(E, H, 3, **opts), torch.eye(H, **opts).expand(E, H, H).contiguous()]
@@ -310,7 +313,9 @@ def test_torch_compile_fullgraph():
         return t.sum(-1), r
 
     t, r = f(x, xs)
-    torch.testing.assert_close(t, ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference").sum(-1), **TOL[torch.float32])
+    torch.testing.assert_close(
+        t, ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference").sum(-1), **TOL[torch.float32]
+    )
     ref = ops.rnd_reward(x, (ws, bs, lws, lbs), (pw, pb, plw, plb), x_shared=xs, impl="reference")
     torch.testing.assert_close(r, ref, rtol=1e-4, atol=1e-4)
 
@@ -332,7 +337,9 @@ def test_rnd_reward_matches_reference(shared, g, device):
     full = x if xs is None else torch.cat([xs.expand(N, -1), x], -1)
     t = reference.ensemble_mlp(full, tw, tb, tlw, tlb)
     p = reference.ensemble_mlp(full, pw, pb, plw, plb)
-    torch.testing.assert_close(fused, reference.cdred_reward(p[0], p[1], t, 0.9, 0.8, args[5], g, 1e-6), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        fused, reference.cdred_reward(p[0], p[1], t, 0.9, 0.8, args[5], g, 1e-6), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_rnd_reward_equals_cdred_reward_module():
@@ -374,7 +381,6 @@ def test_rnd_reward_equals_cdred_reward_module():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-
 # ----------------------------------------------------------------------------- bad inputs
 def _good():
     x, ws, bs, lws, lbs, _ = _case(3, 4, [5, 6, 2], "shared-rows", "none", torch.float32, "cpu")
@@ -408,18 +414,38 @@ BAD_CASES = [
     ("weights[1] E", _set_item("weights", 1, lambda w: w[:2]), ValueError, r"weights\[1\]'? has E = 2"),
     ("weights[0] E=0", lambda a: a.update(weights=[w[:0] for w in a["weights"]]), ValueError, r"E >= 1"),
     ("weights[0] dtype", _set_item("weights", 0, lambda w: w.double()), TypeError, r"weights\[0\]'? has dtype"),
-    ("biases count", _set("biases", lambda a: a["biases"][:1]), ValueError, "'?biases'? must hold one tensor per layer"),
+    (
+        "biases count",
+        _set("biases", lambda a: a["biases"][:1]),
+        ValueError,
+        "'?biases'? must hold one tensor per layer",
+    ),
     ("biases[0] shape", _set_item("biases", 0, lambda b: b[:, :3]), ValueError, r"biases\[0\]'? must have shape"),
     ("biases[1] dtype", _set_item("biases", 1, lambda b: b.double()), TypeError, r"biases\[1\]'? has dtype"),
-    ("ln_weights count", _set("ln_weights", lambda a: []), ValueError, "'?ln_weights'? must hold one tensor per hidden"),
+    (
+        "ln_weights count",
+        _set("ln_weights", lambda a: []),
+        ValueError,
+        "'?ln_weights'? must hold one tensor per hidden",
+    ),
     ("ln_biases count", _set("ln_biases", lambda a: a["ln_biases"] * 2), ValueError, "'?ln_biases'? must hold one"),
-    ("ln_weights[0] shape", _set_item("ln_weights", 0, lambda t: t[:1]), ValueError, r"ln_weights\[0\]'? must have shape"),
+    (
+        "ln_weights[0] shape",
+        _set_item("ln_weights", 0, lambda t: t[:1]),
+        ValueError,
+        r"ln_weights\[0\]'? must have shape",
+    ),
     ("ln_biases[0] dtype", _set_item("ln_biases", 0, lambda t: t.double()), TypeError, r"ln_biases\[0\]'? has dtype"),
     ("ln_eps negative", _set("ln_eps", lambda a: -1.0), ValueError, "'?ln_eps'? must be finite"),
     ("ln_eps nan", _set("ln_eps", lambda a: math.nan), ValueError, "'?ln_eps'? must be finite"),
     ("x_shared 2-D", _set("x_shared", lambda a: torch.zeros(1, 2)), ValueError, "'?x_shared'? must have shape"),
     ("x_shared too long", _set("x_shared", lambda a: torch.zeros(5)), ValueError, "'?x_shared'? has 5 features"),
-    ("x_shared dtype", _set("x_shared", lambda a: torch.zeros(2, dtype=torch.float64)), TypeError, "'?x_shared'? has dtype"),
+    (
+        "x_shared dtype",
+        _set("x_shared", lambda a: torch.zeros(2, dtype=torch.float64)),
+        TypeError,
+        "'?x_shared'? has dtype",
+    ),
     ("x_shared + full x", _set("x_shared", lambda a: torch.zeros(2)), ValueError, "'?x'? has 5 features"),
 ]
 
@@ -507,7 +533,13 @@ def test_cuda_past_the_grid_cap(x_mode):
 # ----------------------------------------------------------------------------- ensemble_reward (targets + reward, tiled)
 # (K, N, dims): N spans several 512 KB tiles at D = 256 (102 rows per tile in float32, 51 in float64),
 # a one-layer network (its last Linear reads x itself), K = 1 (every coordinate degenerate), N = 0.
-ER_SHAPES = [(5, 300, [10, 64, 256]), (5, 513, [13, 512, 512, 256]), (3, 37, [9, 4]), (1, 150, [7, 16, 256]), (2, 0, [5, 8, 3])]
+ER_SHAPES = [
+    (5, 300, [10, 64, 256]),
+    (5, 513, [13, 512, 512, 256]),
+    (3, 37, [9, 4]),
+    (1, 150, [7, 16, 256]),
+    (2, 0, [5, 8, 3]),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -525,8 +557,12 @@ def test_ensemble_reward_equals_targets_then_reward(K, N, dims, x_mode, shared, 
         want = ops.cdred_reward(pe, pb, targets, *args)
         assert got.shape == (N,) and got.dtype == dtype
         torch.testing.assert_close(got, want, **TOL[dtype])
-        ref = ops.cdred_reward(pe, pb, ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference"), *args, impl="reference")
-        torch.testing.assert_close(got, ref, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-4 if dtype == torch.float32 else 1e-9)
+        ref = ops.cdred_reward(
+            pe, pb, ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference"), *args, impl="reference"
+        )
+        torch.testing.assert_close(
+            got, ref, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-4 if dtype == torch.float32 else 1e-9
+        )
 
 
 def test_rnd_reward_uses_the_tiled_op_only_without_gradients(monkeypatch):
@@ -550,11 +586,17 @@ def test_rnd_reward_uses_the_tiled_op_only_without_gradients(monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 def test_ensemble_reward_opcheck_and_no_gradient(device):
     x, ws, bs, lws, lbs, xs = _case(3, 130, [8, 12, 4], "shared-rows", "A=3", torch.float32, device)
-    pe, pb = _rows(130, 4, dtype=torch.float32, device=device, seed=3), _rows(130, 4, dtype=torch.float32, device=device, seed=4)
+    pe, pb = (
+        _rows(130, 4, dtype=torch.float32, device=device, seed=3),
+        _rows(130, 4, dtype=torch.float32, device=device, seed=4),
+    )
     args = (x, ws, bs, lws, lbs, 1e-5, pe, pb, 0.9, 0.8, 1.0, "linear", 1e-6, xs)
-    torch.library.opcheck(torch.ops.cdred_fast.ensemble_reward.default, args, test_utils=("test_schema", "test_faketensor"))
-    out = torch.ops.cdred_fast.ensemble_reward(x, ws, bs, lws, lbs, 1e-5, pe.requires_grad_(True), pb, 0.9, 0.8, 1.0,
-                                               "linear", 1e-6, xs)
+    torch.library.opcheck(
+        torch.ops.cdred_fast.ensemble_reward.default, args, test_utils=("test_schema", "test_faketensor")
+    )
+    out = torch.ops.cdred_fast.ensemble_reward(
+        x, ws, bs, lws, lbs, 1e-5, pe.requires_grad_(True), pb, 0.9, 0.8, 1.0, "linear", 1e-6, xs
+    )
     with pytest.raises(RuntimeError, match="no-grad planning reward"):
         out.sum().backward()
 
@@ -566,12 +608,28 @@ def test_ensemble_reward_bad_inputs_named():
     good = [x, ws, bs, lws, lbs, 1e-5, pe, pb, 0.9, 0.8, 1.0, "linear", 1e-6, None]
 
     def call(**changes):
-        names = ["x", "weights", "biases", "ln_weights", "ln_biases", "ln_eps", "pred_expert", "pred_behavioral",
-                 "alpha", "zeta", "sigma", "g", "eps", "x_shared"]
+        names = [
+            "x",
+            "weights",
+            "biases",
+            "ln_weights",
+            "ln_biases",
+            "ln_eps",
+            "pred_expert",
+            "pred_behavioral",
+            "alpha",
+            "zeta",
+            "sigma",
+            "g",
+            "eps",
+            "x_shared",
+        ]
         args = [changes.get(n, v) for n, v in zip(names, good)]
         return op(*args)
 
-    with pytest.raises(ValueError, match=r"ensemble_reward: argument 'pred_expert' must have shape \[N, D\] = \[20, 4\]"):
+    with pytest.raises(
+        ValueError, match=r"ensemble_reward: argument 'pred_expert' must have shape \[N, D\] = \[20, 4\]"
+    ):
         call(pred_expert=torch.zeros(20, 5))
     with pytest.raises(TypeError, match="ensemble_reward: argument 'pred_behavioral' has dtype"):
         call(pred_behavioral=pb.double())

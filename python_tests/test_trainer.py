@@ -9,19 +9,20 @@ import sys
 import numpy as np
 import pytest
 import torch
+from testing_utils import TINY
 
 from cdred_fast import CDREDConfig
 from cdred_fast.checkpoint import load_checkpoint
 from cdred_fast.collect import collect
-from cdred_fast.data import Demonstrations, DemonstrationError
+from cdred_fast.data import DemonstrationError, Demonstrations
 from cdred_fast.envs import make
 from cdred_fast.trainer import Trainer
 
-from testing_utils import TINY
-
 
 def mw_cfg(**over):
-    base = dict(TINY, task="mw-reach", steps=300, seed_steps=200, eval_freq=100, eval_episodes=1, num_demos=2, save_freq=100)
+    base = dict(
+        TINY, task="mw-reach", steps=300, seed_steps=200, eval_freq=100, eval_episodes=1, num_demos=2, save_freq=100
+    )
     return CDREDConfig(**{**base, **over})
 
 
@@ -63,7 +64,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert [r["step"] for r in rows(tmp_path / "part" / "train.csv")] == ["100", "200", "300"]
-    assert [r["success"] for r in rows(tmp_path / "part" / "eval.csv")] == [r["success"] for r in rows(tmp_path / "full" / "eval.csv")]
+    assert [r["success"] for r in rows(tmp_path / "part" / "eval.csv")] == [
+        r["success"] for r in rows(tmp_path / "full" / "eval.csv")
+    ]
 
 
 def test_refuses_to_overwrite_or_resume_with_another_config(tmp_path):
@@ -81,7 +84,9 @@ def test_dmcontrol_run_with_a_demonstration_file(tmp_path):
     rng = np.random.default_rng(0)
     demos = collect(env, lambda obs: rng.uniform(-1, 1, 1), episodes=1, task="cartpole-swingup")
     path = demos.save(tmp_path / "demos.npz")
-    cfg = CDREDConfig(**TINY, task="cartpole-swingup", steps=1000, seed_steps=500, eval_freq=1000, eval_episodes=1, mpc=False)
+    cfg = CDREDConfig(
+        **TINY, task="cartpole-swingup", steps=1000, seed_steps=500, eval_freq=1000, eval_episodes=1, mpc=False
+    )
     result = Trainer(cfg, tmp_path / "run", demos=path, progress=False).train()
     assert result["after"]["step"] == 1000
     train = rows(tmp_path / "run" / "train.csv")
@@ -101,18 +106,34 @@ def test_mismatched_demonstrations_are_rejected(tmp_path):
 
 def _cli(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread, as in-process tests
-    return subprocess.run([sys.executable, "-m", "cdred_fast.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cdred_fast.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 def test_cli_collect_train_eval(tmp_path):
-    proc = _cli("collect", "mw-reach", "--episodes", "2", "--out", str(tmp_path / "d.npz"), "--successful-only", cwd=tmp_path)
+    proc = _cli(
+        "collect", "mw-reach", "--episodes", "2", "--out", str(tmp_path / "d.npz"), "--successful-only", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     demos = Demonstrations.load(tmp_path / "d.npz", task="mw-reach")
     assert demos.num_episodes == 2 and demos.success.all()
 
     overrides = [f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in TINY.items()]
-    args = ["train", "--no-progress", "--demos", str(tmp_path / "d.npz"), "--work-dir", str(tmp_path / "run"),
-            "task=mw-reach", "steps=200", "seed_steps=100", "eval_freq=200", "eval_episodes=1", *overrides]
+    args = [
+        "train",
+        "--no-progress",
+        "--demos",
+        str(tmp_path / "d.npz"),
+        "--work-dir",
+        str(tmp_path / "run"),
+        "task=mw-reach",
+        "steps=200",
+        "seed_steps=100",
+        "eval_freq=200",
+        "eval_episodes=1",
+        *overrides,
+    ]
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "before training (step 0)" in proc.stdout and "after training  (step 200)" in proc.stdout
@@ -121,7 +142,9 @@ def test_cli_collect_train_eval(tmp_path):
     proc = _cli("train", "--no-progress", "--resume", "--work-dir", str(tmp_path / "run"), "steps=300", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "resumed at step 200" in proc.stdout and "after training  (step 300)" in proc.stdout
-    proc = _cli("train", "--no-progress", "--resume", "--work-dir", str(tmp_path / "run"), "steps=400", "zeta=0.5", cwd=tmp_path)
+    proc = _cli(
+        "train", "--no-progress", "--resume", "--work-dir", str(tmp_path / "run"), "steps=400", "zeta=0.5", cwd=tmp_path
+    )
     assert proc.returncode == 2 and "zeta" in proc.stderr
     proc = _cli("train", "--no-progress", "--work-dir", str(tmp_path / "run"), *args[4:], cwd=tmp_path)
     assert proc.returncode == 2 and "--resume" in proc.stderr  # an existing run is never overwritten

@@ -49,13 +49,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from testing_utils import DEVICES, TINY
 
 from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
 from cdred_fast.layers import two_hot_inv
-
-from testing_utils import DEVICES, TINY
 
 OBS, ACT = 6, 2
 UPDATES = 3
@@ -207,10 +206,12 @@ def compare_updates(device: str, dtype: torch.dtype, monkeypatch, seed: int = 0)
         st_f, st_r = optim_f.state_dict()["state"], optim_r.state_dict()["state"]
         assert st_f.keys() == st_r.keys() == set(range(len(params)))
         for moment in ("exp_avg", "exp_avg_sq"):
-            by_net.update(_group(
-                [(f"{opt} {moment} {names[id(params[i])]}", st_f[i][moment]) for i in st_f],
-                [(f"{opt} {moment} {names[id(params[i])]}", st_r[i][moment]) for i in st_r],
-            ))
+            by_net.update(
+                _group(
+                    [(f"{opt} {moment} {names[id(params[i])]}", st_f[i][moment]) for i in st_f],
+                    [(f"{opt} {moment} {names[id(params[i])]}", st_r[i][moment]) for i in st_r],
+                )
+            )
     predictors = [n for n, _ in fused.model.named_parameters() if "_predictor." in n]
     assert len(predictors) > 0 and all(_net(n) in by_net for n in predictors)
     for net, (tensors_f, tensors_r) in by_net.items():
@@ -232,10 +233,21 @@ def _assert_within(errors: dict[str, float], tol: float) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_and_reference_updates_agree(device, dtype, monkeypatch):
     errors = compare_updates(device, dtype, monkeypatch)
-    networks = {"encoder", "dynamics", "Qs", "target_Qs", "pi_net", "reward_model.target_nets",
-                "reward_model.expert_predictor", "reward_model.behavioral_predictor"}
-    moments = {f"optim {m} {n}" for m in ("exp_avg", "exp_avg_sq") for n in ("encoder", "dynamics", "Qs",
-               "reward_model.expert_predictor", "reward_model.behavioral_predictor")}
+    networks = {
+        "encoder",
+        "dynamics",
+        "Qs",
+        "target_Qs",
+        "pi_net",
+        "reward_model.target_nets",
+        "reward_model.expert_predictor",
+        "reward_model.behavioral_predictor",
+    }
+    moments = {
+        f"optim {m} {n}"
+        for m in ("exp_avg", "exp_avg_sq")
+        for n in ("encoder", "dynamics", "Qs", "reward_model.expert_predictor", "reward_model.behavioral_predictor")
+    }
     assert networks | moments | {"pi_optim exp_avg pi_net", "policy scale S"} <= errors.keys()
     assert sum(k.startswith(f"update {UPDATES - 1}: stat ") for k in errors) == 16  # every statistic
     _assert_within(errors, TOL[dtype])
@@ -243,8 +255,11 @@ def test_fused_and_reference_updates_agree(device, dtype, monkeypatch):
 
 @pytest.mark.parametrize(
     "dtype, op, rel",
-    [(torch.float32, "layernorm_mish", 1e-4), (torch.float32, "ensemble_mlp", 1e-4),
-     (torch.float64, "cdred_reward", 1e-10)],
+    [
+        (torch.float32, "layernorm_mish", 1e-4),
+        (torch.float32, "ensemble_mlp", 1e-4),
+        (torch.float64, "cdred_reward", 1e-10),
+    ],
     ids=["float32-layernorm_mish", "float32-ensemble_mlp", "float64-cdred_reward"],
 )
 def test_update_parity_sees_a_small_error_in_a_fused_op(dtype, op, rel, monkeypatch):

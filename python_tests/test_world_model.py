@@ -20,9 +20,19 @@ OBS, ACT = 7, 3
 
 def small_cfg(**kw):
     base = dict(
-        latent_dim=16, enc_dim=16, mlp_dim=32, rnd_dim=8, rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32), num_targets=3, batch_size=8, num_samples=32, num_elites=4,
-        num_pi_trajs=4, episode_length=100, kernels="reference",
+        latent_dim=16,
+        enc_dim=16,
+        mlp_dim=32,
+        rnd_dim=8,
+        rnd_target_hidden=(16, 16),
+        rnd_predictor_hidden=(32, 32, 32),
+        num_targets=3,
+        batch_size=8,
+        num_samples=32,
+        num_elites=4,
+        num_pi_trajs=4,
+        episode_length=100,
+        kernels="reference",
     )
     base.update(kw)
     return CDREDConfig(**base)
@@ -82,14 +92,23 @@ def test_q_min_avg_of_two_heads_by_hand(model):
     logits = model.Q(z, a, "all").detach().numpy()
     per_head = np_decode(logits)  # [5, 6]
     heads = torch.tensor([3, 1])
-    np.testing.assert_allclose(model.Q(z, a, "min", heads=heads).detach().numpy(), np.minimum(per_head[3], per_head[1]), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(model.Q(z, a, "avg", heads=heads).detach().numpy(), (per_head[3] + per_head[1]) / 2, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        model.Q(z, a, "min", heads=heads).detach().numpy(), np.minimum(per_head[3], per_head[1]), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        model.Q(z, a, "avg", heads=heads).detach().numpy(), (per_head[3] + per_head[1]) / 2, rtol=1e-4, atol=1e-6
+    )
     # random heads: two distinct heads, and over many draws every head is used
     g = torch.Generator().manual_seed(0)
     seen = set()
     for _ in range(60):
         q = model.Q(z, a, "min", generator=g).detach().numpy()
-        match = [(i, j) for i in range(5) for j in range(5) if i < j and np.allclose(q, np.minimum(per_head[i], per_head[j]), rtol=1e-4, atol=1e-6)]
+        match = [
+            (i, j)
+            for i in range(5)
+            for j in range(5)
+            if i < j and np.allclose(q, np.minimum(per_head[i], per_head[j]), rtol=1e-4, atol=1e-6)
+        ]
         assert match
         seen.update(match[0])
     assert seen == set(range(5))
@@ -198,7 +217,8 @@ def np_cdred_reward(fe, fb, T, alpha, zeta, sigma, g):
     K, N, D = T.shape
     out = np.zeros(N)
     for i in range(N):
-        def bonus(f):
+
+        def bonus(f, i=i):
             dist, cnt = 0.0, 0.0
             for d in range(D):
                 mu = sum(T[k, i, d] for k in range(K)) / K
@@ -206,6 +226,7 @@ def np_cdred_reward(fe, fb, T, alpha, zeta, sigma, g):
                 dist += (f[i, d] - mu) ** 2
                 cnt += math.sqrt(abs(f[i, d] ** 2 - mu**2) / (b2 - mu**2))
             return alpha * dist + (1 - alpha) * cnt / D
+
         gf = (lambda v: v) if g == "linear" else math.exp
         out[i] = zeta * gf(-sigma * bonus(fe)) - (1 - zeta) * gf(-sigma * bonus(fb))
     return out
@@ -237,7 +258,10 @@ def test_targets_registered_frozen_and_independent():
     assert rm64.target_nets.layers[0].weight.dtype == torch.float64
 
 
-@pytest.mark.parametrize("g, zeta, alpha, sigma", [("linear", 0.8, 0.9, 1.0), ("exp", 0.8, 0.9, 1.0), ("linear", 0.3, 0.5, 2.0), ("exp", 1.0, 0.9, 0.5)])
+@pytest.mark.parametrize(
+    "g, zeta, alpha, sigma",
+    [("linear", 0.8, 0.9, 1.0), ("exp", 0.8, 0.9, 1.0), ("linear", 0.3, 0.5, 2.0), ("exp", 1.0, 0.9, 0.5)],
+)
 def test_reward_by_hand(g, zeta, alpha, sigma):
     rm = make_reward(g=g, zeta=zeta, alpha=alpha, sigma=sigma)
     x = torch.randn(5, 10)
@@ -302,5 +326,7 @@ def test_fused_reward_matches_reference():
 def test_reward_uses_reference_ops():
     rm = make_reward()
     x = torch.randn(5, 10)
-    want = reference.cdred_reward(rm.expert_predictor(x), rm.behavioral_predictor(x), rm.targets(x), 0.9, 0.8, 1.0, "linear", 1e-6)
+    want = reference.cdred_reward(
+        rm.expert_predictor(x), rm.behavioral_predictor(x), rm.targets(x), 0.9, 0.8, 1.0, "linear", 1e-6
+    )
     torch.testing.assert_close(rm(x), want.detach())

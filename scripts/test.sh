@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/setup.sh
 
+echo; echo "[test] lint: ruff (check + format) and clang-format (configs: pyproject.toml, .clang-format)"
+"$PY" -m ruff check .
+"$PY" -m ruff format --check .
+clang-format --dry-run -Werror csrc/*.cpp csrc/*.h csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh
+
 echo; echo "[test] CUDA build (configure, compile every csrc/**/*.cu, link against a CUDA torch, import)"
 if [ "${CDRED_FAST_SKIP_CUDA_BUILD:-0}" = 1 ]; then
   echo "[test] SKIPPED: CDRED_FAST_SKIP_CUDA_BUILD=1 (CI never sets it)"

@@ -110,8 +110,11 @@ def main(argv: list[str]) -> int:
         print(f"gpu_cases: the extension is not loaded: {info['load_error']}", file=sys.stderr)
         return 2
     if args.device == "cuda" and not (torch.cuda.is_available() and info["cuda_kernels"]):
-        print(f"gpu_cases: needs a GPU and the CUDA kernels (cuda available: {torch.cuda.is_available()}, "
-              f"cuda_kernels: {info['cuda_kernels']})", file=sys.stderr)
+        print(
+            f"gpu_cases: needs a GPU and the CUDA kernels (cuda available: {torch.cuda.is_available()}, "
+            f"cuda_kernels: {info['cuda_kernels']})",
+            file=sys.stderr,
+        )
         return 2
     for name in CASES if args.family == "all" else [args.family]:
         CASES[name](args.device)

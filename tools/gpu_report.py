@@ -61,7 +61,9 @@ def plan_targets(bench: dict) -> list[dict]:
             row["checks"].append((f"{fused_key} <= {PLAN_MS:g} ms", f"{fused:.3f} ms", fused <= PLAN_MS))
             if "reference" in ms:
                 r = ms["reference"] / fused
-                row["checks"].append((f"reference / {fused_key} >= {EAGER_SPEEDUP:g}x", f"{r:.1f}x", r >= EAGER_SPEEDUP))
+                row["checks"].append(
+                    (f"reference / {fused_key} >= {EAGER_SPEEDUP:g}x", f"{r:.1f}x", r >= EAGER_SPEEDUP)
+                )
             if "reference-compiled" in ms:
                 r = ms["reference-compiled"] / fused
                 row["checks"].append(
@@ -105,8 +107,11 @@ def render(work: Path, seconds: int | None) -> tuple[str, bool]:
         row("CUDA build", f"{secs} s", state == "ok")
     else:
         row("CUDA build", "skipped (GPU_CHECK_SKIP_BUILD=1)", None)
-    row("extension loaded with CUDA kernels", "" if info else "no build_info",
-        bool(info.get("extension_loaded") and info.get("cuda_kernels")))
+    row(
+        "extension loaded with CUDA kernels",
+        "" if info else "no build_info",
+        bool(info.get("extension_loaded") and info.get("cuda_kernels")),
+    )
     failed: list[str] = []
     if (work / "cuda-tests.xml").exists():
         counts, failed = junit_summary(work / "cuda-tests.xml")
@@ -118,8 +123,11 @@ def render(work: Path, seconds: int | None) -> tuple[str, bool]:
     sanitizer = _read(work / "sanitizer.txt")
     for line in (sanitizer or "").splitlines():
         family, tool, result, secs = line.split()
-        row(f"compute-sanitizer {tool}: {family}", f"{secs} s" if result != "unavailable" else "compute-sanitizer not found",
-            {"ok": True, "FAIL": False}.get(result))
+        row(
+            f"compute-sanitizer {tool}: {family}",
+            f"{secs} s" if result != "unavailable" else "compute-sanitizer not found",
+            {"ok": True, "FAIL": False}.get(result),
+        )
     if failed:
         lines += ["", "Failed tests:", ""] + [f"- `{name}`" for name in failed]
 

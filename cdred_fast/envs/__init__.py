@@ -24,4 +24,13 @@ never imported into this process).
 
 from .registry import PAPER_TASKS, TASKS, TaskSpec, has_scripted_policy, known_tasks, make, scripted_policy, task_spec
 
-__all__ = ["PAPER_TASKS", "TASKS", "TaskSpec", "known_tasks", "make", "task_spec", "scripted_policy", "has_scripted_policy"]
+__all__ = [
+    "PAPER_TASKS",
+    "TASKS",
+    "TaskSpec",
+    "known_tasks",
+    "make",
+    "task_spec",
+    "scripted_policy",
+    "has_scripted_policy",
+]

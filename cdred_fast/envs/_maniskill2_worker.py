@@ -79,7 +79,9 @@ def _state_only_class(env_cls):
             pass
 
         def update_render(self):
-            raise RuntimeError("this ManiSkill2 environment runs in state-only mode (renderer='none'): it cannot render")
+            raise RuntimeError(
+                "this ManiSkill2 environment runs in state-only mode (renderer='none'): it cannot render"
+            )
 
         def render(self):
             self.update_render()
@@ -202,12 +204,18 @@ class _Server:
         return int(self.env.elapsed_steps)
 
     def versions(self):
-        import mani_skill2
-        import numpy
         from importlib.metadata import version
 
-        return {"mani_skill2": version("mani-skill2"), "sapien": version("sapien"), "numpy": numpy.__version__,
-                "python": sys.version.split()[0], "mani_skill2_path": os.path.dirname(mani_skill2.__file__)}
+        import mani_skill2
+        import numpy
+
+        return {
+            "mani_skill2": version("mani-skill2"),
+            "sapien": version("sapien"),
+            "numpy": numpy.__version__,
+            "python": sys.version.split()[0],
+            "mani_skill2_path": os.path.dirname(mani_skill2.__file__),
+        }
 
     def close(self):
         if self.env is not None:
@@ -252,7 +260,9 @@ def serve(fd: int) -> int:
         server = _Server()
         conn.send_bytes(pickle.dumps(("ok", server.versions()), protocol=PICKLE_PROTOCOL))
     except BaseException as exc:  # report why we cannot serve, then stop
-        conn.send_bytes(pickle.dumps(("error", type(exc).__name__, str(exc), traceback.format_exc()), protocol=PICKLE_PROTOCOL))
+        conn.send_bytes(
+            pickle.dumps(("error", type(exc).__name__, str(exc), traceback.format_exc()), protocol=PICKLE_PROTOCOL)
+        )
         return 1
     while True:
         try:

@@ -163,9 +163,7 @@ class DMControlEnv(gym.Env):
         return np.ascontiguousarray(image.transpose(2, 0, 1))
 
     def _flatten(self, observation) -> np.ndarray:
-        return np.concatenate(
-            [np.asarray(observation[key], dtype=np.float64).reshape(-1) for key in self.obs_keys]
-        )
+        return np.concatenate([np.asarray(observation[key], dtype=np.float64).reshape(-1) for key in self.obs_keys])
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -151,7 +151,9 @@ class _PlainValues(pickle.Unpickler):
     import or call anything in this process."""
 
     def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(f"ManiSkill2 worker message refers to {module}.{name}; only plain values are allowed")
+        raise pickle.UnpicklingError(
+            f"ManiSkill2 worker message refers to {module}.{name}; only plain values are allowed"
+        )
 
 
 def _plain_loads(data: bytes):
@@ -238,13 +240,15 @@ def rendering_device_available(python: str | None = None) -> tuple[bool, str]:
     python = python or maniskill2_python()
     if python not in _render_cache:
         try:
-            proc = subprocess.run([python, str(WORKER), "probe"], capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S)
+            proc = subprocess.run(
+                [python, str(WORKER), "probe"], capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             result = (False, f"the rendering probe could not run: {exc}")
         else:
             lines = [l for l in proc.stdout.splitlines() if l.startswith(PROBE_MARKER)]
             if lines:
-                found = json.loads(lines[-1][len(PROBE_MARKER):])
+                found = json.loads(lines[-1][len(PROBE_MARKER) :])
                 result = (bool(found["available"]), str(found["reason"]))
             else:
                 result = (False, f"the rendering probe crashed ({_exit_status(proc.returncode)})")
@@ -277,7 +281,8 @@ def _resolve_renderer(renderer: str | None, python: str) -> str:
         else:
             logger.warning(
                 "ManiSkill2: no Vulkan rendering device (%s); running in state-only mode (renderer='none'): "
-                "the physics without a renderer, the same state observations, no rendering", reason,
+                "the physics without a renderer, the same state observations, no rendering",
+                reason,
             )
     return _auto_choice[python]
 
@@ -335,7 +340,12 @@ class ManiSkill2Env(gym.Env):
         self._start_worker(python)
         try:
             spec = self._call(
-                "make", env_id, control_mode, reward_mode, self.renderer, self.asset_dir,
+                "make",
+                env_id,
+                control_mode,
+                reward_mode,
+                self.renderer,
+                self.asset_dir,
                 None if model_ids is None else [str(m) for m in model_ids],
             )
         except BaseException:
@@ -360,7 +370,11 @@ class ManiSkill2Env(gym.Env):
         try:
             self._proc = subprocess.Popen(
                 [python, "-u", str(WORKER), "serve", str(child.fileno())],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, env=env,
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                env=env,
             )
         finally:
             child.close()
@@ -373,7 +387,9 @@ class ManiSkill2Env(gym.Env):
             self.versions = self._receive("start")
         except RuntimeError as exc:
             self.close()
-            raise ManiSkill2Unavailable(f"the ManiSkill2 interpreter {python} cannot run the simulator: {exc}") from None
+            raise ManiSkill2Unavailable(
+                f"the ManiSkill2 interpreter {python} cannot run the simulator: {exc}"
+            ) from None
 
     def _call(self, name: str, *args):
         if self._conn is None:
@@ -396,7 +412,9 @@ class ManiSkill2Env(gym.Env):
             raise FileNotFoundError(message)
         if kind in ("ValueError", "KeyError"):
             raise ValueError(message)
-        raise RuntimeError(f"ManiSkill2 {name} failed in the worker: {kind}: {message}\n--- worker traceback ---\n{trace}")
+        raise RuntimeError(
+            f"ManiSkill2 {name} failed in the worker: {kind}: {message}\n--- worker traceback ---\n{trace}"
+        )
 
     def _died(self, name: str) -> str:
         try:
@@ -499,9 +517,7 @@ def scripted_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
         ValueError: no scripted expert for ``task``.
     """
     if task not in _CUBE_POSITION:
-        raise ValueError(
-            f"ManiSkill2 scripted experts exist for {', '.join(_CUBE_POSITION)}, not {task!r}"
-        )
+        raise ValueError(f"ManiSkill2 scripted experts exist for {', '.join(_CUBE_POSITION)}, not {task!r}")
     cube_at = _CUBE_POSITION[task]
     obs_dim = 51 if task == "ms2-pick-cube" else 42
 
@@ -509,7 +525,7 @@ def scripted_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
         obs = np.asarray(obs, dtype=np.float64)
         if obs.shape != (obs_dim,):
             raise ValueError(f"expected a ({obs_dim},) {task} observation, got shape {obs.shape}")
-        tcp, cube = obs[25:28], obs[cube_at:cube_at + 3]
+        tcp, cube = obs[25:28], obs[cube_at : cube_at + 3]
         goal = obs[32:35] if task == "ms2-pick-cube" else np.array([cube[0], cube[1], _LIFT_HEIGHT])
         distance = np.linalg.norm(cube - tcp)
         fingers_still = abs(obs[16]) + abs(obs[17]) < 0.02
@@ -531,8 +547,10 @@ def scripted_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
 def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
     """Rotation matrix of a unit quaternion ``(w, x, y, z)`` (SAPIEN's order)."""
     w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )

@@ -27,7 +27,16 @@ from .wrappers import (
     ValidateAction,
 )
 
-__all__ = ["TaskSpec", "TASKS", "PAPER_TASKS", "known_tasks", "task_spec", "make", "has_scripted_policy", "scripted_policy"]
+__all__ = [
+    "TaskSpec",
+    "TASKS",
+    "PAPER_TASKS",
+    "known_tasks",
+    "task_spec",
+    "make",
+    "has_scripted_policy",
+    "scripted_policy",
+]
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,13 @@ def _mw(name: str, paper: bool = False) -> TaskSpec:
 
 def _ms2(name: str, env_id: str, control_mode: str, paper: bool = False, expert: str | None = None) -> TaskSpec:
     return TaskSpec(
-        f"ms2-{name}", "maniskill2", (env_id, control_mode), action_repeat=2, episode_length=100, paper=paper, expert=expert
+        f"ms2-{name}",
+        "maniskill2",
+        (env_id, control_mode),
+        action_repeat=2,
+        episode_length=100,
+        paper=paper,
+        expert=expert,
     )
 
 
@@ -208,7 +223,9 @@ def make(
             f"{spec.suite} task {task!r} (the paper's pixel experiments are DMControl); use obs='state'"
         )
     if spec.suite != "maniskill2" and (renderer is not None or asset_dir is not None):
-        raise ValueError(f"renderer= and asset_dir= are options of ManiSkill2 tasks, not of the {spec.suite} task {task!r}")
+        raise ValueError(
+            f"renderer= and asset_dir= are options of ManiSkill2 tasks, not of the {spec.suite} task {task!r}"
+        )
 
     if spec.suite == "dmcontrol":
         from .dmcontrol import DMControlEnv

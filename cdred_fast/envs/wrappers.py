@@ -61,9 +61,7 @@ class ValidateAction(gym.ActionWrapper):
     def action(self, action: Any) -> np.ndarray:
         arr = np.asarray(action, dtype=np.float32)
         if arr.shape != self.action_space.shape:
-            raise ValueError(
-                f"action has shape {arr.shape}, the environment expects {self.action_space.shape}"
-            )
+            raise ValueError(f"action has shape {arr.shape}, the environment expects {self.action_space.shape}")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"action contains NaN or inf: {arr}")
         return np.clip(arr, self._low, self._high)
@@ -184,7 +182,7 @@ class FrameStack(gym.Wrapper):
 
 
 class TremblingHand(gym.ActionWrapper):
-    """"Trembling hand" noise: with probability ``p`` replace the agent's action
+    """ "Trembling hand" noise: with probability ``p`` replace the agent's action
     by one drawn uniformly from the action space.
 
     The choice is made once per step of this wrapper (i.e. per agent step when
@@ -244,9 +242,7 @@ class TimeLimit(gym.Wrapper):
 
     def step(self, action) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         if self._done:
-            raise RuntimeError(
-                "step() called on an episode that has ended (or was never started): call reset() first"
-            )
+            raise RuntimeError("step() called on an episode that has ended (or was never started): call reset() first")
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.elapsed_steps += 1
         if self.elapsed_steps >= self.max_episode_steps:

@@ -130,7 +130,9 @@ def bc_loss(
         loss = -ll.mean()
     else:
         if ll.dim() != 2:
-            raise ValueError(f"with rho, z and action must be [T, B, ...] sub-trajectories, got action {tuple(action.shape)}")
+            raise ValueError(
+                f"with rho, z and action must be [T, B, ...] sub-trajectories, got action {tuple(action.shape)}"
+            )
         rho_t = float(rho) ** torch.arange(ll.shape[0], device=ll.device, dtype=ll.dtype)
         loss = -(ll.mean(dim=1) * rho_t).mean()
     with torch.no_grad():

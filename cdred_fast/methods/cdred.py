@@ -21,8 +21,9 @@ class CDRED(Method):
         """Both predictors (the targets are never trained)."""
         return model.reward_model.predictor_parameters()
 
-    def compute_losses(self, agent, obs: Tensor, action: Tensor, n_behavioral: int, noise,
-                       reward: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def compute_losses(
+        self, agent, obs: Tensor, action: Tensor, n_behavioral: int, noise, reward: Optional[Tensor] = None
+    ) -> dict[str, Tensor]:
         """Steps 1-7 of SPEC section 3; also returns the predictor losses of each batch, detached
         (``reward_loss_expert``, ``reward_loss_behavioral``)."""
         cfg, m = agent.cfg, agent.model
@@ -51,15 +52,26 @@ class CDRED(Method):
         reward_loss = loss_exp_t + loss_beh_t
 
         # 7. total = 20 consistency + 0.1 value + 0.1 reward (the config's coefficients)
-        return with_total(cfg, consistency, value, reward_loss, zs, rewards, targets, q_logits,
-                          reward_loss_expert=loss_exp_t.detach(), reward_loss_behavioral=loss_beh_t.detach())
+        return with_total(
+            cfg,
+            consistency,
+            value,
+            reward_loss,
+            zs,
+            rewards,
+            targets,
+            q_logits,
+            reward_loss_expert=loss_exp_t.detach(),
+            reward_loss_behavioral=loss_beh_t.detach(),
+        )
 
     def rollout_functions(self, model, generator: Optional[torch.Generator] = None):
         """The return with the CDRED reward ``R(z, a)`` (SPEC Eq. 7); at a plan's first step, where
         every row has the same ``z``, its part of each first layer is computed once."""
         reward_model = model.reward_model
         return world_model_rollout(
-            model, generator,
+            model,
+            generator,
             reward=lambda z, a: reward_model(torch.cat([z, a], dim=-1)),
             shared_reward=lambda z, a: reward_model(a, x_shared=z),
         )

@@ -75,8 +75,15 @@ class Method:
         dynamics and Q ensemble (SPEC section 3, step 7); none by default."""
         return []
 
-    def compute_losses(self, agent: "CDREDAgent", obs: Tensor, action: Tensor, n_behavioral: int,
-                       noise: "UpdateNoise", reward: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def compute_losses(
+        self,
+        agent: "CDREDAgent",
+        obs: Tensor,
+        action: Tensor,
+        n_behavioral: int,
+        noise: "UpdateNoise",
+        reward: Optional[Tensor] = None,
+    ) -> dict[str, Tensor]:
         """The world-model losses of one update on ``obs [H+1, N, *obs_shape]``, ``action [H, N, A]``
         (the first ``n_behavioral`` samples behavioural, the rest expert; ``reward [H, N]`` the
         environment reward when :attr:`uses_env_reward`). Returns at least ``total`` (minimised by
@@ -132,8 +139,9 @@ def td_targets(agent: "CDREDAgent", next_z: Tensor, rewards: Tensor, noise: "Upd
     return rewards + agent.discount * m.Q(next_z, next_a, "min", target=True, heads=noise.td_heads)
 
 
-def value_loss(agent: "CDREDAgent", zs: Tensor, action: Tensor, targets: Tensor,
-               rho_t: Tensor) -> tuple[Tensor, Tensor]:
+def value_loss(
+    agent: "CDREDAgent", zs: Tensor, action: Tensor, targets: Tensor, rho_t: Tensor
+) -> tuple[Tensor, Tensor]:
     """Step 5: ``(1/(H num_q)) sum_t rho^t sum_q mean_i CE(Q_q(z_t, a_t), twohot(y_t))``.
     Returns ``(value, q_logits [num_q, H, N, bins])``."""
     cfg = agent.cfg
@@ -142,8 +150,17 @@ def value_loss(agent: "CDREDAgent", zs: Tensor, action: Tensor, targets: Tensor,
     return (ce.mean(dim=2) * rho_t).sum() / (action.shape[0] * cfg.num_q), q_logits
 
 
-def with_total(cfg, consistency: Tensor, value: Tensor, reward: Tensor, zs: Tensor, rewards: Tensor,
-               targets: Tensor, q_logits: Tensor, **extra: Tensor) -> dict[str, Tensor]:
+def with_total(
+    cfg,
+    consistency: Tensor,
+    value: Tensor,
+    reward: Tensor,
+    zs: Tensor,
+    rewards: Tensor,
+    targets: Tensor,
+    q_logits: Tensor,
+    **extra: Tensor,
+) -> dict[str, Tensor]:
     """Step 7, ``total = consistency_coef * consistency + value_coef * value + reward_coef * reward``,
     and the dict :meth:`Method.compute_losses` returns (``zs`` and ``q_logits`` detached here)."""
     total = cfg.consistency_coef * consistency + cfg.value_coef * value + cfg.reward_coef * reward
@@ -176,9 +193,12 @@ def scaled_policy_loss(agent: "CDREDAgent", zs: Tensor, noise: "UpdateNoise", up
     return ((cfg.entropy_coef * log_prob - q).mean(dim=1) * rho_t).mean()
 
 
-def world_model_rollout(model: "WorldModel", generator: Optional[torch.Generator],
-                        reward: Callable[[Tensor, Tensor], Tensor],
-                        shared_reward: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> RolloutFunctions:
+def world_model_rollout(
+    model: "WorldModel",
+    generator: Optional[torch.Generator],
+    reward: Callable[[Tensor, Tensor], Tensor],
+    shared_reward: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+) -> RolloutFunctions:
     """SPEC section 4's return ``G = sum_t gamma^t R(z_t, a_t) + gamma^H Q_avg(z_H, pi(z_H))`` on the
     world model, for the reward ``R`` given: actions sampled from the policy prior, ``Q_avg`` of
     two random heads; the policy's noise and the Q heads come from ``generator``."""
@@ -192,6 +212,13 @@ def world_model_rollout(model: "WorldModel", generator: Optional[torch.Generator
 
 
 __all__ = [
-    "Method", "UpdateNoise", "latent_rollout", "rho_weights", "scaled_policy_loss", "td_targets", "value_loss", "with_total",
+    "Method",
+    "UpdateNoise",
+    "latent_rollout",
+    "rho_weights",
+    "scaled_policy_loss",
+    "td_targets",
+    "value_loss",
+    "with_total",
     "world_model_rollout",
 ]

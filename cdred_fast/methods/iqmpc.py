@@ -141,7 +141,7 @@ def _reference_blocks(module: nn.Module) -> Iterator[None]:
     has no autograd formula: autograd warns and the second-order terms are silently wrong), and
     the gradient penalty differentiates a gradient. The reference path is the same function.
     """
-    saved = [(m, m.kernels) for m in module.modules() if hasattr(m, "kernels") and isinstance(getattr(m, "kernels"), str)]
+    saved = [(m, m.kernels) for m in module.modules() if hasattr(m, "kernels") and isinstance(m.kernels, str)]
     try:
         for m, _ in saved:
             m.kernels = "reference"
@@ -222,7 +222,9 @@ class ScalarQEnsemble(nn.Module):
         if heads is None:
             heads = choose_two_heads(self.num_q, generator, x.device)
         elif tuple(heads.shape) != (2,) or heads.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"heads must be an integer tensor [2] of Q-head ids, got {heads.dtype} {tuple(heads.shape)}")
+            raise ValueError(
+                f"heads must be an integer tensor [2] of Q-head ids, got {heads.dtype} {tuple(heads.shape)}"
+            )
         q = net(x, index=heads.to(x.device)).squeeze(-1)  # [2, ...]
         return q.min(dim=0).values if return_type == "min" else q.mean(dim=0)
 
@@ -451,7 +453,9 @@ def iqmpc_critic_loss(
         raise ValueError(f"n_behavioral must be in [1, N-1] = [1, {N - 1}] (both halves non-empty), got {n_behavioral}")
     ne = N - nb
     if grad_pen and ne != nb:
-        raise ValueError(f"grad_pen pairs expert and behavioural samples one to one: needs as many of each, got {nb} and {ne}")
+        raise ValueError(
+            f"grad_pen pairs expert and behavioural samples one to one: needs as many of each, got {nb} and {ne}"
+        )
     g = _discount(discount)
     dev = zs.device
     if noise is None:
@@ -468,8 +472,9 @@ def iqmpc_critic_loss(
     # y_t = gamma * V_bar(z'_t): target heads, one pair for all steps, no gradient
     next_z = next_z.detach()
     with torch.no_grad():
-        y = g * iqmpc_value(q, pi, next_z, target=True, entropy_coef=entropy_coef,
-                            eps=noise.next_eps, heads=noise.next_heads)  # [H, N]
+        y = g * iqmpc_value(
+            q, pi, next_z, target=True, entropy_coef=entropy_coef, eps=noise.next_eps, heads=noise.next_heads
+        )  # [H, N]
     # v0 = mean_expert V(z_0), with gradient (Q, encoder, pi)
     v0 = iqmpc_value(q, pi, zs[0, nb:], entropy_coef=entropy_coef, eps=noise.v0_eps, heads=noise.v0_heads).mean()
     # every head on the roll-out latents
@@ -480,16 +485,20 @@ def iqmpc_critic_loss(
     per_tq = softq + (1.0 - g) * v0 + chi2  # [num_q, H]
     if grad_pen:
         zt = zs[:-1]
-        gp = gradient_penalty(
-            q,
-            zt[:, nb:].unsqueeze(1).expand(H, Qn, nb, q.latent_dim).reshape(H * Qn, nb, -1),
-            action[:, nb:].unsqueeze(1).expand(H, Qn, nb, A).reshape(H * Qn, nb, A),
-            zt[:, :nb].unsqueeze(1).expand(H, Qn, nb, q.latent_dim).reshape(H * Qn, nb, -1),
-            action[:, :nb].unsqueeze(1).expand(H, Qn, nb, A).reshape(H * Qn, nb, A),
-            noise.gp_u.reshape(H * Qn, nb),
-            noise.gp_heads.reshape(H * Qn, 2),
-            coef=grad_pen_coef,
-        ).view(H, Qn).t()  # [num_q, H]
+        gp = (
+            gradient_penalty(
+                q,
+                zt[:, nb:].unsqueeze(1).expand(H, Qn, nb, q.latent_dim).reshape(H * Qn, nb, -1),
+                action[:, nb:].unsqueeze(1).expand(H, Qn, nb, A).reshape(H * Qn, nb, A),
+                zt[:, :nb].unsqueeze(1).expand(H, Qn, nb, q.latent_dim).reshape(H * Qn, nb, -1),
+                action[:, :nb].unsqueeze(1).expand(H, Qn, nb, A).reshape(H * Qn, nb, A),
+                noise.gp_u.reshape(H * Qn, nb),
+                noise.gp_heads.reshape(H * Qn, 2),
+                coef=grad_pen_coef,
+            )
+            .view(H, Qn)
+            .t()
+        )  # [num_q, H]
         per_tq = per_tq + gp
     rho_t = rho ** torch.arange(H, device=dev, dtype=qs.dtype)
     loss = (per_tq.sum(dim=0) * rho_t).sum() / (H * Qn)
@@ -498,8 +507,18 @@ def iqmpc_critic_loss(
         if z_obs is None:
             z_obs = torch.cat([zs[:1], next_z[:-1]], dim=0)
         _check_shape("z_obs", z_obs, (H, N, q.latent_dim))
-        r_dec = decoded_reward(q, pi, z_obs.detach(), action, next_z, g, entropy_coef=entropy_coef,
-                               eps=noise.dec_eps, heads=noise.dec_heads, next_heads=noise.dec_next_heads)
+        r_dec = decoded_reward(
+            q,
+            pi,
+            z_obs.detach(),
+            action,
+            next_z,
+            g,
+            entropy_coef=entropy_coef,
+            eps=noise.dec_eps,
+            heads=noise.dec_heads,
+            next_heads=noise.dec_next_heads,
+        )
         qd = qs.detach()
         q_e, q_b = qd[..., nb:].mean(), qd[..., :nb].mean()
         stats = {
@@ -574,8 +593,13 @@ class SoftReturnNoise:
 
 
 def draw_soft_return_noise(
-    horizon: int, rows: int, action_dim: int, num_q: int = NUM_Q,
-    generator: Optional[torch.Generator] = None, device="cpu", dtype=torch.float32,
+    horizon: int,
+    rows: int,
+    action_dim: int,
+    num_q: int = NUM_Q,
+    generator: Optional[torch.Generator] = None,
+    device="cpu",
+    dtype=torch.float32,
 ) -> SoftReturnNoise:
     """Draw a :class:`SoftReturnNoise` (from ``generator`` when given; normal draws in ``dtype``)."""
     H, R, A = int(horizon), int(rows), int(action_dim)
@@ -663,17 +687,42 @@ def make_soft_return(
     from ``generator`` on every call - the trajectory-value hook of the MPPI loop for IQ-MPC."""
 
     def value(z: Tensor, actions: Tensor) -> Tensor:
-        return soft_planning_return(q, pi, dynamics, z, actions, discount, entropy_coef=entropy_coef,
-                                    generator=generator)
+        return soft_planning_return(
+            q, pi, dynamics, z, actions, discount, entropy_coef=entropy_coef, generator=generator
+        )
 
     return value
 
 
 __all__ = [
-    "ENTROPY_COEF", "CHI2_ALPHA", "CHI2_COEF", "CONSISTENCY_COEF", "CRITIC_COEF", "GRAD_PEN_COEF",
-    "GRAD_PEN_DEFAULT", "RHO", "NUM_Q", "TAU", "GRAD_CLIP_NORM", "USE_STEP_LR", "BUFFER_SIZE", "MPC_DEFAULT",
-    "scalar_q_heads", "target_copy", "polyak_update_", "ScalarQEnsemble",
-    "iqmpc_value", "gradient_penalty", "IQMPCCriticNoise", "draw_critic_noise", "decoded_reward",
-    "iqmpc_critic_loss", "iqmpc_total_loss", "iqmpc_policy_loss",
-    "SoftReturnNoise", "draw_soft_return_noise", "soft_planning_return", "make_soft_return",
+    "ENTROPY_COEF",
+    "CHI2_ALPHA",
+    "CHI2_COEF",
+    "CONSISTENCY_COEF",
+    "CRITIC_COEF",
+    "GRAD_PEN_COEF",
+    "GRAD_PEN_DEFAULT",
+    "RHO",
+    "NUM_Q",
+    "TAU",
+    "GRAD_CLIP_NORM",
+    "USE_STEP_LR",
+    "BUFFER_SIZE",
+    "MPC_DEFAULT",
+    "scalar_q_heads",
+    "target_copy",
+    "polyak_update_",
+    "ScalarQEnsemble",
+    "iqmpc_value",
+    "gradient_penalty",
+    "IQMPCCriticNoise",
+    "draw_critic_noise",
+    "decoded_reward",
+    "iqmpc_critic_loss",
+    "iqmpc_total_loss",
+    "iqmpc_policy_loss",
+    "SoftReturnNoise",
+    "draw_soft_return_noise",
+    "soft_planning_return",
+    "make_soft_return",
 ]

@@ -21,8 +21,9 @@ class TDMPC2(Method):
     def reward_parameters(self, model):
         return model.reward_head.parameters()
 
-    def compute_losses(self, agent, obs: Tensor, action: Tensor, n_behavioral: int, noise,
-                       reward: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def compute_losses(
+        self, agent, obs: Tensor, action: Tensor, n_behavioral: int, noise, reward: Optional[Tensor] = None
+    ) -> dict[str, Tensor]:
         """Steps 1-7 of SPEC section 3 with the environment reward ``reward [H, N]`` in the TD
         target and, as reward loss, the reward head's two-hot soft cross-entropy
         ``(1/H) sum_t rho^t mean_i CE(R(z_t, a_t), twohot(r_t))``."""

@@ -47,8 +47,6 @@ def _layout(batched: bool, layout: str) -> str:
     return layout if batched else "[" + layout[len("[B, ") :]
 
 
-
-
 def _check_generator(generator, ref: Tensor) -> None:
     if generator is None:
         return
@@ -209,7 +207,6 @@ def mppi_select(
     _check_generator(generator, elite_actions)
     tensors = (elite_actions, elite_weights, std)
     return _run_planning(impl, "mppi_select", batched, tensors, eval_mode, generator)
-
 
 
 def _run_planning(impl: str, name: str, batched: bool, tensors, *rest):

@@ -96,7 +96,9 @@ def _check_ensemble_mlp_inputs(x, weights, biases, ln_weights, ln_biases, ln_eps
         raise ValueError(f"biases must hold one tensor per layer ({L}), got {len(biases)}")
     for name, seq in (("ln_weights", ln_weights), ("ln_biases", ln_biases)):
         if len(seq) != L - 1:
-            raise ValueError(f"{name} must hold one tensor per hidden layer ({L - 1} = len(weights) - 1), got {len(seq)}")
+            raise ValueError(
+                f"{name} must hold one tensor per hidden layer ({L - 1} = len(weights) - 1), got {len(seq)}"
+            )
     if not is_number(ln_eps) or not math.isfinite(ln_eps) or ln_eps < 0:
         raise ValueError(f"ln_eps must be finite and >= 0, got {ln_eps!r}")
     E = None
@@ -110,7 +112,9 @@ def _check_ensemble_mlp_inputs(x, weights, biases, ln_weights, ln_biases, ln_eps
             if E < 1:
                 raise ValueError(f"weights[0] must hold at least one member (E >= 1), got shape {tuple(w.shape)}")
         elif w.shape[0] != E:
-            raise ValueError(f"{name} has E = {w.shape[0]} members but weights[0] has {E}; every layer must have the same E")
+            raise ValueError(
+                f"{name} has E = {w.shape[0]} members but weights[0] has {E}; every layer must have the same E"
+            )
         elif w.shape[2] != prev_out:
             raise ValueError(
                 f"{name} has shape {tuple(w.shape)} but layer {l - 1} outputs {prev_out} features; "
@@ -145,8 +149,9 @@ def _check_ensemble_mlp_inputs(x, weights, biases, ln_weights, ln_biases, ln_eps
             f"x has {x.shape[-1]} features per row but weights[0] takes I = {in0}{of}; expected {in0 - shared}"
         )
     if x.dim() == 3 and x.shape[0] != E:
-        raise ValueError(f"x has shape {tuple(x.shape)} (per-member rows [E, N, I]) but the weights have E = {E} members")
-
+        raise ValueError(
+            f"x has shape {tuple(x.shape)} (per-member rows [E, N, I]) but the weights have E = {E} members"
+        )
 
 
 def ensemble_mlp(
@@ -307,8 +312,22 @@ def _register() -> None:
         return x.new_empty((weights[0].shape[0], x.shape[-2], weights[-1].shape[1]))
 
     @torch.library.register_fake("cdred_fast::ensemble_reward")
-    def _(x, weights, biases, ln_weights, ln_biases, ln_eps, pred_expert, pred_behavioral, alpha, zeta, sigma, g, eps,
-          x_shared=None):
+    def _(
+        x,
+        weights,
+        biases,
+        ln_weights,
+        ln_biases,
+        ln_eps,
+        pred_expert,
+        pred_behavioral,
+        alpha,
+        zeta,
+        sigma,
+        g,
+        eps,
+        x_shared=None,
+    ):
         torch._check(x.dim() == 2 or x.dim() == 3)
         return x.new_empty((x.shape[-2],))
 
@@ -338,7 +357,7 @@ def _register() -> None:
         L = ctx.num_layers
         saved = list(ctx.saved_tensors)
         x, rest, x_shared = saved[0], saved[1:-1], saved[-1]
-        groups = [rest[: L], rest[L : 2 * L], rest[2 * L : 3 * L - 1], rest[3 * L - 1 :]]
+        groups = [rest[:L], rest[L : 2 * L], rest[2 * L : 3 * L - 1], rest[3 * L - 1 :]]
         # The dispatcher drops a trailing x_shared=None (its default), so
         # needs_input_grad may have 6 entries instead of 7.
         nig = tuple(ctx.needs_input_grad) + (False,) * (7 - len(ctx.needs_input_grad))

@@ -23,8 +23,8 @@ namespace {
 // Rows [r0, r1) of member e; pg / pb: this chunk's partial sums (D each, zeroed here).
 template <typename T>
 __attribute__((always_inline)) inline void backward_chunk(const T* gy, const T* x, const T* mean, const T* rstd,
-                                                          const T* gamma, const T* beta, T* gx, T* pg, T* pb,
-                                                          int64_t M, int64_t D, int64_t e, int64_t r0, int64_t r1) {
+                                                          const T* gamma, const T* beta, T* gx, T* pg, T* pb, int64_t M,
+                                                          int64_t D, int64_t e, int64_t r0, int64_t r1) {
   const T inv_d = T(1) / T(D);
   const T* g = gamma + e * D;
   const T* b = beta + e * D;
@@ -57,16 +57,15 @@ __attribute__((always_inline)) inline void backward_chunk(const T* gy, const T* 
 }
 
 // Vectorised per-ISA clones (target_clones does not apply to templates).
-#define CDRED_DEFINE_BLOCK(SUFFIX, T)                                                                              \
-  CDRED_CPU_CLONES void backward_chunk_##SUFFIX(const T* gy, const T* x, const T* mean, const T* rstd,             \
-                                                const T* gamma, const T* beta, T* gx, T* pg, T* pb, int64_t M,     \
-                                                int64_t D, int64_t e, int64_t r0, int64_t r1) {                    \
-    backward_chunk<T>(gy, x, mean, rstd, gamma, beta, gx, pg, pb, M, D, e, r0, r1);                                \
-  }                                                                                                                \
-  inline void backward_chunk_any(const T* gy, const T* x, const T* mean, const T* rstd, const T* gamma,            \
-                                 const T* beta, T* gx, T* pg, T* pb, int64_t M, int64_t D, int64_t e, int64_t r0,  \
-                                 int64_t r1) {                                                                     \
-    backward_chunk_##SUFFIX(gy, x, mean, rstd, gamma, beta, gx, pg, pb, M, D, e, r0, r1);                          \
+#define CDRED_DEFINE_BLOCK(SUFFIX, T)                                                                                  \
+  CDRED_CPU_CLONES void backward_chunk_##SUFFIX(const T* gy, const T* x, const T* mean, const T* rstd, const T* gamma, \
+                                                const T* beta, T* gx, T* pg, T* pb, int64_t M, int64_t D, int64_t e,   \
+                                                int64_t r0, int64_t r1) {                                              \
+    backward_chunk<T>(gy, x, mean, rstd, gamma, beta, gx, pg, pb, M, D, e, r0, r1);                                    \
+  }                                                                                                                    \
+  inline void backward_chunk_any(const T* gy, const T* x, const T* mean, const T* rstd, const T* gamma, const T* beta, \
+                                 T* gx, T* pg, T* pb, int64_t M, int64_t D, int64_t e, int64_t r0, int64_t r1) {       \
+    backward_chunk_##SUFFIX(gy, x, mean, rstd, gamma, beta, gx, pg, pb, M, D, e, r0, r1);                              \
   }
 CDRED_DEFINE_BLOCK(f, float)
 CDRED_DEFINE_BLOCK(d, double)

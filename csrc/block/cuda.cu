@@ -126,8 +126,8 @@ void launch_layernorm_mish_backward_cuda(const at::Tensor& gy, const at::Tensor&
     if (rows > 0) {
       backward_rows_kernel<scalar_t><<<warp_blocks(rows), kThreads, 0, stream>>>(
           gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(),
-          gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
-          gu.data_ptr<scalar_t>(), rows, M, D);
+          gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), gu.data_ptr<scalar_t>(),
+          rows, M, D);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       column_partials_kernel<scalar_t><<<flat_blocks(E * chunks * D), kThreads, 0, stream>>>(
           gu.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(),

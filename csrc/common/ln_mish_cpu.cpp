@@ -69,26 +69,26 @@ __attribute__((always_inline)) inline void ln_mish_rows(const T* src, int64_t sr
 // Non-template entry points, one name per dtype, cloned per CPU target
 // (target_clones does not apply to templates); the bias / statistics variant is
 // chosen once per call.
-#define CDRED_DEFINE_LN_MISH_ROWS(NAME, T)                                                                         \
-  CDRED_CPU_CLONES void NAME(const T* src, int64_t se, int64_t sn, T* dst, const T* bias, const T* gamma,          \
-                             const T* beta, T* mean, T* rstd, int64_t N, int64_t D, T eps, int64_t begin,          \
-                             int64_t end) {                                                                        \
-    if (bias != nullptr) {                                                                                         \
-      if (mean != nullptr) {                                                                                       \
-        ln_mish_rows<T, true, true>(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);       \
-      } else {                                                                                                     \
-        ln_mish_rows<T, true, false>(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);      \
-      }                                                                                                            \
-    } else if (mean != nullptr) {                                                                                  \
-      ln_mish_rows<T, false, true>(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);        \
-    } else {                                                                                                       \
-      ln_mish_rows<T, false, false>(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);       \
-    }                                                                                                              \
-  }                                                                                                                \
-  inline void ln_mish_rows_any(const T* src, int64_t se, int64_t sn, T* dst, const T* bias, const T* gamma,        \
-                               const T* beta, T* mean, T* rstd, int64_t N, int64_t D, T eps, int64_t begin,        \
-                               int64_t end) {                                                                      \
-    NAME(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);                                  \
+#define CDRED_DEFINE_LN_MISH_ROWS(NAME, T)                                                                    \
+  CDRED_CPU_CLONES void NAME(const T* src, int64_t se, int64_t sn, T* dst, const T* bias, const T* gamma,     \
+                             const T* beta, T* mean, T* rstd, int64_t N, int64_t D, T eps, int64_t begin,     \
+                             int64_t end) {                                                                   \
+    if (bias != nullptr) {                                                                                    \
+      if (mean != nullptr) {                                                                                  \
+        ln_mish_rows<T, true, true>(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);  \
+      } else {                                                                                                \
+        ln_mish_rows<T, true, false>(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end); \
+      }                                                                                                       \
+    } else if (mean != nullptr) {                                                                             \
+      ln_mish_rows<T, false, true>(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);   \
+    } else {                                                                                                  \
+      ln_mish_rows<T, false, false>(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);  \
+    }                                                                                                         \
+  }                                                                                                           \
+  inline void ln_mish_rows_any(const T* src, int64_t se, int64_t sn, T* dst, const T* bias, const T* gamma,   \
+                               const T* beta, T* mean, T* rstd, int64_t N, int64_t D, T eps, int64_t begin,   \
+                               int64_t end) {                                                                 \
+    NAME(src, se, sn, dst, bias, gamma, beta, mean, rstd, N, D, eps, begin, end);                             \
   }
 CDRED_DEFINE_LN_MISH_ROWS(ln_mish_rows_f, float)
 CDRED_DEFINE_LN_MISH_ROWS(ln_mish_rows_d, double)

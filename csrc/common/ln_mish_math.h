@@ -119,9 +119,9 @@ inline T exp_poly(T x) {
   // Outside [lo, hi] the intermediate values are meaningless (possibly inf or
   // NaN); they are replaced at the end.
   const T t = x * C::log2e + C::magic;  // round(x / ln2) sits in the low mantissa bits of t
-  const T k = t - C::magic;              // exact
+  const T k = t - C::magic;             // exact
   const T r = (x - k * C::ln2_hi) - k * C::ln2_lo;
-  const U ki = std::bit_cast<U>(t) - std::bit_cast<U>(C::magic);  // k (mod 2^bits)
+  const U ki = std::bit_cast<U>(t) - std::bit_cast<U>(C::magic);                         // k (mod 2^bits)
   const T scale = std::bit_cast<T>(static_cast<U>((ki + C::bias) << C::mantissa_bits));  // 2^k
   const T y = exp_poly_reduced<T>(r) * scale;
   const T inf = std::numeric_limits<T>::infinity();

@@ -137,7 +137,8 @@ void launch_mppi_sample_cpu(const at::Tensor& mean, const at::Tensor& stdev, con
     const scalar_t* mu = mean.data_ptr<scalar_t>();
     const scalar_t* sd = stdev.data_ptr<scalar_t>();
     scalar_t* x = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B * H * M, grain, [&](int64_t begin, int64_t end) { sample_rows(mu, sd, x, M, A, begin, end); });
+    at::parallel_for(0, B * H * M, grain,
+                     [&](int64_t begin, int64_t end) { sample_rows(mu, sd, x, M, A, begin, end); });
   });
 }
 
@@ -171,8 +172,8 @@ void launch_mppi_elite_update_cpu(const at::Tensor& values, const at::Tensor& ac
         // the calling thread; with few batches it splits the (h, a) pairs.
         at::parallel_for(0, H * A, pair_grain, [&](int64_t s0, int64_t s1) {
           std::vector<scalar_t> acc(2 * A);
-          moments_pairs<scalar_t>(act + b * H * N * A, elite_index.data(), w, sum_w, p, s0, s1,
-                                  ea_p + b * H * k * A, mean_p + b * H * A, std_p + b * H * A, acc.data());
+          moments_pairs<scalar_t>(act + b * H * N * A, elite_index.data(), w, sum_w, p, s0, s1, ea_p + b * H * k * A,
+                                  mean_p + b * H * A, std_p + b * H * A, acc.data());
         });
       }
     });
@@ -196,7 +197,8 @@ void launch_mppi_select_cpu(const at::Tensor& elite_actions, const at::Tensor& s
       if (eval_mode) {
         for (int64_t a = 0; a < A; ++a) xb[a] = clamp_keep_nan<scalar_t>(first[a], -1, 1);
       } else {
-        for (int64_t a = 0; a < A; ++a) xb[a] = clamp_keep_nan<scalar_t>(mul_add_rounded(first[a], s0[a], xb[a]), -1, 1);
+        for (int64_t a = 0; a < A; ++a)
+          xb[a] = clamp_keep_nan<scalar_t>(mul_add_rounded(first[a], s0[a], xb[a]), -1, 1);
       }
     }
   });

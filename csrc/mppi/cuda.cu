@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kMaxThreads)
                         scalar_t* __restrict__ std_out, scalar_t* __restrict__ elite_actions,
                         scalar_t* elite_weights /* written, then read back by other threads */,
                         scalar_t* __restrict__ elite_values, EliteArgs p) {
-  using acc_t = scalar_t;  // same precision as the CPU kernel and the reference
+  using acc_t = scalar_t;                  // same precision as the CPU kernel and the reference
   extern __shared__ uint64_t sort_keys[];  // [P] keys, then [P] uint32 indices
   __shared__ acc_t red[kMaxWarps + 1];
   const int64_t b = blockIdx.x;
@@ -210,8 +210,8 @@ int64_t max_sort_candidates(int device, size_t static_smem) {
 
 template <typename scalar_t>
 void run_elite_update(const at::Tensor& values, const at::Tensor& actions, const EliteArgs& args_in,
-                         const at::Tensor& mean, const at::Tensor& stdev, const at::Tensor& elite_actions,
-                         const at::Tensor& elite_weights, const at::Tensor& elite_values, cudaStream_t stream) {
+                      const at::Tensor& mean, const at::Tensor& stdev, const at::Tensor& elite_actions,
+                      const at::Tensor& elite_weights, const at::Tensor& elite_values, cudaStream_t stream) {
   EliteArgs args = args_in;
   const int64_t B = values.size(0), N = args.N;
   int64_t P = 1;
@@ -240,9 +240,9 @@ void run_elite_update(const at::Tensor& values, const at::Tensor& actions, const
     const at::Tensor order = std::get<1>(keys.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
     args.P = 0;
     elite_update_kernel<scalar_t, true><<<grid, 256, 0, stream>>>(
-        values.data_ptr<scalar_t>(), actions.data_ptr<scalar_t>(), order.data_ptr<int64_t>(),
-        mean.data_ptr<scalar_t>(), stdev.data_ptr<scalar_t>(), elite_actions.data_ptr<scalar_t>(),
-        elite_weights.data_ptr<scalar_t>(), elite_values.data_ptr<scalar_t>(), args);
+        values.data_ptr<scalar_t>(), actions.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(),
+        stdev.data_ptr<scalar_t>(), elite_actions.data_ptr<scalar_t>(), elite_weights.data_ptr<scalar_t>(),
+        elite_values.data_ptr<scalar_t>(), args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -281,8 +281,8 @@ void launch_mppi_elite_update_cuda(const at::Tensor& values, const at::Tensor& a
   const EliteArgs elite_args{H, N, A, args.num_elites, 0, args.temperature, args.min_std, args.max_std};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "cdred_fast_mppi_elite_update_cuda", [&] {
-    run_elite_update<scalar_t>(values, actions, elite_args, mean, stdev, elite_actions, elite_weights,
-                                  elite_values, stream);
+    run_elite_update<scalar_t>(values, actions, elite_args, mean, stdev, elite_actions, elite_weights, elite_values,
+                               stream);
   });
 }
 

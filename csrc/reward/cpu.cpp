@@ -26,8 +26,8 @@ namespace {
 template <typename scalar_t, int NPRED>
 __attribute__((always_inline)) inline void bonus_rows(const scalar_t* const* preds, const scalar_t* targets,
                                                       scalar_t* out, int64_t K, int64_t N, int64_t D,
-                                                      const RewardParams& p, int64_t begin, int64_t end,
-                                                      scalar_t* sum, scalar_t* sumsq) {
+                                                      const RewardParams& p, int64_t begin, int64_t end, scalar_t* sum,
+                                                      scalar_t* sumsq) {
   using acc_t = scalar_t;  // float accumulates in float, double in double (as the reference does)
   const acc_t inv_k = acc_t(1) / acc_t(K);
   const acc_t inv_d = acc_t(1) / acc_t(D);
@@ -72,10 +72,10 @@ __attribute__((always_inline)) inline void bonus_rows(const scalar_t* const* pre
 }
 
 // Non-template entry points so the compiler can clone them per CPU target.
-#define CDRED_DEFINE_ROWS(NAME, T, NPRED)                                                                          \
-  CDRED_CPU_CLONES void NAME(const T* const* preds, const T* targets, T* out, int64_t K, int64_t N, int64_t D,     \
-                             const RewardParams& p, int64_t begin, int64_t end, T* sum, T* sumsq) {                \
-    bonus_rows<T, NPRED>(preds, targets, out, K, N, D, p, begin, end, sum, sumsq);                               \
+#define CDRED_DEFINE_ROWS(NAME, T, NPRED)                                                                      \
+  CDRED_CPU_CLONES void NAME(const T* const* preds, const T* targets, T* out, int64_t K, int64_t N, int64_t D, \
+                             const RewardParams& p, int64_t begin, int64_t end, T* sum, T* sumsq) {            \
+    bonus_rows<T, NPRED>(preds, targets, out, K, N, D, p, begin, end, sum, sumsq);                             \
   }
 CDRED_DEFINE_ROWS(rows_f1, float, 1)
 CDRED_DEFINE_ROWS(rows_f2, float, 2)

@@ -68,13 +68,13 @@ void launch_reward_cuda(const at::Tensor& pred0, const at::Tensor& pred1, const 
   AT_DISPATCH_FLOATING_TYPES(targets.scalar_type(), "cdred_fast_reward_cuda", [&] {
     const dim3 grid(static_cast<unsigned>(N));
     if (npred == 1) {
-      reward_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
-          pred0.data_ptr<scalar_t>(), pred0.data_ptr<scalar_t>(), targets.data_ptr<scalar_t>(),
-          out.data_ptr<scalar_t>(), K, N, D, p);
+      reward_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(pred0.data_ptr<scalar_t>(), pred0.data_ptr<scalar_t>(),
+                                                                targets.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                                                K, N, D, p);
     } else {
-      reward_kernel<scalar_t, 2><<<grid, kThreads, 0, stream>>>(
-          pred0.data_ptr<scalar_t>(), pred1.data_ptr<scalar_t>(), targets.data_ptr<scalar_t>(),
-          out.data_ptr<scalar_t>(), K, N, D, p);
+      reward_kernel<scalar_t, 2><<<grid, kThreads, 0, stream>>>(pred0.data_ptr<scalar_t>(), pred1.data_ptr<scalar_t>(),
+                                                                targets.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                                                K, N, D, p);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -24,7 +24,7 @@ struct RewardParams {
 //   mu = t_0 + S1/K,   var = S2/K - (S1/K)^2  (= B2 - mu^2),   B2 = var + mu^2.
 template <typename acc_t>
 struct Moments {
-  acc_t mu;  // (1/K) sum_k t_k
+  acc_t mu;   // (1/K) sum_k t_k
   acc_t var;  // B2 - mu^2, replaced by 1 where degenerate (never divided by 0)
   bool degenerate;
 };

@@ -22,8 +22,12 @@ CDRED_CPU_CLONES void mish_d(const double* x, double* y, int64_t begin, int64_t 
   for (int64_t i = begin; i < end; ++i) y[i] = mish<double>(x[i]);
 }
 
-inline void mish_elementwise(const float* x, float* y, int64_t b, int64_t e) { mish_f(x, y, b, e); }
-inline void mish_elementwise(const double* x, double* y, int64_t b, int64_t e) { mish_d(x, y, b, e); }
+inline void mish_elementwise(const float* x, float* y, int64_t b, int64_t e) {
+  mish_f(x, y, b, e);
+}
+inline void mish_elementwise(const double* x, double* y, int64_t b, int64_t e) {
+  mish_d(x, y, b, e);
+}
 
 }  // namespace
 

@@ -50,16 +50,18 @@ constexpr int64_t kCudaRewardTileBytes = 64LL * 1024 * 1024;
 // =============================================================================
 
 struct EnsembleShape {
-  int64_t E = 0;       // members
-  int64_t N = 0;       // rows
-  int64_t layers = 0;  // Linears per member
-  int64_t in0 = 0;     // input features of the first layer (I = I_s + I_x)
-  int64_t shared = 0;  // I_s (0 without x_shared)
+  int64_t E = 0;              // members
+  int64_t N = 0;              // rows
+  int64_t layers = 0;         // Linears per member
+  int64_t in0 = 0;            // input features of the first layer (I = I_s + I_x)
+  int64_t shared = 0;         // I_s (0 without x_shared)
   bool per_member_x = false;  // x is [E, N, I_x]
   std::vector<int64_t> out;   // out_l per layer
 };
 
-std::string indexed(const char* name, size_t l) { return std::string(name) + "[" + std::to_string(l) + "]"; }
+std::string indexed(const char* name, size_t l) {
+  return std::string(name) + "[" + std::to_string(l) + "]";
+}
 
 EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at::TensorList weights,
                                         at::TensorList biases, at::TensorList ln_weights, at::TensorList ln_biases,
@@ -68,7 +70,8 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
   TORCH_CHECK_VALUE(x.defined(), op, ": argument 'x' is an undefined tensor");
   TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, op,
                     ": argument 'x' must have shape [N, I] (2-D, rows shared by every member) or [E, N, I] "
-                    "(3-D, rows per member), got shape ", x.sizes());
+                    "(3-D, rows per member), got shape ",
+                    x.sizes());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                    ": argument 'x' must be float32 or float64, got ", x.scalar_type());
   const size_t L = weights.size();
@@ -95,8 +98,8 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
                         w.sizes());
       s.in0 = w.size(2);
     } else {
-      TORCH_CHECK_VALUE(w.size(0) == s.E, op, ": argument '", wn, "' has E = ", w.size(0), " members but 'weights[0]' has ",
-                        s.E, "; every layer must have the same E");
+      TORCH_CHECK_VALUE(w.size(0) == s.E, op, ": argument '", wn, "' has E = ", w.size(0),
+                        " members but 'weights[0]' has ", s.E, "; every layer must have the same E");
       TORCH_CHECK_VALUE(w.size(2) == prev_out, op, ": argument '", wn, "' has shape ", w.sizes(), " but layer ", l - 1,
                         " outputs ", prev_out, " features; expected [", s.E, ", out, ", prev_out, "]");
     }
@@ -106,16 +109,15 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
     s.out.push_back(out);
     const std::string bn = indexed("biases", l);
     check_float_like(op, bn, biases[l], x, "x");
-    TORCH_CHECK_VALUE(biases[l].dim() == 2 && biases[l].size(0) == s.E && biases[l].size(1) == out, op,
-                      ": argument '", bn, "' must have shape [E, out] = [", s.E, ", ", out, "], got shape ",
-                      biases[l].sizes());
+    TORCH_CHECK_VALUE(biases[l].dim() == 2 && biases[l].size(0) == s.E && biases[l].size(1) == out, op, ": argument '",
+                      bn, "' must have shape [E, out] = [", s.E, ", ", out, "], got shape ", biases[l].sizes());
     if (l + 1 < L) {
       for (const auto& [name, list] : {std::pair<const char*, at::TensorList>{"ln_weights", ln_weights},
                                        std::pair<const char*, at::TensorList>{"ln_biases", ln_biases}}) {
         const std::string n = indexed(name, l);
         check_float_like(op, n, list[l], x, "x");
-        TORCH_CHECK_VALUE(list[l].dim() == 2 && list[l].size(0) == s.E && list[l].size(1) == out, op, ": argument '",
-                          n, "' must have shape [E, out] = [", s.E, ", ", out, "], got shape ", list[l].sizes());
+        TORCH_CHECK_VALUE(list[l].dim() == 2 && list[l].size(0) == s.E && list[l].size(1) == out, op, ": argument '", n,
+                          "' must have shape [E, out] = [", s.E, ", ", out, "], got shape ", list[l].sizes());
       }
     }
     prev_out = out;
@@ -130,9 +132,10 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
                       " in all; x_shared must be shorter than I (x holds the other I - I_s >= 1 features)");
   }
   const int64_t ix = x.size(x.dim() - 1);
-  TORCH_CHECK_VALUE(ix == s.in0 - s.shared, op, ": argument 'x' has ", ix, " features per row but 'weights[0]' takes I = ",
-                    s.in0, s.shared ? " of which 'x_shared' gives " + std::to_string(s.shared) : std::string(),
-                    "; expected ", s.in0 - s.shared);
+  TORCH_CHECK_VALUE(ix == s.in0 - s.shared, op, ": argument 'x' has ", ix,
+                    " features per row but 'weights[0]' takes I = ", s.in0,
+                    s.shared ? " of which 'x_shared' gives " + std::to_string(s.shared) : std::string(), "; expected ",
+                    s.in0 - s.shared);
   s.per_member_x = x.dim() == 3;
   if (s.per_member_x) {
     TORCH_CHECK_VALUE(x.size(0) == s.E, op, ": argument 'x' has shape ", x.sizes(),
@@ -149,8 +152,10 @@ void check_ensemble_reward_preds(const char* op, const EnsembleShape& s, const a
                                 std::pair<const char*, const at::Tensor*>{"pred_behavioral", &pred_behavioral}}) {
     check_float_like(op, name, *t, x, "x");
     TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == s.N && t->size(1) == D, op, ": argument '", name,
-                      "' must have shape [N, D] = [", s.N, ", ", D, "] (N rows of x, D outputs of the targets' "
-                      "last layer), got shape ", t->sizes());
+                      "' must have shape [N, D] = [", s.N, ", ", D,
+                      "] (N rows of x, D outputs of the targets' "
+                      "last layer), got shape ",
+                      t->sizes());
   }
 }
 
@@ -200,7 +205,7 @@ void ensemble_mlp_layers(const EnsembleShape& s, const at::Tensor& x, at::Tensor
   if (s.shared > 0) {
     const at::Tensor z = x_shared->contiguous();
     bias0 = at::addmv(bias0, w0.view({E * out0, s.in0}).narrow(1, 0, s.shared), z);  // b + W_z z, once per call
-    w0x = w0.narrow(2, s.shared, ix);  // [E, out0, I_x], row stride I
+    w0x = w0.narrow(2, s.shared, ix);                                                // [E, out0, I_x], row stride I
   }
 
   // Ping-pong buffers for the hidden activations (and the first layer's scratch).
@@ -215,8 +220,8 @@ void ensemble_mlp_layers(const EnsembleShape& s, const at::Tensor& x, at::Tensor
   for (int64_t l = 0; l < L; ++l) {
     const int64_t out = s.out[l];
     const at::Tensor bias = l == 0 ? bias0.view({E, out0}) : biases[l].contiguous();  // [E, out]
-    const at::Tensor wt = (l == 0 ? w0x : weights[l].contiguous()).transpose(1, 2);  // [E, in, out]
-    if (l == L - 1) {  // the last, plain Linear
+    const at::Tensor wt = (l == 0 ? w0x : weights[l].contiguous()).transpose(1, 2);   // [E, in, out]
+    if (l == L - 1) {                                                                 // the last, plain Linear
       last(l == 0 ? x : h, bias, wt, l == 0 && rows_shared);
       break;
     }
