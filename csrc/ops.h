@@ -26,7 +26,6 @@ at::Tensor ensemble_reward(const at::Tensor& x, at::TensorList weights, at::Tens
                            at::TensorList ln_weights, at::TensorList ln_biases, double ln_eps,
                            const at::Tensor& pred_expert, const at::Tensor& pred_behavioral, double alpha, double zeta,
                            double sigma, c10::string_view g, double eps, const std::optional<at::Tensor>& x_shared);
-at::Tensor rnd_mish(const at::Tensor& x);
 
 // block/front.cpp (SPEC section 0: the Block's LayerNorm -> Mish tail)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_mish(const at::Tensor& x, const at::Tensor& gamma,

@@ -75,11 +75,10 @@ TORCH_LIBRARY(cdred_fast, m) {
   // E MLPs of one architecture (Blocks Linear -> LayerNorm -> Mish, a last
   // plain Linear) on rows x [N, I] shared by all members or x [E, N, I] per
   // member; x_shared [I_s], when given, is the first I_s input features of every
-  // row. Returns [E, N, out]. _rnd_mish: the epilogue's Mish, elementwise (tests).
+  // row. Returns [E, N, out].
   m.def(
       "ensemble_mlp(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] ln_weights, Tensor[] ln_biases, "
       "float ln_eps, Tensor? x_shared=None) -> Tensor");
-  m.def("_rnd_mish(Tensor x) -> Tensor");
   // The planning reward at the end of the targets' forward: cdred_reward(
   // pred_expert, pred_behavioral, ensemble_mlp(x, <targets>)) without the
   // [K, N, D] target outputs (the last Linear and the reward run per tile of rows).
@@ -107,7 +106,6 @@ void register_kernels(torch::Library& m) {
   m.impl("cdred_reward", &cdred_reward);
   m.impl("ensemble_mlp", &ensemble_mlp);
   m.impl("ensemble_reward", &ensemble_reward);
-  m.impl("_rnd_mish", &rnd_mish);
   m.impl("layernorm_mish", &layernorm_mish);
   m.impl("layernorm_mish_backward", &layernorm_mish_backward);
   m.impl("mppi_sample", &mppi_sample);

@@ -147,6 +147,18 @@ def _ulps(got, ref64, dtype):
     return (got.double() - ref64).abs() / ulp
 
 
+def _kernel_mish(y):
+    """Mish as the fused kernels compute it (the shared LayerNorm -> Mish row kernel of
+    csrc/common): rows of zeros normalise to exactly 0, so the output is Mish(beta), with
+    ``y`` laid out as the per-member ``beta [E, D]``."""
+    n = y.numel()
+    D = min(max(n, 1), 1024)
+    beta = torch.cat([y.flatten(), y.new_zeros((-n) % D)]).view(-1, D)
+    x = y.new_zeros(beta.shape[0], 1, D)
+    out = torch.ops.cdred_fast.layernorm_mish(x, torch.ones_like(beta), beta, 1e-5)[0]
+    return out.flatten()[:n].view_as(y)
+
+
 def _mish_grid(dtype, device="cpu"):
     dense = torch.linspace(-87.0, 30.0, 400_001, dtype=torch.float64)  # step ~3e-4 through the interesting range
     wide = torch.cat([torch.logspace(-30, 38 if dtype == torch.float32 else 300, 2001, dtype=torch.float64)])
@@ -165,7 +177,7 @@ def test_mish_accuracy_on_dense_grid(dtype, device):
     float64: relative error <= 1e-14 where |Mish| > 1e-290.
     """
     y = _mish_grid(dtype, device)
-    got = torch.ops.cdred_fast._rnd_mish(y).cpu()
+    got = _kernel_mish(y).cpu()
     y = y.cpu()
     exact = F.mish(y.double())
     tol = dict(rtol=4e-6, atol=1e-35) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-300)
@@ -188,7 +200,7 @@ def test_mish_accuracy_on_dense_grid(dtype, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_mish_special_values(dtype, device):
     y = torch.tensor([math.inf, -math.inf, math.nan, 0.0, -0.0], dtype=dtype, device=device)
-    got = torch.ops.cdred_fast._rnd_mish(y)
+    got = _kernel_mish(y)
     torch.testing.assert_close(got, F.mish(y), equal_nan=True)
 
 
@@ -260,7 +272,6 @@ def test_opcheck(x_mode, shared, with_grad, device):
         for t in [x, *ws, *bs, *lws, *lbs] + ([xs] if xs is not None else []):
             t.requires_grad_()
     torch.library.opcheck(torch.ops.cdred_fast.ensemble_mlp.default, (x, ws, bs, lws, lbs, 1e-5, xs))
-    torch.library.opcheck(torch.ops.cdred_fast._rnd_mish.default, (x.detach(),))
 
 
 @pytest.mark.parametrize("x_mode,shared", [("shared-rows", "none"), ("per-member", "A=1"), ("shared-rows", "A=3")])
@@ -515,19 +526,15 @@ def test_mixed_devices_rejected():
 @needs_cuda
 @pytest.mark.parametrize("x_mode", ["shared-rows", "per-member"])
 def test_cuda_past_the_grid_cap(x_mode):
-    """Sizes past the launch caps of csrc/rnd/cuda.cu, so the grid-stride loops run more than once:
+    """Sizes past the launch caps of the shared row kernel (csrc/common/ln_mish_cuda.cu), so the grid-stride loops run more than once:
     the LayerNorm-Mish epilogue (one warp per (member, row), at most 65535 blocks of 8 warps)
-    over E * N = 600000 segments, in place for per-member rows, and _rnd_mish (at most 65535
-    blocks of 256 threads) over 17M values."""
+    over E * N = 600000 segments, in place for per-member rows."""
     E, N, dims = 2, 300_000, [3, 4, 2]
     assert E * N > 65535 * 8
     x, ws, bs, lws, lbs, _ = _case(E, N, dims, x_mode, "none", torch.float64, "cuda")
     fused = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5)
     ref = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, impl="reference")
     torch.testing.assert_close(fused, ref, **TOL[torch.float64])
-    n = 65535 * 256 + 4097
-    y = torch.linspace(-30.0, 30.0, n, dtype=torch.float64, device="cuda")
-    torch.testing.assert_close(torch.ops.cdred_fast._rnd_mish(y), F.mish(y), rtol=1e-13, atol=1e-300)
 
 
 # ----------------------------------------------------------------------------- ensemble_reward (targets + reward, tiled)

@@ -4,7 +4,7 @@ E MLPs of one architecture (TD-MPC2 Blocks Linear -> LayerNorm -> Mish for the h
 a plain Linear last) from stacked parameters (:class:`EnsembleParams`): the K random targets
 (E = K) and the two predictors stacked as an E = 2 ensemble. The CPU/CUDA kernels run the GEMMs
 through ATen and one fused epilogue (bias + LayerNorm + affine + Mish, in place) per hidden
-layer; see csrc/rnd/rnd_math.h for the schedule and the accuracy of the Mish.
+layer; see csrc/rnd/front.cpp for the schedule and csrc/common/ln_mish_math.h for the accuracy of the Mish.
 """
 
 from __future__ import annotations
@@ -338,10 +338,6 @@ def _register() -> None:
         )
 
     torch.library.register_autograd("cdred_fast::ensemble_reward", _no_gradient)
-
-    @torch.library.register_fake("cdred_fast::_rnd_mish")
-    def _(x):
-        return torch.empty_like(x)
 
     # Gradients of a direct torch.ops call (the wrapper routes differentiable
     # calls to _ensemble_mlp_trainable instead): recompute the forward in its

@@ -1,6 +1,6 @@
 // Host front of the rnd ops (SPEC section 2: the K random targets and the two
 // predictors; SPEC section 0: Block = Linear -> LayerNorm -> Mish):
-// ensemble_mlp, ensemble_reward and the private test op _rnd_mish. Validates the
+// ensemble_mlp and ensemble_reward. Validates the
 // arguments, sets the device, and runs the ensemble forward: its GEMMs are ATen
 // calls (MKL/oneDNN on the CPU, cuBLAS on a GPU) scheduled below, and after
 // every hidden Linear the shared LayerNorm -> Mish row kernel of the tensors'
@@ -30,7 +30,6 @@
 #include "common/device.h"
 #include "common/ln_mish.h"
 #include "ops.h"
-#include "rnd/launch.h"
 
 namespace cdred {
 namespace {
@@ -263,7 +262,7 @@ at::Tensor ensemble_mlp(const at::Tensor& x_in, at::TensorList weights, at::Tens
   const EnsembleShape s = check_ensemble_mlp_inputs(op, x_in, weights, biases, ln_weights, ln_biases, ln_eps, x_shared);
   const c10::OptionalDeviceGuard guard(cuda_device_of(x_in));
   // The inner ATen calls (out= GEMMs) must not record autograd history; the
-  // op's gradient is registered in cdred_fast/ops.py.
+  // op's gradient is registered in cdred_fast/ops/rnd.py.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor x = x_in.contiguous();
   at::Tensor result = at::empty({s.E, s.N, s.out[s.layers - 1]}, x.options());
@@ -317,19 +316,6 @@ at::Tensor ensemble_reward(const at::Tensor& x_in, at::TensorList weights, at::T
                         }
                       });
   return out;
-}
-
-// The epilogue's Mish elementwise (private op for the accuracy tests).
-at::Tensor rnd_mish(const at::Tensor& x_in) {
-  constexpr const char* op = "cdred_fast::_rnd_mish";
-  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
-                   ": argument 'x' must be float32 or float64, got ", x_in.scalar_type());
-  const c10::OptionalDeviceGuard guard(cuda_device_of(x_in));
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
-  CDRED_LAUNCHER(x.device(), launch_mish)(x, y);
-  return y;
 }
 
 }  // namespace cdred
