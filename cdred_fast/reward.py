@@ -151,7 +151,7 @@ class CDREDReward(nn.Module):
 
         ``x [..., M, in]``: along the second-to-last axis the first ``n_behavioral`` samples are
         behavioural, the rest expert (the agent's concatenation order). The result equals
-        ``self.reward(x)`` and ``predictor_loss`` on the two halves with the given target
+        ``self(x)`` and ``predictor_loss`` on the two halves with the given target
         indices (``idx_expert [..., M - nb]``, ``idx_behavioral [..., nb]``), but the K targets
         run once instead of twice and each predictor runs with gradient only on the half it is
         trained on; its output on the other half only enters the reward, which has no gradient.
@@ -217,8 +217,6 @@ class CDREDReward(nn.Module):
             impl=impl if impl is not None else self.impl(flat.device),
         )
         return r.reshape(lead)
-
-    reward = forward
 
 
 def _gen_device(generator: Optional[torch.Generator], like: Tensor):

@@ -360,7 +360,7 @@ def test_one_target_evaluation_equals_separate_reward_and_loss(kernels):
     grads = torch.autograd.grad((le.sum() + 2 * lb.sum()), [x, *rm.predictor_parameters()])
 
     x2 = x.detach().clone().requires_grad_(True)
-    ref_rewards = rm.reward(x2.detach())
+    ref_rewards = rm(x2.detach())
     flat = lambda t: t.reshape(-1, t.shape[-1])
     le2, lb2 = rm.predictor_loss(
         flat(x2[:, nb:]), flat(x2[:, :nb]), idx_expert=idx[:, nb:].reshape(-1), idx_behavioral=idx[:, :nb].reshape(-1)
@@ -389,7 +389,7 @@ def test_planning_reward_with_a_shared_latent_equals_the_full_input(kernels):
     full = fns.reward(z.contiguous(), a)
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
-        full, m.reward_model.reward(torch.cat([z, a], -1), impl="reference"), rtol=1e-5, atol=1e-6
+        full, m.reward_model(torch.cat([z, a], -1), impl="reference"), rtol=1e-5, atol=1e-6
     )
 
 

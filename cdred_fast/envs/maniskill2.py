@@ -11,8 +11,8 @@ The simulator runs in its own process and Python environment
 ------------------------------------------------------------
 ``mani-skill2==0.5.3`` needs ``sapien==2.2.2``, whose compiled module (built with a
 pybind11 that predates numpy 2 support) is *binary*-incompatible with numpy 2, which the rest of this
-package (torch, scipy, ...) uses. Under numpy 2 it does not fail loudly: measured here
-with numpy 2.4.6, ``Articulation.get_qpos()`` returns zeros after ``set_qpos``,
+package (torch, scipy, ...) uses. Under numpy 2 it does not fail loudly: with
+numpy 2.4.6, ``Articulation.get_qpos()`` returns zeros after ``set_qpos``,
 ``Pose([1, 2, 3]).to_transformation_matrix()`` returns a permuted rotation, and the
 end-effector controllers' inverse kinematics (``PinocchioModel``) segfault on the first
 ``step``. No Python-level shim can repair that (it is the array layout the bindings
