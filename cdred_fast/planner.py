@@ -34,8 +34,7 @@ from torch import Tensor
 from . import ops
 from .config import mppi_iterations
 from .ops import resolve_impl
-
-_FLOATS = (torch.float32, torch.float64)
+from .ops._checks import FLOAT_DTYPES
 
 
 # =============================================================================== settings and the model
@@ -466,7 +465,7 @@ class MPPIPlanner:
         ``fns``, ``mask`` or ``discount`` differ (those of the first plan with a key are recorded).
         """
         B, device = z.shape[0], z.device
-        dtype = z.dtype if z.dtype in _FLOATS else torch.float32
+        dtype = z.dtype if z.dtype in FLOAT_DTYPES else torch.float32
         _check_generator_device(generator, device)
         prev = self._prev_mean
         if prev is not None and (prev.shape[0] != B or prev.device != device):

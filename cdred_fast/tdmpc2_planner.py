@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .config import discount_heuristic
 from .layers import symexp, two_hot_inv
-from .planner import _FLOATS, MPPIPlanner, MPPISettings, RolloutFunctions
+from .ops._checks import FLOAT_DTYPES
+from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
 
 _MISSING = object()
 API_CHOICES = ("tdmpc2", "tdmpc2-2023", "scalar-reward")
@@ -490,7 +491,7 @@ class Planner:
         unbatched = isinstance(z, Tensor) and z.dim() == 1
         z = self._as_rows(z)
         B, device = z.shape[0], z.device
-        dtype = z.dtype if z.dtype in _FLOATS else torch.float32
+        dtype = z.dtype if z.dtype in FLOAT_DTYPES else torch.float32
         if not isinstance(eval_mode, bool):
             raise TypeError(f"eval_mode must be a bool, got {type(eval_mode).__name__}")
         if not self._detected:

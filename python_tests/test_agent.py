@@ -388,9 +388,7 @@ def test_planning_reward_with_a_shared_latent_equals_the_full_input(kernels):
     shared = fns.shared_reward(z[0], a)
     full = fns.reward(z.contiguous(), a)
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(
-        full, m.reward_model(torch.cat([z, a], -1), impl="reference"), rtol=1e-5, atol=1e-6
-    )
+    torch.testing.assert_close(full, m.reward_model(torch.cat([z, a], -1), impl="reference"), rtol=1e-5, atol=1e-6)
 
 
 def test_fused_and_reference_agents_give_the_same_updates():
