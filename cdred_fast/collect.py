@@ -40,7 +40,8 @@ def collect(
         policy: maps an observation to an action; the action is clipped to the
             action space, and the clipped action is what is recorded. If it has a
             ``reset()`` method (e.g. :class:`AgentPolicy`), that is called at the
-            start of every episode.
+            start of every episode; if it has an ``observe(info)`` method (e.g.
+            :class:`cdred_fast.envs.registry.HoldOnSuccess`), that is called after every step.
         episodes: how many episodes to keep.
         successful_only: keep only episodes in which some step reported
             ``info["success"]``.
@@ -67,6 +68,7 @@ def collect(
             raise ValueError("the environment has no 'task' attribute: pass task=...") from None
     low, high = env.action_space.low, env.action_space.high
     reset_policy = getattr(policy, "reset", None)
+    observe = getattr(policy, "observe", None)
 
     kept: list[dict[str, Any]] = []
     attempts = 0
@@ -81,6 +83,8 @@ def collect(
         while not done:
             action = np.clip(np.asarray(policy(obs), dtype=np.float32), low, high)
             next_obs, reward, terminated, truncated, info = env.step(action)
+            if callable(observe):
+                observe(info)
             rec["obs"].append(obs)
             rec["action"].append(action)
             rec["reward"].append(reward)

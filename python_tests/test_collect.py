@@ -36,3 +36,30 @@ def test_collect_clips_actions_and_is_seeded():
     assert np.all(a.action == np.array([1.0, -1.0], np.float32))
     np.testing.assert_array_equal(a.obs, b.obs)
     assert a.num_transitions == 500 and not a.success.any()
+
+
+def test_holding_expert_keeps_stick_push_solved_until_the_last_step():
+    """Meta-World's stick-push expert pushes the thermos past the goal after succeeding; the
+    registry's expert for it holds still once the task reports success, so the episode ends
+    solved. Checked on real episodes: success at the last step, and every action after the
+    first success zero except the gripper command."""
+    env = envs.make("mw-stick-push", seed=0)
+    policy = envs.scripted_policy("mw-stick-push")
+    assert isinstance(policy, envs.registry.HoldOnSuccess)
+    for seed in (3, 4):
+        obs, _ = env.reset(seed=seed)
+        policy.reset()
+        done, successes, actions = False, [], []
+        while not done:
+            action = policy(obs)
+            obs, _, terminated, truncated, info = env.step(action)
+            policy.observe(info)
+            successes.append(bool(info["success"]))
+            actions.append(action)
+            done = terminated or truncated
+        assert successes[-1], f"seed {seed}: not solved at the last step"
+        first = successes.index(True)
+        held = np.stack(actions[first + 1 :])
+        assert len(held) > 0 and np.all(held[:, :3] == 0) and np.all(held[:, 3] == actions[first][3])
+    # the plain Meta-World expert for the same task keeps pushing (no hold)
+    assert not isinstance(envs.scripted_policy("mw-reach"), envs.registry.HoldOnSuccess)

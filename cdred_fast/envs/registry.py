@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 import gymnasium as gym
+import numpy as np
 
 from ..config import OBS_CHOICES
 from .wrappers import (
@@ -54,6 +55,8 @@ class TaskSpec:
         paper: whether the CDRED paper reports this task.
         expert: the module of this package whose ``scripted_policy(task)`` is the task's
             scripted expert (``"metaworld"``, ``"maniskill2"``), or None when it has none.
+        expert_holds: the expert stops moving once the task reports success (:class:`HoldOnSuccess`),
+            for tasks whose scripted expert succeeds and then pushes past the goal.
     """
 
     name: str
@@ -63,6 +66,7 @@ class TaskSpec:
     episode_length: int
     paper: bool = False
     expert: str | None = None
+    expert_holds: bool = False
 
     @property
     def sim_steps(self) -> int:
@@ -74,9 +78,16 @@ def _dmc(name: str, domain: str, task: str, paper: bool = False) -> TaskSpec:
     return TaskSpec(name, "dmcontrol", (domain, task), action_repeat=2, episode_length=500, paper=paper)
 
 
-def _mw(name: str, paper: bool = False) -> TaskSpec:
+def _mw(name: str, paper: bool = False, expert_holds: bool = False) -> TaskSpec:
     return TaskSpec(
-        f"mw-{name}", "metaworld", f"{name}-v3", action_repeat=2, episode_length=100, paper=paper, expert="metaworld"
+        f"mw-{name}",
+        "metaworld",
+        f"{name}-v3",
+        action_repeat=2,
+        episode_length=100,
+        paper=paper,
+        expert="metaworld",
+        expert_holds=expert_holds,
     )
 
 
@@ -108,11 +119,11 @@ _SPECS = [
     _dmc("finger-spin", "finger", "spin"),
     _dmc("cup-catch", "ball_in_cup", "catch"),
     # Meta-World v3, the paper's tasks
-    _mw("box-close", paper=True),
+    _mw("box-close", paper=True, expert_holds=True),
     _mw("bin-picking", paper=True),
     _mw("reach-wall", paper=True),
     _mw("stick-pull", paper=True),
-    _mw("stick-push", paper=True),
+    _mw("stick-push", paper=True, expert_holds=True),
     _mw("soccer", paper=True),
     # Meta-World v3, easy tasks with reliable scripted experts
     _mw("reach"),
@@ -165,7 +176,41 @@ def scripted_policy(task: str):
         raise ValueError(
             f"task {task!r} has no scripted expert (scripted experts: every Meta-World task, {with_expert})"
         )
-    return importlib.import_module(f"{__package__}.{spec.expert}").scripted_policy(task)
+    policy = importlib.import_module(f"{__package__}.{spec.expert}").scripted_policy(task)
+    return HoldOnSuccess(policy) if spec.expert_holds else policy
+
+
+class HoldOnSuccess:
+    """A scripted expert that holds still once the task succeeds.
+
+    Until :meth:`observe` sees ``info["success"]``, actions are the wrapped policy's; from
+    then until :meth:`reset`, every action is zero except the last dimension (the gripper
+    command, in both Meta-World's and ManiSkill2's end-effector controllers), which keeps its
+    value at the moment of success. :func:`cdred_fast.collect.collect` calls ``reset`` at each
+    episode start and ``observe`` after each step.
+    """
+
+    def __init__(self, policy):
+        self.policy = policy
+        self._last_action = None
+        self._hold = None
+
+    def reset(self) -> None:
+        self._last_action, self._hold = None, None
+        reset = getattr(self.policy, "reset", None)
+        if callable(reset):
+            reset()
+
+    def observe(self, info: dict) -> None:
+        if self._hold is None and self._last_action is not None and bool(info.get("success", False)):
+            self._hold = np.zeros_like(self._last_action)
+            self._hold[-1] = self._last_action[-1]
+
+    def __call__(self, obs):
+        if self._hold is not None:
+            return self._hold.copy()
+        self._last_action = np.asarray(self.policy(obs), dtype=np.float32)
+        return self._last_action
 
 
 def make(
