@@ -21,6 +21,7 @@ torch's global RNG.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -149,6 +150,13 @@ class CDREDAgent:
             return self.planner.plan(
                 self.rollout_functions(generator), z, bool(t0), eval_mode=bool(eval_mode), generator=generator
             )[0]
+
+    @contextlib.contextmanager
+    def preserve_plan_state(self):
+        """Context after which the planner's warm start is what it was on entry (evaluating in the
+        middle of a training episode leaves the next training plan as it would have been)."""
+        with self.planner.preserved():
+            yield self
 
     # ------------------------------------------------------------------ update
     def draw_noise(self, n: int, generator: Optional[torch.Generator] = None):

@@ -34,6 +34,7 @@ same episode initialisations as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -68,13 +69,35 @@ def make_env(cfg: CDREDConfig, seed: int, trembling_hand: Optional[float] = None
 
 
 # --------------------------------------------------------------------------- evaluation
+@contextlib.contextmanager
+def rng_untouched(device):
+    """Context after which torch's global RNG (CPU, and ``device``'s when it is a CUDA device) is in
+    the state it had on entry: the draws made inside do not change those made after."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        yield
+
+
 def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, float]:
     """Mean return and success over ``episodes`` episodes acting with ``eval_mode=True``.
 
     Episode ``i`` is reset with ``seed + i``, so every evaluation of a run uses the same
     initial states and goals. ``success`` is the success flag of the last step (the
     TD-MPC2 convention); ``success_any`` counts an episode that succeeded at any step.
+
+    Evaluation leaves training as it found it, so that evaluating in the middle of a training
+    episode does not change what the training does next: the planner's warm start is restored
+    afterwards (:meth:`CDREDAgent.preserve_plan_state`), and the draws of the evaluation (MPPI
+    noise, policy samples and Q heads, from torch's global RNG) come from a fork of the global RNG
+    (:func:`rng_untouched`), so the evaluation acts on a copy of the training's random stream
+    and training continues from the same state.
     """
+    with agent.preserve_plan_state(), rng_untouched(agent.device):
+        return _evaluate(agent, env, episodes, seed)
+
+
+def _evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, float]:
     returns, final, anywhere = [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
