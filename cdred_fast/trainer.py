@@ -243,9 +243,10 @@ class Trainer:
                 raise ValueError("method='tdmpc2' learns from the environment reward: it uses no demonstrations")
         else:
             demos_path = self.work_dir / "demos.npz"
-            if resume and demos_path.exists():
-                demos = demos_path
-            self.demos = obtain_demonstrations(cfg, demos, self.env)
+            demos_cfg = cfg
+            if resume and demos_path.exists():  # the run's own demonstrations, already num_demos of them
+                demos, demos_cfg = demos_path, dataclasses.replace(cfg, num_demos=None)
+            self.demos = obtain_demonstrations(demos_cfg, demos, self.env)
             if not demos_path.exists():
                 self.demos.save(demos_path)
             self.expert_buffer = EpisodeBuffer.from_demonstrations(self.demos, device=device, frame_stack=frame_stack)

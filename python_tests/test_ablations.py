@@ -14,7 +14,7 @@ from cdred_fast import CDREDConfig
 from cdred_fast import trainer as trainer_mod
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.data import Demonstrations
-from cdred_fast.trainer import SCRIPTED_DEMOS, obtain_demonstrations
+from cdred_fast.trainer import SCRIPTED_DEMOS, Trainer, obtain_demonstrations
 
 OBS, ACT, B = 6, 2, 4
 
@@ -158,3 +158,21 @@ def test_cli_reward_input_obs_and_num_demos(tmp_path):
     proc = run_cli("eval", str(run / "checkpoint.pt"), "--episodes", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["step"] == 200
+
+
+def test_resume_uses_the_runs_own_demonstrations(tmp_path):
+    """A resumed run reads work_dir/demos.npz (already the demonstrations it uses) without cutting it
+    again: a checkpoint whose config asks for more demonstrations than were available when it started
+    (as runs written before num_demos applied to files) resumes with those it has."""
+    from cdred_fast.checkpoint import load_checkpoint
+
+    cfg = dict(TINY, task="mw-reach", method="bc", steps=10, eval_freq=10, eval_episodes=1, num_demos=2)
+    Trainer(CDREDConfig(**cfg), tmp_path / "run", progress=False, tensorboard=False).train()
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    state["config"]["num_demos"] = 100
+    torch.save(state, ckpt)
+    resumed = Trainer(
+        CDREDConfig(**{**cfg, "num_demos": 100, "steps": 20}), tmp_path / "run", resume=True, progress=False
+    )
+    assert resumed.demos.num_episodes == 2 and resumed.step == 10
