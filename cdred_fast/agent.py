@@ -21,6 +21,7 @@ torch's global RNG.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -116,14 +117,16 @@ class CDREDAgent:
         """Action ``[A]`` (on CPU) for one observation ``[obs_dim]`` (pixels: ``[C, H, W]`` uint8).
 
         MPPI when ``cfg.mpc`` (SPEC section 4); otherwise the policy prior: its mean
-        ``tanh(mu)`` when ``eval_mode``, a sample otherwise.
+        ``tanh(mu)`` when ``eval_mode``, a sample otherwise. A method with an action of its own
+        (:meth:`cdred_fast.methods.Method.act`; BC: ``tanh(mu)`` always) acts with it instead.
         """
         obs = self._obs_tensor(obs).reshape(1, *self.obs_shape)
         with self.model.planning(), matmul_precision(self.cfg.matmul_precision):
             z = self.model.encode(obs)
-            if self.cfg.mpc:
+            a = self.method.act(self, z, bool(t0), bool(eval_mode), generator)
+            if a is None and self.cfg.mpc:
                 a = self.plan(z, t0=t0, eval_mode=eval_mode, generator=generator)
-            else:
+            elif a is None:
                 mu, sample, _, _ = self.model.pi(z, generator=generator)
                 a = (mu if eval_mode else sample)[0]
         return a.cpu()
@@ -149,6 +152,13 @@ class CDREDAgent:
             return self.planner.plan(
                 self.rollout_functions(generator), z, bool(t0), eval_mode=bool(eval_mode), generator=generator
             )[0]
+
+    @contextlib.contextmanager
+    def preserve_plan_state(self):
+        """Context after which the planner's warm start is what it was on entry (evaluating in the
+        middle of a training episode leaves the next training plan as it would have been)."""
+        with self.planner.preserved():
+            yield self
 
     # ------------------------------------------------------------------ update
     def draw_noise(self, n: int, generator: Optional[torch.Generator] = None):
@@ -221,12 +231,17 @@ class CDREDAgent:
         return self.method.policy_loss(self, zs, noise, update_scale)
 
     def update(
-        self, behavioral_batch: dict, expert_batch: Optional[dict] = None, generator: Optional[torch.Generator] = None
+        self,
+        behavioral_batch: Optional[dict],
+        expert_batch: Optional[dict] = None,
+        generator: Optional[torch.Generator] = None,
     ) -> dict[str, float]:
         """One update, SPEC section 3 steps 1-9. Returns the statistics as floats.
 
         CDRED: a behavioural and an expert batch. TD-MPC2 mode: the behavioural batch
-        alone, with ``"reward" [H, B]``; ``expert_batch`` must be None.
+        alone, with ``"reward" [H, B]``; ``expert_batch`` must be None. BC: the expert batch
+        alone (``behavioral_batch=None``), the method's own update
+        (:meth:`cdred_fast.methods.Method.update`).
         """
         cfg, m, method = self.cfg, self.model, self.method
         if not method.uses_expert and expert_batch is not None:
@@ -235,6 +250,10 @@ class CDREDAgent:
             raise ValueError(
                 f"method={method.name!r} needs an expert_batch (demonstrations) besides the behavioral_batch"
             )
+        own = method.update(self, behavioral_batch, expert_batch, generator)
+        if own is not None:
+            self.step += 1
+            return own
         obs, action, nb = self._concat(behavioral_batch, expert_batch)
         env_reward = self._env_reward(behavioral_batch) if method.uses_env_reward else None
         noise = self.draw_noise(obs.shape[1], generator)

@@ -104,7 +104,8 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
     from .trainer import Trainer
 
     expert = cfg.method == "tdmpc2"
-    default_dir = f"{'expert-' if expert else ''}{cfg.task}{'-rgb' if cfg.obs == 'rgb' else ''}-s{cfg.seed}"
+    prefix = "expert-" if expert else "" if cfg.method == "cdred" else f"{cfg.method}-"
+    default_dir = f"{prefix}{cfg.task}{'-rgb' if cfg.obs == 'rgb' else ''}-s{cfg.seed}"
     work_dir = work_dir or str(Path(cfg.work_dir) / default_dir)
     try:
         trainer = Trainer(cfg, work_dir, demos=demos, device=device, resume=resume, progress=not no_progress)
@@ -112,8 +113,10 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
         # unknown task, mismatched demonstrations or config, a run already in work_dir, ...
         raise click.UsageError(str(exc)) from exc
     data = "environment reward (TD-MPC2)" if expert else f"{trainer.demos.num_episodes} expert episodes"
+    name = "TD-MPC2 expert" if expert else cfg.method.upper()
+    unit = "updates (no environment interaction)" if trainer.offline else "steps"
     click.echo(
-        f"{'TD-MPC2 expert' if expert else 'CDRED'} on {cfg.task} ({cfg.obs}): {cfg.steps} steps, {data}, "
+        f"{name} on {cfg.task} ({cfg.obs}): {cfg.steps} {unit}, {data}, "
         f"work dir {work_dir}{' (resumed at step %d)' % trainer.step if resume else ''}"
     )
     try:
@@ -137,11 +140,13 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
 @click.option(
     "--demos",
     type=click.Path(exists=True, dir_okay=False),
-    help="Demonstrations (.npz); default: scripted Meta-World experts.",
+    help="Demonstrations (.npz; num_demos=N uses its first N episodes); default: scripted Meta-World experts.",
 )
 @_train_options
 def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
     """Train CDRED online from expert demonstrations (key=value overrides).
+
+    method=bc trains behaviour cloning on the demonstrations alone (steps = updates).
 
     With --resume the run's saved config is the starting point: only what changes
     (typically steps=...) needs to be given again.

@@ -31,7 +31,8 @@ from .ops import IMPLS as KERNEL_CHOICES
 from .reference import DEFAULT_EPS, G_FUNCTIONS
 
 OBS_CHOICES = ("state", "rgb")
-METHOD_CHOICES = ("cdred", "tdmpc2")
+METHOD_CHOICES = ("cdred", "tdmpc2", "bc")
+REWARD_INPUT_CHOICES = ("latent", "obs")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
@@ -140,6 +141,10 @@ class CDREDConfig:
     # "cdred": imitation with the CDRED reward (SPEC sections 2-3).
     # "tdmpc2": the same world model with a reward head regressed on the environment reward
     #   (two-hot soft cross-entropy, TD-MPC2), no demonstrations: how the RL experts are trained.
+    # "bc": behaviour cloning (SPEC section 7): encoder and policy prior trained by maximum
+    #   likelihood of the expert actions, no environment interaction except evaluation; acts with
+    #   tanh(mu) whatever `mpc` says. For bc, `steps` (and eval_freq, save_freq) count gradient
+    #   updates, each on batch_size (state, action) pairs of the demonstrations.
     method: str = "cdred"
 
     # ---- CDRED reward model (SPEC section 2)
@@ -151,6 +156,10 @@ class CDREDConfig:
     zeta: float = 0.8  # expert coefficient (Eq. 7); zeta = 1 is the uncoupled RED-style reward
     sigma: float = 1.0  # bonus scale (Eq. 7)
     g: str = "linear"  # reward shaping g: "linear" (g(x) = x) or "exp"
+    # Input of targets and predictors: "latent" x = [z; a] (SPEC section 2), or "obs" x = [s; a], the
+    # paper's observation-space ablation (SPEC section 7): no gradient into the encoder, TD rewards
+    # from the real s_t; method="cdred", obs="state" and mpc=False only (no reward at imagined latents).
+    reward_input: str = "latent"
     reward_eps: float = DEFAULT_EPS  # variance guard of the bonus (see cdred_fast.reference)
 
     # ---- training (SPEC section 3)
@@ -194,7 +203,9 @@ class CDREDConfig:
     eval_freq: int = 50_000
     eval_episodes: int = 10
     seed: int = 1
-    num_demos: int = 100
+    # Demonstrations used: with a file (--demos) its FIRST num_demos episodes (None: all of them);
+    # collected with a scripted expert: num_demos successful episodes (None: 100).
+    num_demos: Optional[int] = None
     # Probability that the environment replaces an action by a uniformly random one (the paper's
     # robustness experiment, "noisy dynamics"). Part of the environment: training AND evaluation
     # environments tremble (`cdred-fast eval --trembling-hand P` evaluates with another P).
@@ -239,7 +250,7 @@ class CDREDConfig:
         ints_pos = (
             "latent_dim enc_dim mlp_dim num_bins simnorm_dim num_channels frame_stack image_size "
             "num_targets rnd_dim batch_size horizon lr_step iterations num_samples num_elites "
-            "steps buffer_size eval_freq eval_episodes num_demos"
+            "steps buffer_size eval_freq eval_episodes"
         ).split()
         for name in ints_pos:
             value = _as_int(name, getattr(self, name))
@@ -252,7 +263,7 @@ class CDREDConfig:
         self.num_q = _as_int("num_q", self.num_q)
         if self.num_q < 2:
             _fail("num_q", ">= 2 (Q_min / Q_avg pick two heads)", self.num_q)
-        for name in ("episode_length", "seed_steps"):
+        for name in ("episode_length", "seed_steps", "num_demos"):
             if getattr(self, name) is not None:
                 value = _as_int(name, getattr(self, name))
                 _check_range(name, value, lo=1)
@@ -319,6 +330,7 @@ class CDREDConfig:
             ("kernels", KERNEL_CHOICES),
             ("matmul_precision", MATMUL_PRECISIONS),
             ("method", METHOD_CHOICES),
+            ("reward_input", REWARD_INPUT_CHOICES),
         ):
             if getattr(self, name) not in choices:
                 _fail(name, f"one of {choices}", getattr(self, name))
@@ -344,6 +356,22 @@ class CDREDConfig:
             )
         if self.num_elites > self.num_samples:
             _fail("num_elites", f"<= num_samples = {self.num_samples}", self.num_elites)
+        if self.reward_input == "obs":
+            if self.method != "cdred":
+                _fail(
+                    "reward_input",
+                    f"'latent' with method={self.method!r} ('obs' is an ablation of method='cdred')",
+                    "obs",
+                )
+            if self.obs != "state":
+                _fail(
+                    "reward_input", "'latent' with obs='rgb' ('obs' feeds raw state vectors to the reward model)", "obs"
+                )
+            if self.mpc:
+                raise ValueError(
+                    "reward_input='obs' requires mpc=False: the observation-space reward is undefined at the "
+                    "imagined latents MPPI plans over (SPEC section 7); set mpc=false"
+                )
         if self.obs == "rgb":
             side = conv_output_size(self.image_size)
             if side < 1:
@@ -453,4 +481,5 @@ __all__ = [
     "OBS_CHOICES",
     "KERNEL_CHOICES",
     "METHOD_CHOICES",
+    "REWARD_INPUT_CHOICES",
 ]

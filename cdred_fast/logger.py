@@ -135,12 +135,15 @@ class RunLogger:
     def plot(self, cfg: CDREDConfig, path: Optional[str | os.PathLike] = None) -> Path:
         """Write the learning curve (default ``work_dir/learning_curve.png``): evaluation
         success and return, and the reward on sampled transitions (CDRED's on expert and
-        behavioural samples, or the environment's for ``method="tdmpc2"``)."""
+        behavioural samples, or the environment's for ``method="tdmpc2"``); for ``method="bc"`` the
+        log-likelihood of the expert actions, over updates."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        tdmpc2, bc = cfg.method == "tdmpc2", cfg.method == "bc"
+        xlabel = "updates" if bc else "environment steps"
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for key, label in (("success", "at the last step"), ("success_any", "at any step")):
             x, y = self.eval.column(key)
@@ -149,21 +152,23 @@ class RunLogger:
         x, y = self.eval.column("episode_return")
         axes[1].plot(x, y, marker="o")
         for ax, title in ((axes[0], "eval success"), (axes[1], "eval return")):
-            ax.set_xlabel("environment steps")
+            ax.set_xlabel(xlabel)
             ax.set_title(title)
             ax.grid(alpha=0.3)
         axes[0].set_ylim(-0.05, 1.05)
-        tdmpc2 = cfg.method == "tdmpc2"
-        for key in ("reward_behavioral",) if tdmpc2 else ("reward_expert", "reward_behavioral"):
+        # the third panel: (train.csv columns, title) of the method
+        keys, title = {
+            "tdmpc2": (("reward_behavioral",), "environment reward on sampled transitions"),
+            "bc": (("bc_log_likelihood",), "log-likelihood of the expert actions"),
+        }.get(cfg.method, (("reward_expert", "reward_behavioral"), "CDRED reward on expert / behavioural samples"))
+        for key in keys:
             x, y = self.train.column(key)
             axes[2].plot(x, y, label=key)
-        axes[2].set_xlabel("environment steps")
-        axes[2].set_title(
-            "environment reward on sampled transitions" if tdmpc2 else "CDRED reward on expert / behavioural samples"
-        )
+        axes[2].set_xlabel(xlabel)
+        axes[2].set_title(title)
         axes[2].legend()
         axes[2].grid(alpha=0.3)
-        method = "TD-MPC2 (environment reward)" if tdmpc2 else "CDRED"
+        method = "TD-MPC2 (environment reward)" if tdmpc2 else "BC (updates, no interaction)" if bc else "CDRED"
         fig.suptitle(f"{method} on {cfg.task} ({cfg.obs}, seed {cfg.seed})")
         fig.tight_layout()
         out = io.BytesIO()

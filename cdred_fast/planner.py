@@ -25,6 +25,7 @@ their bootstrap ``Q(z_H, pi(z_H))`` is redrawn in every iteration, like every ot
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -437,6 +438,24 @@ class MPPIPlanner:
     def reset(self) -> None:
         """Forget the warm start: the next plan starts from mean 0 for every problem."""
         self._prev_mean = None
+
+    def warm_start_state(self) -> Optional[Tensor]:
+        """A copy of the warm start (the last plan's mean, or None), for :meth:`restore_warm_start`."""
+        return None if self._prev_mean is None else self._prev_mean.clone()
+
+    def restore_warm_start(self, state: Optional[Tensor]) -> None:
+        """Make ``state`` (from :meth:`warm_start_state`) the warm start of the next plan."""
+        self._prev_mean = None if state is None else state.clone()
+
+    @contextlib.contextmanager
+    def preserved(self):
+        """Context whose plans leave the warm start as it was on entry: what is planned inside
+        (an evaluation episode, say) does not change the next plan after it."""
+        state = self.warm_start_state()
+        try:
+            yield self
+        finally:
+            self.restore_warm_start(state)
 
     def initial_mean(self, t0: Union[bool, Tensor], B: int = 1, dtype=torch.float32, device=None) -> Tensor:
         """Step 2 for ``B`` problems: :func:`warm_start` from the last plan's mean."""

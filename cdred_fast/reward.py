@@ -4,8 +4,8 @@
 ``f_phi`` and a behavioural predictor ``f_psi``, all on the same input ``x``.
 In the agent ``x = [z ; a]`` is the latent state-action pair; the module itself
 does not care what ``x`` is, so the paper's ablation with a reward on raw
-observations (``x = [s ; a]``) is a matter of building it with
-``in_dim = obs_dim + action_dim`` and feeding observations (left for later).
+observations (``x = [s ; a]``, ``CDREDConfig.reward_input = "obs"``) builds it with
+``in_dim = obs_dim + action_dim`` and feeds observations.
 
 The bonus / reward equations (Eq. 7, Eq. 8) live in :mod:`cdred_fast.reference`
 and :mod:`cdred_fast.ops`; this module only evaluates the networks and calls

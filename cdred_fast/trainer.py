@@ -2,7 +2,9 @@
 
 The same loop trains RL experts: with ``cfg.method == "tdmpc2"`` the world model
 learns from the environment reward (TD-MPC2) and no demonstrations or expert
-buffer are used (``cdred-fast expert train TASK``).
+buffer are used (``cdred-fast expert train TASK``). With ``cfg.method == "bc"`` (behaviour
+cloning) it runs updates on the demonstrations alone: no seeding, no training episodes, and
+``cfg.steps``, ``eval_freq`` and ``save_freq`` count updates.
 
 Observations are state vectors or, with ``cfg.obs == "rgb"``, stacked 64x64 RGB
 frames (DMControl; then the demonstrations must be pixels too, see
@@ -34,7 +36,9 @@ same episode initialisations as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -53,10 +57,12 @@ from .config import CDREDConfig
 from .data import Demonstrations
 from .envs import has_scripted_policy, make, scripted_policy
 from .logger import RunLogger, write_config
+from .methods import get as get_method
 
 # Offsets of the seeds of a run's other environments from cfg.seed.
 EVAL_SEED_OFFSET = 10_000  # the evaluation environment; evaluation episode i is reset with cfg.seed + offset + i
 COLLECT_SEED_OFFSET = 20_000  # scripted demonstrations collected for a run
+SCRIPTED_DEMOS = 100  # demonstrations collected with a scripted expert when cfg.num_demos is None
 
 
 # --------------------------------------------------------------------------- environments
@@ -68,13 +74,35 @@ def make_env(cfg: CDREDConfig, seed: int, trembling_hand: Optional[float] = None
 
 
 # --------------------------------------------------------------------------- evaluation
+@contextlib.contextmanager
+def rng_untouched(device):
+    """Context after which torch's global RNG (CPU, and ``device``'s when it is a CUDA device) is in
+    the state it had on entry: the draws made inside do not change those made after."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        yield
+
+
 def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, float]:
     """Mean return and success over ``episodes`` episodes acting with ``eval_mode=True``.
 
     Episode ``i`` is reset with ``seed + i``, so every evaluation of a run uses the same
     initial states and goals. ``success`` is the success flag of the last step (the
     TD-MPC2 convention); ``success_any`` counts an episode that succeeded at any step.
+
+    Evaluation leaves training as it found it, so that evaluating in the middle of a training
+    episode does not change what the training does next: the planner's warm start is restored
+    afterwards (:meth:`CDREDAgent.preserve_plan_state`), and the draws of the evaluation (MPPI
+    noise, policy samples and Q heads, from torch's global RNG) come from a fork of the global RNG
+    (:func:`rng_untouched`), so the evaluation acts on a copy of the training's random stream
+    and training continues from the same state.
     """
+    with agent.preserve_plan_state(), rng_untouched(agent.device):
+        return _evaluate(agent, env, episodes, seed)
+
+
+def _evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, float]:
     returns, final, anywhere = [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
@@ -97,18 +125,31 @@ def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, floa
 
 
 # --------------------------------------------------------------------------- demonstrations
+def first_episodes(demos: Demonstrations, n: Optional[int], source: str = "the demonstration set") -> Demonstrations:
+    """The first ``n`` episodes of ``demos`` (all of them when ``n`` is None): the paper's ablation
+    with fewer demonstrations takes the first N episodes of a file (SPEC section 7)."""
+    if n is None or n == demos.num_episodes:
+        return demos
+    if n > demos.num_episodes:
+        raise ValueError(f"num_demos={n} asks for more episodes than {source} holds ({demos.num_episodes})")
+    return Demonstrations.from_episodes(list(itertools.islice(demos.episodes(), n)), task=demos.task)
+
+
 def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | Demonstrations], env) -> Demonstrations:
-    """The expert data of a run: a given file/object, or scripted experts collected now
-    (Meta-World, ManiSkill2 pick-cube / lift-cube: :func:`cdred_fast.envs.has_scripted_policy`).
+    """The expert data of a run: the first ``cfg.num_demos`` episodes (all when None) of a given
+    file/object, or ``cfg.num_demos`` (default :data:`SCRIPTED_DEMOS`) successful episodes of a scripted
+    expert collected now (Meta-World, ManiSkill2 pick-cube / lift-cube:
+    :func:`cdred_fast.envs.has_scripted_policy`).
 
     Files are validated against the environment (task name, observation shape and action size).
     """
     obs_shape, action_dim = tuple(env.observation_space.shape), env.action_space.shape[0]
     if isinstance(demos, Demonstrations):
         demos.check_compatible(task=cfg.task, obs_shape=obs_shape, action_dim=action_dim)
-        return demos
+        return first_episodes(demos, cfg.num_demos)
     if demos is not None:
-        return Demonstrations.load(demos, task=cfg.task, obs_shape=obs_shape, action_dim=action_dim)
+        loaded = Demonstrations.load(demos, task=cfg.task, obs_shape=obs_shape, action_dim=action_dim)
+        return first_episodes(loaded, cfg.num_demos, f"the file {os.fspath(demos)!r}")
     if not has_scripted_policy(cfg.task):
         raise ValueError(
             f"task {cfg.task!r} has no scripted expert: pass expert demonstrations (demos=PATH / --demos PATH)"
@@ -117,7 +158,8 @@ def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | 
     seed = cfg.seed + COLLECT_SEED_OFFSET
     collect_env = make(cfg.task, cfg.obs, seed=seed)  # the expert acts without trembling
     try:
-        return collect(collect_env, scripted_policy(cfg.task), cfg.num_demos, successful_only=True, seed=seed)
+        n = SCRIPTED_DEMOS if cfg.num_demos is None else cfg.num_demos
+        return collect(collect_env, scripted_policy(cfg.task), n, successful_only=True, seed=seed)
     finally:
         collect_env.close()
 
@@ -179,7 +221,10 @@ class Trainer:
                 )
         self.cfg = cfg
         self.episode_length = T
-        self.seed_steps = cfg.seed_steps_for(T)
+        # Methods that learn from the demonstrations alone (BC): no seeding, no collection, `steps`
+        # counts updates
+        self.offline = not get_method(cfg.method).interacts
+        self.seed_steps = 0 if self.offline else cfg.seed_steps_for(T)
         self.log_freq = log_freq or T
         self.progress = progress
         write_config(self.work_dir / "config.yaml", cfg)
@@ -198,13 +243,15 @@ class Trainer:
                 raise ValueError("method='tdmpc2' learns from the environment reward: it uses no demonstrations")
         else:
             demos_path = self.work_dir / "demos.npz"
-            if resume and demos_path.exists():
-                demos = demos_path
-            self.demos = obtain_demonstrations(cfg, demos, self.env)
+            demos_cfg = cfg
+            if resume and demos_path.exists():  # the run's own demonstrations, already num_demos of them
+                demos, demos_cfg = demos_path, dataclasses.replace(cfg, num_demos=None)
+            self.demos = obtain_demonstrations(demos_cfg, demos, self.env)
             if not demos_path.exists():
                 self.demos.save(demos_path)
             self.expert_buffer = EpisodeBuffer.from_demonstrations(self.demos, device=device, frame_stack=frame_stack)
-        self.buffer = EpisodeBuffer(cfg.buffer_capacity, buffer_obs, action_dim, device=device, frame_stack=frame_stack)
+        capacity = 1 if self.offline else cfg.buffer_capacity  # offline: the behavioural buffer stays empty
+        self.buffer = EpisodeBuffer(capacity, buffer_obs, action_dim, device=device, frame_stack=frame_stack)
         self.agent = CDREDAgent(cfg, action_dim=action_dim, device=device, obs_shape=obs_shape)
 
         self.step, self.episode = 0, 0
@@ -236,14 +283,45 @@ class Trainer:
 
     def _update(self) -> dict[str, float]:
         cfg = self.cfg
+        if self.offline:  # BC: batch_size (state, action) pairs of the demonstrations
+            return self.agent.update(None, self.expert_buffer.sample(cfg.batch_size, 1))
         behavioral = self.buffer.sample(cfg.batch_size, cfg.horizon)
         if self.expert_buffer is None:  # tdmpc2: the environment reward, no demonstrations
             return self.agent.update(behavioral)
         expert = self.expert_buffer.sample(cfg.batch_size, cfg.horizon)
         return self.agent.update(behavioral, expert)
 
+    def _train_offline(self, bar) -> None:
+        """Updates until ``cfg.steps`` updates, with the logging, evaluation and checkpoint
+        intervals counted in updates (``steps_per_s`` of train.csv: updates per second)."""
+        cfg = self.cfg
+        stats: dict[str, list[float]] = defaultdict(list)
+        next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
+        next_save = (self.step // cfg.save_freq + 1) * cfg.save_freq if cfg.save_freq else math.inf
+        next_log = self.step + self.log_freq
+        interval_start, interval_step0 = time.time(), self.step
+        while self.step < cfg.steps:
+            for k, v in self._update().items():
+                stats[k].append(v)
+            self.step += 1
+            bar.update(1)
+            if self.step >= next_log:
+                rate = (self.step - interval_step0) / max(time.time() - interval_start, 1e-9)
+                self.logger.log_train(self.step, self.episode, stats, [], rate)
+                stats = defaultdict(list)
+                interval_start, interval_step0 = time.time(), self.step
+                next_log = self.step + self.log_freq
+            if self.step >= next_eval:
+                result = self.evaluate()
+                bar.set_postfix(success=result["success"], ret=round(result["episode_return"], 1))
+                next_eval += cfg.eval_freq
+            if self.step >= next_save:
+                self.save()
+                next_save += cfg.save_freq
+
     def train(self) -> dict[str, Any]:
-        """Run until ``cfg.steps`` environment steps; returns the first and last evaluations."""
+        """Run until ``cfg.steps`` environment steps (offline methods: updates); returns the first and
+        last evaluations."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -254,11 +332,14 @@ class Trainer:
         next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
         next_save = (self.step // cfg.save_freq + 1) * cfg.save_freq if cfg.save_freq else math.inf
         next_log = self.step + self.log_freq
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        unit = "update" if self.offline else "step"
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit=unit, dynamic_ncols=True)
         interval_start = time.time()
         interval_step0 = self.step
         try:
-            while self.step < cfg.steps:
+            if self.offline:
+                self._train_offline(bar)
+            while not self.offline and self.step < cfg.steps:
                 # One episode. Each is reset with a seed derived from its index (deterministic resume).
                 obs, _ = self.env.reset(seed=cfg.seed * 1_000_003 + self.episode)
                 ep_obs, ep_act, ep_rew, ep_return, done, t = [obs], [], [], 0.0, False, 0

@@ -204,8 +204,8 @@ class WorldModel(nn.Module):
             raise ValueError(f"reward_part must be one of {REWARD_PARTS}, got {reward_part!r}")
         self.reward_model, self.reward_head = None, None
         if reward_part == "cdred":
-            # CDRED reward on x = [z ; a] (SPEC section 2)
-            self.reward_model = CDREDReward(cfg, L + A)
+            # CDRED reward on x = [z ; a] (SPEC section 2), or on x = [s ; a] (cfg.reward_input="obs")
+            self.reward_model = CDREDReward(cfg, (self.obs_dim if cfg.reward_input == "obs" else L) + A)
         elif reward_part == "head":
             # TD-MPC2 reward head MLP(L + A -> [M, M] -> num_bins), last Linear zero-initialised
             self.reward_head = trunc_normal_init_(mlp(L + A, [M, M], cfg.num_bins))

@@ -65,7 +65,9 @@ def test_defaults_are_the_released_values():
         eval_freq=50_000,
         eval_episodes=10,
         seed=1,
-        num_demos=100,
+        num_demos=None,
+        reward_input="latent",
+        method="cdred",
         kernels="fused",
         capture_graph=False,
     )

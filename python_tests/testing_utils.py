@@ -126,3 +126,29 @@ def medium_matmul_error(shapes=((64, 18, 256), (64, 256, 256), (64, 256, 16), (2
 
 # A 'medium' probe error above this means bf16 products (see medium_matmul_error).
 BF16_PROBE_THRESHOLD = 2.0**-12
+
+
+# End-to-end runs: the cdred-fast command and the CSV logs of a run.
+def run_cli(*args, cwd):
+    """``python -m cdred_fast.cli ARGS`` in ``cwd`` (one thread, as in-process tests), its CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "cdred_fast.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+def csv_rows(path):
+    """The rows of a CSV log (train.csv, eval.csv) as dicts of strings."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tiny_overrides():
+    """:data:`TINY` as ``key=value`` command-line overrides."""
+    return [f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in TINY.items()]

@@ -8,11 +8,12 @@ with a :class:`Method` subclass, added to ``_METHODS`` below.
 
 from __future__ import annotations
 
+from .bc import BC
 from .cdred import CDRED
 from .common import Method
 from .tdmpc2 import TDMPC2
 
-_METHODS: dict[str, Method] = {m.name: m for m in (CDRED(), TDMPC2())}
+_METHODS: dict[str, Method] = {m.name: m for m in (CDRED(), TDMPC2(), BC())}
 
 
 def get(name: str) -> Method:
@@ -27,4 +28,4 @@ def names() -> tuple[str, ...]:
     return tuple(_METHODS)
 
 
-__all__ = ["CDRED", "Method", "TDMPC2", "get", "names"]
+__all__ = ["BC", "CDRED", "Method", "TDMPC2", "get", "names"]

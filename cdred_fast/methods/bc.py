@@ -1,4 +1,5 @@
-"""Behaviour cloning, the BC baseline of the CDRED paper (SPEC.md section 7), as pure functions.
+"""Behaviour cloning, the BC baseline of the CDRED paper (SPEC.md section 7): pure functions and
+the :class:`BC` method (``CDREDConfig.method = "bc"``).
 
 BC trains the state encoder ``h`` and the policy prior ``pi`` of SPEC section 1 (no dynamics, no
 critic, no interaction) by maximum likelihood of the expert actions under the policy's
@@ -21,6 +22,12 @@ likelihood has no such factor. The Jacobian term does not depend on the paramete
 choice changes the direction of the gradient, only the logged value and its scale.) The release
 has no clamp (it never inverts the tanh); the bound keeps ``atanh`` finite for expert actions at
 exactly +-1, which planners and clipped controllers produce.
+
+:class:`BC` runs these in the agent: each update takes a batch of expert sub-trajectories alone (no
+behavioural batch), applies :func:`bc_loss` with the plain mean to every ``(s_t, a_t)`` pair in it, and
+steps the encoder (in the world-model optimiser, learning rate ``lr * enc_lr_scale``) and the policy
+prior (its own optimiser); both gradients are clipped to ``grad_clip_norm``. It acts with
+:func:`bc_act`, never planning.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from ..config import matmul_precision
+from .common import Method
 
 #: Expert actions are clamped to ``[-ACTION_BOUND, ACTION_BOUND]`` before ``atanh`` (SPEC section 7:
 #: "atanh of the clamped action"); ``atanh(1 - 1e-6) = 7.25``.
@@ -154,7 +164,75 @@ def bc_act(model, z: Tensor) -> Tensor:
     return torch.tanh(mu)
 
 
+class BC(Method):
+    """Behaviour cloning (SPEC section 7): encoder and policy prior trained by maximum likelihood of
+    the expert actions; no dynamics, critic or reward model is trained, and there is no
+    environment interaction. Acts with ``tanh(mu)`` whether or not ``cfg.mpc`` is set."""
+
+    name = "bc"
+    uses_expert = True
+    uses_env_reward = False
+    reward_part = None
+    interacts = False
+
+    def draw_noise(self, agent, n: int, generator: Optional[torch.Generator] = None):
+        """BC's loss draws nothing (the pixel encoder's random shift uses torch's global RNG)."""
+        return None
+
+    def rollout_functions(self, model, generator: Optional[torch.Generator] = None):
+        raise ValueError("method='bc' does not plan: it acts with the policy's mean action tanh(mu)")
+
+    def act(self, agent, z: Tensor, t0: bool, eval_mode: bool, generator: Optional[torch.Generator] = None) -> Tensor:
+        """``tanh(mu)`` for the latent ``z [1, L]``, in training and evaluation alike (no draws)."""
+        return bc_act(agent.model, z)[0]
+
+    def update(self, agent, behavioral_batch, expert_batch, generator: Optional[torch.Generator] = None):
+        """One gradient step on ``expert_batch`` (``obs [T+1, B, *obs_shape]``, ``action [T, B, A]``,
+        any ``T >= 1``): :func:`bc_loss` (plain mean) on the ``T * B`` pairs ``(obs[t], action[t])``.
+        Returns the statistics as floats: :func:`bc_loss`'s, ``total_loss`` (= ``bc_loss``),
+        ``grad_norm`` (encoder), ``pi_grad_norm``, ``lr`` (encoder) and ``pi_lr``."""
+        if behavioral_batch is not None:
+            raise ValueError("method='bc' learns from the demonstrations alone: pass behavioral_batch=None")
+        cfg, m = agent.cfg, agent.model
+        obs, action = expert_batch["obs"], expert_batch["action"]
+        shape = ", ".join(str(d) for d in agent.obs_shape)
+        if obs.dim() != 2 + len(agent.obs_shape) or obs.shape[0] < 2 or tuple(obs.shape[2:]) != agent.obs_shape:
+            raise ValueError(f"expert_batch['obs'] must be [T+1, B, {shape}] with T >= 1, got {tuple(obs.shape)}")
+        if tuple(action.shape) != (obs.shape[0] - 1, obs.shape[1], agent.action_dim):
+            raise ValueError(
+                f"expert_batch['action'] must be [T={obs.shape[0] - 1}, B={obs.shape[1]}, {agent.action_dim}], "
+                f"got {tuple(action.shape)}"
+            )
+        obs = agent._obs_tensor(obs[:-1])  # the states the actions were taken in
+        action = action.to(device=agent.device, dtype=torch.float32)
+        encoder, pi = list(m.encoder.parameters()), list(m.pi_net.parameters())
+        m.train(True)  # the pixel encoder's random shift, as in the other methods' updates
+        try:
+            with matmul_precision(cfg.matmul_precision):
+                loss, stats = bc_loss(m, m.encode(obs), action)
+                agent.optim.zero_grad(set_to_none=True)
+                agent.pi_optim.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(encoder, cfg.grad_clip_norm)
+                pi_grad_norm = torch.nn.utils.clip_grad_norm_(pi, cfg.grad_clip_norm)
+                agent.optim.step()  # only the encoder has gradients in it
+                agent.pi_optim.step()
+                agent.scheduler.step()
+                agent.pi_scheduler.step()
+        finally:
+            m.train(False)
+        return {
+            **{k: float(v) for k, v in stats.items()},
+            "total_loss": float(loss.detach()),
+            "grad_norm": float(grad_norm),
+            "pi_grad_norm": float(pi_grad_norm),
+            "lr": float(agent.optim.param_groups[0]["lr"]),
+            "pi_lr": float(agent.pi_optim.param_groups[0]["lr"]),
+        }
+
+
 __all__ = [
+    "BC",
     "ACTION_BOUND",
     "ACTION_TOLERANCE",
     "policy_mean_log_std",

@@ -1,5 +1,6 @@
 """CDRED (SPEC sections 2-4): the coupled distributional reward of the two predictors against the
-random targets, learnt from an expert and a behavioural batch; no environment reward."""
+random targets, learnt from an expert and a behavioural batch; no environment reward. The reward's
+input is the latent state-action pair, or the observed one with ``reward_input="obs"`` (SPEC section 7)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ class CDRED(Method):
         next_z, zs, consistency = latent_rollout(m, obs, action, cfg.rho)
 
         # 3 and 6 share one evaluation of the K targets: the rewards r_t = R(z_t, a_t) (no gradient)
-        # and the per-sample predictor losses on x = [z_t ; a_t] of the roll-out latents
-        x = torch.cat([zs[:-1], action], dim=-1)  # [H, N, L+A]
+        # and the per-sample predictor losses on x = [z_t ; a_t] of the roll-out latents, or with
+        # cfg.reward_input="obs" on x = [s_t ; a_t] of the real observations (no gradient into the encoder)
+        states = obs[:-1] if cfg.reward_input == "obs" else zs[:-1]
+        x = torch.cat([states, action], dim=-1)  # [H, N, L+A] (or [H, N, obs_dim+A])
         rewards, loss_exp, loss_beh = m.reward_model.reward_and_predictor_loss(
             x, nb, idx_expert=noise.target_idx[:, nb:], idx_behavioral=noise.target_idx[:, :nb]
         )
@@ -67,7 +70,10 @@ class CDRED(Method):
 
     def rollout_functions(self, model, generator: Optional[torch.Generator] = None):
         """The return with the CDRED reward ``R(z, a)`` (SPEC Eq. 7); at a plan's first step, where
-        every row has the same ``z``, its part of each first layer is computed once."""
+        every row has the same ``z``, its part of each first layer is computed once. Undefined with
+        ``reward_input="obs"`` (a reward of observations has no value at imagined latents)."""
+        if model.cfg.reward_input == "obs":
+            raise ValueError("reward_input='obs' has no reward at imagined latents: it cannot plan (use mpc=False)")
         reward_model = model.reward_model
         return world_model_rollout(
             model,

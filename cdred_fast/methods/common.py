@@ -48,12 +48,15 @@ class Method:
         uses_env_reward: the behavioural batch must carry the environment reward ``"reward" [H, B]``.
         reward_part: the reward part the world model is built with (``WorldModel(reward_part=)``):
             ``"cdred"`` (CDRED reward model), ``"head"`` (TD-MPC2 reward head) or None.
+        interacts: trained while acting in the environment (Algorithm 1); False (BC): from the
+            demonstrations alone, the environment used only for evaluation.
     """
 
     name: ClassVar[str]
     uses_expert: ClassVar[bool]
     uses_env_reward: ClassVar[bool]
     reward_part: ClassVar[Optional[str]]
+    interacts: ClassVar[bool] = True
 
     def draw_noise(self, agent: "CDREDAgent", n: int, generator: Optional[torch.Generator] = None) -> Any:
         """Every random number one update needs, for ``n`` concatenated samples, drawn up front so
@@ -103,6 +106,24 @@ class Method:
     def stats(self, losses: dict[str, Tensor], n_behavioral: int, q: Tensor) -> dict[str, float]:
         """Method-specific statistics of an update; ``q [H, N]`` the mean scalar Q over heads."""
         return {}
+
+    def act(
+        self, agent: "CDREDAgent", z: Tensor, t0: bool, eval_mode: bool, generator: Optional[torch.Generator] = None
+    ) -> Optional[Tensor]:
+        """The method's own action ``[A]`` for the latent ``z [1, L]``, or None (default) for the
+        agent's: MPPI when ``cfg.mpc``, the policy prior otherwise."""
+        return None
+
+    def update(
+        self,
+        agent: "CDREDAgent",
+        behavioral_batch: Optional[dict],
+        expert_batch: Optional[dict],
+        generator: Optional[torch.Generator] = None,
+    ) -> Optional[dict[str, float]]:
+        """An update of the method's own (its statistics), or None (default) for the agent's update
+        of SPEC section 3 with this method's losses."""
+        return None
 
 
 # =============================================================================== shared steps (SPEC section 3)
