@@ -75,7 +75,7 @@ _TRAIN_OPTIONS = [
         "--work-dir",
         type=click.Path(file_okay=False),
         default=None,
-        help="Run directory (default runs/[expert-]<task>[-rgb]-s<seed>).",
+        help="Run directory (default runs/[expert-|iqmpc-]<task>[-rgb]-s<seed>).",
     ),
     click.option("--resume", is_flag=True, help="Continue the run in --work-dir from its last checkpoint."),
     click.option("--device", default="cpu", show_default=True),
@@ -104,7 +104,8 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
     from .trainer import Trainer
 
     expert = cfg.method == "tdmpc2"
-    default_dir = f"{'expert-' if expert else ''}{cfg.task}{'-rgb' if cfg.obs == 'rgb' else ''}-s{cfg.seed}"
+    prefix = "expert-" if expert else {"iqmpc": "iqmpc-"}.get(cfg.method, "")
+    default_dir = f"{prefix}{cfg.task}{'-rgb' if cfg.obs == 'rgb' else ''}-s{cfg.seed}"
     work_dir = work_dir or str(Path(cfg.work_dir) / default_dir)
     try:
         trainer = Trainer(cfg, work_dir, demos=demos, device=device, resume=resume, progress=not no_progress)
@@ -112,8 +113,9 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
         # unknown task, mismatched demonstrations or config, a run already in work_dir, ...
         raise click.UsageError(str(exc)) from exc
     data = "environment reward (TD-MPC2)" if expert else f"{trainer.demos.num_episodes} expert episodes"
+    name = "TD-MPC2 expert" if expert else {"iqmpc": "IQ-MPC"}.get(cfg.method, "CDRED")
     click.echo(
-        f"{'TD-MPC2 expert' if expert else 'CDRED'} on {cfg.task} ({cfg.obs}): {cfg.steps} steps, {data}, "
+        f"{name} on {cfg.task} ({cfg.obs}): {cfg.steps} steps, {data}, "
         f"work dir {work_dir}{' (resumed at step %d)' % trainer.step if resume else ''}"
     )
     try:
@@ -141,7 +143,7 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
 )
 @_train_options
 def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
-    """Train CDRED online from expert demonstrations (key=value overrides).
+    """Train CDRED online from expert demonstrations (key=value overrides; method=iqmpc: IQ-MPC).
 
     With --resume the run's saved config is the starting point: only what changes
     (typically steps=...) needs to be given again.

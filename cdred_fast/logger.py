@@ -108,14 +108,15 @@ class RunLogger:
     ) -> None:
         """One row of ``train.csv`` for an interval: ``step, episodes``, the mean return of
         the episodes that ended in it, ``steps_per_s``, the mean of every update statistic,
-        the maximum of the gradient norms and the number of updates."""
+        the maximum of the gradient norms (``grad_norm_max``, ``grad_norm_release_max``,
+        ``pi_grad_norm_max``) and the number of updates."""
         row: dict[str, Any] = {"step": step, "episodes": episodes}
         if episode_returns:
             row["episode_return"] = float(np.mean(episode_returns))
         row["steps_per_s"] = steps_per_s
         for k, values in stats.items():
             row[k] = float(np.mean(values))
-        for k in ("grad_norm", "pi_grad_norm"):
+        for k in ("grad_norm", "grad_norm_release", "pi_grad_norm"):
             if stats.get(k):
                 row[f"{k}_max"] = float(np.max(stats[k]))
         row["updates"] = len(stats.get("total_loss", []))
@@ -158,12 +159,15 @@ class RunLogger:
             x, y = self.train.column(key)
             axes[2].plot(x, y, label=key)
         axes[2].set_xlabel("environment steps")
+        method = {"tdmpc2": "TD-MPC2 (environment reward)", "iqmpc": "IQ-MPC"}.get(cfg.method, "CDRED")
+        reward = "IQ-MPC decoded" if cfg.method == "iqmpc" else "CDRED"
         axes[2].set_title(
-            "environment reward on sampled transitions" if tdmpc2 else "CDRED reward on expert / behavioural samples"
+            "environment reward on sampled transitions"
+            if tdmpc2
+            else f"{reward} reward on expert / behavioural samples"
         )
         axes[2].legend()
         axes[2].grid(alpha=0.3)
-        method = "TD-MPC2 (environment reward)" if tdmpc2 else "CDRED"
         fig.suptitle(f"{method} on {cfg.task} ({cfg.obs}, seed {cfg.seed})")
         fig.tight_layout()
         out = io.BytesIO()

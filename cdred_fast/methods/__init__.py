@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from .cdred import CDRED
 from .common import Method
+from .iqmpc_method import IQMPC
 from .tdmpc2 import TDMPC2
 
-_METHODS: dict[str, Method] = {m.name: m for m in (CDRED(), TDMPC2())}
+_METHODS: dict[str, Method] = {m.name: m for m in (CDRED(), TDMPC2(), IQMPC())}
 
 
 def get(name: str) -> Method:
@@ -27,4 +28,4 @@ def names() -> tuple[str, ...]:
     return tuple(_METHODS)
 
 
-__all__ = ["CDRED", "Method", "TDMPC2", "get", "names"]
+__all__ = ["CDRED", "IQMPC", "Method", "TDMPC2", "get", "names"]
