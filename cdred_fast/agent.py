@@ -10,7 +10,14 @@ Rewards stored in the buffers are never used by CDRED.
 
 With ``cfg.method == "tdmpc2"`` (training RL experts) the same update runs
 TD-MPC2 instead (:mod:`cdred_fast.methods.tdmpc2`): only a behavioural batch,
-which must carry the environment reward ``"reward": [H, B]``.
+which must carry the environment reward ``"reward": [H, B]``. With ``"iqmpc"``
+(:mod:`cdred_fast.methods.iqmpc_method`, SPEC section 6) it runs IQ-MPC's critic and
+policy losses, clips over all model parameters and has no StepLR.
+
+Every update reports ``grad_norm`` (world-model optimiser's parameters, before the clip)
+and ``grad_norm_release``, the norm each release's ``clip_grad_norm_(model.parameters())``
+measured: those parameters plus the gradient the policy holds at that moment (its stale
+gradient from the previous policy step; for IQ-MPC also the gradient of ``v0``).
 
 All randomness of an update (policy noise for the TD target and the policy loss,
 the Q-head pairs, the target index of each predictor-loss sample) is drawn up
