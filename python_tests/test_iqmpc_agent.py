@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from testing_utils import TINY
+from testing_utils import TINY, needs_cuda
 
 from cdred_fast import CDREDConfig
 from cdred_fast.agent import CDREDAgent
@@ -247,6 +247,46 @@ def test_fused_agent_plans_like_reference_agent():
             a_f = fused.act(obs, t0=step == 0, eval_mode=eval_mode, generator=torch.Generator().manual_seed(step))
             a_r = reference.act(obs, t0=step == 0, eval_mode=eval_mode, generator=torch.Generator().manual_seed(step))
             torch.testing.assert_close(a_f, a_r, rtol=0, atol=5e-4)
+
+
+def test_drop_in_planner_from_agent_plans_like_the_agent():
+    """Planner.from_agent keeps the method's soft return: same draws, same action."""
+    from cdred_fast import Planner
+
+    agent = make_agent()
+    planner = Planner.from_agent(agent)
+    z = torch.randn(1, TINY["latent_dim"])
+    for step in range(2):
+        state = torch.get_rng_state()
+        a_agent = agent.plan(z, t0=step == 0)
+        torch.set_rng_state(state)
+        with agent.model.planning():
+            a_planner = planner.plan(z, t0=step == 0)
+        torch.testing.assert_close(a_planner.reshape(-1), a_agent, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("eval_mode", [False, True])
+def test_capture_graph_replays_the_eager_iqmpc_plan(eval_mode):
+    """cfg.capture_graph=True with the soft return (its draws inside the recorded plan): replays
+    equal eager plans from the same generator state."""
+    kw = dict(TINY, method="iqmpc", episode_length=100, dropout=0.0)
+    torch.manual_seed(0)
+    graphed = CDREDAgent(CDREDConfig(capture_graph=True, **kw), OBS, ACT, device="cuda")
+    eager = CDREDAgent(CDREDConfig(**kw), OBS, ACT, device="cuda")
+    with torch.no_grad():
+        for p in graphed.model.scalar_q.Qs.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    eager.model.load_state_dict(graphed.model.state_dict())
+    g_graph, g_eager = torch.Generator(device="cuda").manual_seed(0), torch.Generator(device="cuda")
+    obs = torch.randn(4, OBS)
+    graphed.act(obs[0], t0=True, eval_mode=eval_mode, generator=g_graph)  # records the graph
+    for step in range(4):
+        g_eager.set_state(g_graph.get_state())
+        a_g = graphed.act(obs[step], t0=step == 0, eval_mode=eval_mode, generator=g_graph)
+        a_e = eager.act(obs[step], t0=step == 0, eval_mode=eval_mode, generator=g_eager)
+        torch.testing.assert_close(a_g, a_e, rtol=1e-6, atol=1e-6)
 
 
 # =============================================================================== checkpoints
