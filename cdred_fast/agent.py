@@ -10,7 +10,14 @@ Rewards stored in the buffers are never used by CDRED.
 
 With ``cfg.method == "tdmpc2"`` (training RL experts) the same update runs
 TD-MPC2 instead (:mod:`cdred_fast.methods.tdmpc2`): only a behavioural batch,
-which must carry the environment reward ``"reward": [H, B]``.
+which must carry the environment reward ``"reward": [H, B]``. With ``"iqmpc"``
+(:mod:`cdred_fast.methods.iqmpc_method`, SPEC section 6) it runs IQ-MPC's critic and
+policy losses, clips over all model parameters and has no StepLR.
+
+Every update reports ``grad_norm`` (world-model optimiser's parameters, before the clip)
+and ``grad_norm_release``, the norm each release's ``clip_grad_norm_(model.parameters())``
+measured: those parameters plus the gradient the policy holds at that moment (its stale
+gradient from the previous policy step; for IQ-MPC also the gradient of ``v0``).
 
 All randomness of an update (policy noise for the TD target and the policy loss,
 the Q-head pairs, the target index of each predictor-loss sample) is drawn up
@@ -32,6 +39,14 @@ from .config import CDREDConfig, matmul_precision
 from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
 from .world_model import WorldModel
+
+
+def _grad_norm(params, device) -> Tensor:
+    """The 2-norm of the gradients the parameters hold (0 when none has one)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 class RunningScale:
@@ -77,7 +92,11 @@ class CDREDAgent:
         self.device = torch.device(device)
         self.method = methods.get(cfg.method)
         self.model = WorldModel(
-            cfg, obs_dim if obs_shape is None else obs_shape, action_dim, reward_part=self.method.reward_part
+            cfg,
+            obs_dim if obs_shape is None else obs_shape,
+            action_dim,
+            reward_part=self.method.reward_part,
+            critic=self.method.critic,
         ).to(self.device)
         m = self.model
         self.obs_shape: tuple[int, ...] = m.obs_shape
@@ -90,15 +109,25 @@ class CDREDAgent:
             [
                 {"params": list(m.encoder.parameters()), "lr": cfg.lr * cfg.enc_lr_scale},
                 {"params": list(m.dynamics.parameters())},
-                {"params": list(m.Qs.parameters())},
+                {"params": m.q_parameters()},
                 {"params": list(self.method.reward_parameters(m))},
             ],
             lr=cfg.lr,
         )
         self.pi_optim = torch.optim.Adam(m.pi_net.parameters(), lr=cfg.pi_lr, eps=cfg.pi_eps)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optim, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-        self.pi_scheduler = torch.optim.lr_scheduler.StepLR(self.pi_optim, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        # StepLR on both optimisers unless the method has none (IQ-MPC: None)
+        self.scheduler, self.pi_scheduler = None, None
+        if self.method.use_step_lr:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optim, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+            self.pi_scheduler = torch.optim.lr_scheduler.StepLR(
+                self.pi_optim, step_size=cfg.lr_step, gamma=cfg.lr_gamma
+            )
         self._wm_params = [p for group in self.optim.param_groups for p in group["params"]]
+        # The world-model update's clip: the optimiser's parameters, or every parameter of the model
+        # that can have a gradient (the policy's included) when the method clips them all (IQ-MPC).
+        self._clip_params = (
+            [p for p in m.parameters() if p.requires_grad] if self.method.clip_all_parameters else self._wm_params
+        )
         self.scale = RunningScale(cfg.tau, self.device)
         self.planner = MPPIPlanner(
             MPPISettings.from_config(cfg, self.action_dim),
@@ -264,9 +293,20 @@ class CDREDAgent:
                 losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
                 self.optim.zero_grad(set_to_none=True)
                 losses["total"].backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self._wm_params, cfg.grad_clip_norm)
+                # The gradient norm as each release measured it (clip_grad_norm_(model.parameters())):
+                # the world model's together with whatever the policy holds at this point - its stale
+                # gradient from the previous policy step (the policy optimiser zeroes it only before
+                # its own step), plus, for IQ-MPC, the gradient of the world-model loss (v0).
+                if method.clip_all_parameters:
+                    grad_norm = _grad_norm(self._wm_params, self.device)  # before the clip
+                    grad_norm_release = torch.nn.utils.clip_grad_norm_(self._clip_params, cfg.grad_clip_norm)
+                else:
+                    pi_norm = _grad_norm(m.pi_net.parameters(), self.device)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self._wm_params, cfg.grad_clip_norm)
+                    grad_norm_release = torch.sqrt(grad_norm.square() + pi_norm.square())
                 self.optim.step()
-                self.scheduler.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
 
                 # step 8: policy on the detached latents, Q parameters frozen
                 self.pi_optim.zero_grad(set_to_none=True)
@@ -278,7 +318,8 @@ class CDREDAgent:
                     m.track_q_grad(True)
                 pi_grad_norm = torch.nn.utils.clip_grad_norm_(m.pi_net.parameters(), cfg.grad_clip_norm)
                 self.pi_optim.step()
-                self.pi_scheduler.step()
+                if self.pi_scheduler is not None:
+                    self.pi_scheduler.step()
 
                 # step 9: Polyak-update the target Qs
                 m.soft_update_target_Q()
@@ -294,6 +335,7 @@ class CDREDAgent:
             "pi_loss": float(pi_loss.detach()),
             "total_loss": float(losses["total"].detach()),
             "grad_norm": float(grad_norm),
+            "grad_norm_release": float(grad_norm_release),
             "pi_grad_norm": float(pi_grad_norm),
             "reward_behavioral": float(losses["rewards"][:, :nb].mean()),
             "td_target": float(losses["td_targets"].mean()),
@@ -311,9 +353,11 @@ class CDREDAgent:
             "model": self.model.state_dict(),
             "optim": self.optim.state_dict(),
             "pi_optim": self.pi_optim.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "pi_scheduler": self.pi_scheduler.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "pi_scheduler": None if self.pi_scheduler is None else self.pi_scheduler.state_dict(),
             "scale": self.scale.value.detach().clone(),
+            # the policy's stale gradient, part of the next update's clip for IQ-MPC (exact resume)
+            "pi_grad": [None if p.grad is None else p.grad.detach().clone() for p in self.model.pi_net.parameters()],
             "step": int(self.step),
             "config": self.cfg.to_dict(),
         }
@@ -323,9 +367,17 @@ class CDREDAgent:
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
         self.pi_optim.load_state_dict(state["pi_optim"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.pi_scheduler.load_state_dict(state["pi_scheduler"])
+        for scheduler, saved in ((self.scheduler, state["scheduler"]), (self.pi_scheduler, state["pi_scheduler"])):
+            if (scheduler is None) != (saved is None):
+                raise ValueError(
+                    f"method={self.method.name!r} {'has no' if scheduler is None else 'needs a'} StepLR state; the "
+                    "checkpoint was written by an agent of another method"
+                )
+            if scheduler is not None:
+                scheduler.load_state_dict(saved)
         self.scale.value.copy_(state["scale"])
+        for p, g in zip(self.model.pi_net.parameters(), state.get("pi_grad") or []):
+            p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype).clone()
         self.step = int(state["step"])
         self.planner.reset()
 

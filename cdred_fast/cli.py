@@ -75,7 +75,7 @@ _TRAIN_OPTIONS = [
         "--work-dir",
         type=click.Path(file_okay=False),
         default=None,
-        help="Run directory (default runs/[expert-]<task>[-rgb]-s<seed>).",
+        help="Run directory (default runs/[expert-|iqmpc-]<task>[-rgb]-s<seed>).",
     ),
     click.option("--resume", is_flag=True, help="Continue the run in --work-dir from its last checkpoint."),
     click.option("--device", default="cpu", show_default=True),
@@ -113,7 +113,7 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
         # unknown task, mismatched demonstrations or config, a run already in work_dir, ...
         raise click.UsageError(str(exc)) from exc
     data = "environment reward (TD-MPC2)" if expert else f"{trainer.demos.num_episodes} expert episodes"
-    name = "TD-MPC2 expert" if expert else cfg.method.upper()
+    name = "TD-MPC2 expert" if expert else {"iqmpc": "IQ-MPC", "bc": "BC"}.get(cfg.method, "CDRED")
     unit = "updates (no environment interaction)" if trainer.offline else "steps"
     click.echo(
         f"{name} on {cfg.task} ({cfg.obs}): {cfg.steps} {unit}, {data}, "
@@ -144,7 +144,7 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
 )
 @_train_options
 def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
-    """Train CDRED online from expert demonstrations (key=value overrides).
+    """Train CDRED online from expert demonstrations (key=value overrides; method=iqmpc: IQ-MPC).
 
     method=bc trains behaviour cloning on the demonstrations alone (steps = updates).
 

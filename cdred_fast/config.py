@@ -10,7 +10,7 @@ heuristic has one home:
 
 * :meth:`CDREDConfig.discount_for` - the discount heuristic of SPEC section 1,
 * :meth:`CDREDConfig.iterations_for` - MPPI iterations (+2 when ``A >= 20``, SPEC section 4),
-* :meth:`CDREDConfig.seed_steps_for` / :attr:`CDREDConfig.buffer_capacity` (SPEC section 3).
+* :meth:`CDREDConfig.seed_steps_for` / :attr:`CDREDConfig.buffer_capacity` (SPEC sections 3 and 6).
 
 ``kernels`` ("fused" or "reference") is validated here; which implementation runs on a device
 is decided by :func:`cdred_fast.ops.resolve_impl`.
@@ -31,7 +31,7 @@ from .ops import IMPLS as KERNEL_CHOICES
 from .reference import DEFAULT_EPS, G_FUNCTIONS
 
 OBS_CHOICES = ("state", "rgb")
-METHOD_CHOICES = ("cdred", "tdmpc2", "bc")
+METHOD_CHOICES = ("cdred", "tdmpc2", "iqmpc", "bc")
 REWARD_INPUT_CHOICES = ("latent", "obs")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
@@ -145,7 +145,13 @@ class CDREDConfig:
     #   likelihood of the expert actions, no environment interaction except evaluation; acts with
     #   tanh(mu) whatever `mpc` says. For bc, `steps` (and eval_freq, save_freq) count gradient
     #   updates, each on batch_size (state, action) pairs of the demonstrations.
+    # "iqmpc": IQ-MPC, the adversarial baseline (SPEC section 6): scalar Q ensemble, inverse soft-Q
+    #   critic loss, no reward model; MPPI with the soft return.
     method: str = "cdred"
+    # IQ-MPC's gradient penalty on the Q heads (SPEC section 6; the release turns it on for
+    # manipulation tasks) and its coefficient. Only for method="iqmpc".
+    grad_pen: bool = False
+    grad_pen_coef: float = 1.0
 
     # ---- CDRED reward model (SPEC section 2)
     num_targets: int = 5  # K random target networks
@@ -199,7 +205,10 @@ class CDREDConfig:
     obs: str = "state"  # "state" or "rgb"
     steps: int = 10_000_000  # total environment steps
     seed_steps: Optional[int] = None  # None -> max(1000, 5 * episode_length)
-    buffer_size: int = 200_000  # effective capacity min(buffer_size, steps)
+    # Replay capacity; None = the method's released default: 1_000_000 for "iqmpc" (SPEC section 6,
+    # so 500-1000 demos fit), 200_000 otherwise (SPEC section 3). An explicit value is always kept.
+    # Effective capacity min(buffer_size, steps): see buffer_capacity.
+    buffer_size: Optional[int] = None
     eval_freq: int = 50_000
     eval_episodes: int = 10
     seed: int = 1
@@ -250,7 +259,7 @@ class CDREDConfig:
         ints_pos = (
             "latent_dim enc_dim mlp_dim num_bins simnorm_dim num_channels frame_stack image_size "
             "num_targets rnd_dim batch_size horizon lr_step iterations num_samples num_elites "
-            "steps buffer_size eval_freq eval_episodes"
+            "steps eval_freq eval_episodes"
         ).split()
         for name in ints_pos:
             value = _as_int(name, getattr(self, name))
@@ -263,7 +272,7 @@ class CDREDConfig:
         self.num_q = _as_int("num_q", self.num_q)
         if self.num_q < 2:
             _fail("num_q", ">= 2 (Q_min / Q_avg pick two heads)", self.num_q)
-        for name in ("episode_length", "seed_steps", "num_demos"):
+        for name in ("episode_length", "seed_steps", "num_demos", "buffer_size"):
             if getattr(self, name) is not None:
                 value = _as_int(name, getattr(self, name))
                 _check_range(name, value, lo=1)
@@ -292,6 +301,7 @@ class CDREDConfig:
             "entropy_coef": (0.0, None, False, False),
             "tau": (0.0, 1.0, False, False),
             "trembling_hand": (0.0, 1.0, False, False),
+            "grad_pen_coef": (0.0, None, False, False),
             "discount_denom": (0.0, None, True, False),
             "discount_min": (0.0, 1.0, False, True),
             "discount_max": (0.0, 1.0, False, True),
@@ -321,7 +331,7 @@ class CDREDConfig:
                 widths.append(w)
             setattr(self, name, tuple(widths))
 
-        for name in ("mpc", "capture_graph"):
+        for name in ("mpc", "capture_graph", "grad_pen"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "a bool", getattr(self, name), TypeError)
         for name, choices in (
@@ -340,6 +350,10 @@ class CDREDConfig:
                 _fail(name, "a non-empty string", value, TypeError)
 
         # ---- cross-field constraints
+        if self.grad_pen and self.method != "iqmpc":
+            _fail(
+                "grad_pen", f"False unless method='iqmpc' (the IQ-MPC gradient penalty); method={self.method!r}", True
+            )
         if self.latent_dim % self.simnorm_dim != 0:
             _fail("latent_dim", f"a multiple of simnorm_dim = {self.simnorm_dim}", self.latent_dim)
         if self.vmin >= self.vmax:
@@ -440,8 +454,12 @@ class CDREDConfig:
 
     @property
     def buffer_capacity(self) -> int:
-        """Replay capacity ``min(buffer_size, steps)`` (SPEC section 3)."""
-        return min(self.buffer_size, self.steps)
+        """Replay capacity ``min(buffer_size, steps)`` (SPEC section 3); ``buffer_size=None`` is the
+        method's default, 1_000_000 for ``"iqmpc"`` (SPEC section 6) and 200_000 otherwise."""
+        size = self.buffer_size
+        if size is None:
+            size = 1_000_000 if self.method == "iqmpc" else 200_000
+        return min(size, self.steps)
 
 
 # Named sets of overrides. "demo" is the README's main job: a small model that learns

@@ -108,14 +108,15 @@ class RunLogger:
     ) -> None:
         """One row of ``train.csv`` for an interval: ``step, episodes``, the mean return of
         the episodes that ended in it, ``steps_per_s``, the mean of every update statistic,
-        the maximum of the gradient norms and the number of updates."""
+        the maximum of the gradient norms (``grad_norm_max``, ``grad_norm_release_max``,
+        ``pi_grad_norm_max``) and the number of updates."""
         row: dict[str, Any] = {"step": step, "episodes": episodes}
         if episode_returns:
             row["episode_return"] = float(np.mean(episode_returns))
         row["steps_per_s"] = steps_per_s
         for k, values in stats.items():
             row[k] = float(np.mean(values))
-        for k in ("grad_norm", "pi_grad_norm"):
+        for k in ("grad_norm", "grad_norm_release", "pi_grad_norm"):
             if stats.get(k):
                 row[f"{k}_max"] = float(np.max(stats[k]))
         row["updates"] = len(stats.get("total_loss", []))
@@ -160,6 +161,7 @@ class RunLogger:
         keys, title = {
             "tdmpc2": (("reward_behavioral",), "environment reward on sampled transitions"),
             "bc": (("bc_log_likelihood",), "log-likelihood of the expert actions"),
+            "iqmpc": (("reward_expert", "reward_behavioral"), "IQ-MPC decoded reward on expert / behavioural samples"),
         }.get(cfg.method, (("reward_expert", "reward_behavioral"), "CDRED reward on expert / behavioural samples"))
         for key in keys:
             x, y = self.train.column(key)
@@ -168,7 +170,11 @@ class RunLogger:
         axes[2].set_title(title)
         axes[2].legend()
         axes[2].grid(alpha=0.3)
-        method = "TD-MPC2 (environment reward)" if tdmpc2 else "BC (updates, no interaction)" if bc else "CDRED"
+        method = {
+            "tdmpc2": "TD-MPC2 (environment reward)",
+            "bc": "BC (updates, no interaction)",
+            "iqmpc": "IQ-MPC",
+        }.get(cfg.method, "CDRED")
         fig.suptitle(f"{method} on {cfg.task} ({cfg.obs}, seed {cfg.seed})")
         fig.tight_layout()
         out = io.BytesIO()

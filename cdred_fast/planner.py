@@ -113,6 +113,9 @@ class RolloutFunctions:
       paragraph); None: ``reward`` on the expanded rows.
     * ``deterministic``: reward and dynamics are deterministic functions of ``(z, a)``; False for
       a random return, whose policy-prior sequences are then rolled out again in every iteration.
+    * ``transition(z [R, L], a [R, A]) -> (r [R], z' [R, L])``: reward and next latent in one call,
+      for a reward that needs the next latent (IQ-MPC's soft return, SPEC section 6); when given it
+      replaces ``reward``, ``shared_reward`` and ``dynamics`` in the sequences' roll-outs (step 3).
     """
 
     policy: Callable[[Tensor], Tensor]
@@ -122,6 +125,7 @@ class RolloutFunctions:
     termination: Optional[Callable[[Tensor], Tensor]] = None
     shared_reward: Optional[Callable[[Tensor, Tensor], Tensor]] = None
     deterministic: bool = True
+    transition: Optional[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = None
 
 
 # =============================================================================== the loop, step by step
@@ -148,12 +152,15 @@ def rollout_return(fns: RolloutFunctions, z: Tensor, actions: Tensor, discount: 
     """
     G, gamma_t, done = 0.0, 1.0, None
     for t in range(actions.shape[0]):
-        if z.dim() == 1:  # the shared start latent
+        if fns.transition is not None:
+            r, z = fns.transition(z.expand(actions.shape[1], -1), actions[t])
+        elif z.dim() == 1:  # the shared start latent
             shared, z = z, z.expand(actions.shape[1], -1)
             r = fns.reward(z, actions[t]) if fns.shared_reward is None else fns.shared_reward(shared, actions[t])
+            z = fns.dynamics(z, actions[t])
         else:
             r = fns.reward(z, actions[t])
-        z = fns.dynamics(z, actions[t])
+            z = fns.dynamics(z, actions[t])
         G = G + gamma_t * (r if done is None else (1.0 - done) * r)
         gamma_t = gamma_t * discount
         if fns.termination is not None:

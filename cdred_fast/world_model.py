@@ -1,9 +1,9 @@
 """The decoder-free world model of SPEC.md section 1 (TD-MPC2 style).
 
 Parts: encoder ``h`` (an MLP for state observations, :class:`PixelEncoder` for
-stacked RGB frames), dynamics ``d``, Q ensemble (distributional, 5 heads) with a
-Polyak target copy, policy prior ``pi``, and the reward part the method needs
-(``reward_part``): the CDRED reward model (:class:`cdred_fast.reward.CDREDReward`)
+stacked RGB frames), dynamics ``d``, Q ensemble (distributional, 5 heads; for IQ-MPC
+:class:`ScalarQEnsemble`, 5 scalar heads) with a Polyak target copy, policy prior ``pi``,
+and the reward part the method needs (``reward_part``): the CDRED reward model (:class:`cdred_fast.reward.CDREDReward`)
 on ``x = [z ; a]`` (CDRED), TD-MPC2's reward head ``MLP(L + A -> [mlp_dim, mlp_dim]
 -> num_bins)`` regressed with the two-hot soft cross-entropy (TD-MPC2, training RL
 experts on the environment reward), or none.
@@ -35,6 +35,7 @@ from .reward import CDREDReward
 
 Q_RETURN_TYPES = ("all", "min", "avg")
 REWARD_PARTS = ("cdred", "head", None)  # the CDRED reward model, TD-MPC2's reward head, no reward part
+CRITICS = ("distributional", "scalar")  # two-hot Q heads (SPEC section 1), scalar Q heads (IQ-MPC, SPEC section 6)
 _FROM_CONFIG = "from-config"
 
 
@@ -154,6 +155,148 @@ def _obs_shape(cfg: CDREDConfig, obs_dim) -> tuple[int, ...]:
     return shape
 
 
+# --------------------------------------------------------------------------- the scalar Q ensemble (IQ-MPC)
+def _check_pair(z: Tensor, a: Tensor, latent_dim: int, action_dim: int, what: str) -> None:
+    if z.dim() < 1 or z.shape[-1] != latent_dim:
+        raise ValueError(f"{what}: z must be [..., L={latent_dim}], got {tuple(z.shape)}")
+    if a.dim() < 1 or a.shape[-1] != action_dim:
+        raise ValueError(f"{what}: a must be [..., A={action_dim}], got {tuple(a.shape)}")
+    if z.shape[:-1] != a.shape[:-1]:
+        raise ValueError(
+            f"{what}: z and a must share their leading dimensions, got z {tuple(z.shape)} and a {tuple(a.shape)}"
+        )
+
+
+def scalar_q_heads(in_dim: int, mlp_dim: int = 512, num_q: int = 5, dropout: float = 0.01) -> Ensemble:
+    """``num_q`` scalar heads ``MLP(in_dim -> [mlp_dim, mlp_dim] -> 1)`` as one :class:`Ensemble`.
+
+    Mirrors the world model's distributional heads (SPEC section 1) with one raw output: dropout
+    after the first Linear, Linear weights truncated normal (std 0.02) with zero bias, the last
+    Linear's weight zero (the released ``init.zero_([_Qs_original.params[-2]])``), so every head
+    outputs exactly 0 at initialisation.
+    """
+    heads = [trunc_normal_init_(mlp(in_dim, [mlp_dim, mlp_dim], 1, dropout=dropout)) for _ in range(int(num_q))]
+    for head in heads:
+        nn.init.zeros_(head[-1].weight)
+    return Ensemble(heads)
+
+
+def target_copy(net: nn.Module) -> nn.Module:
+    """A frozen deep copy (no gradients, eval mode) to serve as the Polyak target ``Q_bar``."""
+    return copy.deepcopy(net).requires_grad_(False).train(False)
+
+
+@torch.no_grad()
+def polyak_update_(target: nn.Module, online: nn.Module, tau: float = 0.01) -> None:
+    """``target <- (1 - tau) target + tau online``, parameter by parameter."""
+    for p, p_target in zip(online.parameters(), target.parameters()):
+        p_target.lerp_(p, float(tau))
+
+
+def _members_forward(ens: Ensemble, x: Tensor, index: Tensor) -> Tensor:
+    """Member ``index[e]`` of ``ens`` on its own input ``x[e]``: ``x [E', N, in] -> [E', N, out]``.
+
+    (``Ensemble.forward`` feeds one input to all selected members; here each selected member, a
+    member may repeat, gets its own rows, as the stacked layers allow.)
+    """
+    h = x
+    for layer in ens.layers:
+        h = layer(h, index)
+    return h
+
+
+class ScalarQEnsemble(nn.Module):
+    """The IQ-MPC critic of SPEC section 6: ``num_q`` scalar Q heads on ``[z ; a]`` plus a target copy.
+
+    Args:
+        latent_dim: ``L``. action_dim: ``A``. mlp_dim: hidden width (512).
+        num_q: number of heads (5). dropout: after the first Linear of each head (0.01).
+        kernels: ``"fused"`` or ``"reference"`` Blocks (:func:`cdred_fast.layers.use_kernels`).
+
+    ``forward(z [..., L], a [..., A], return_type, target, heads, generator)``:
+    ``"all"`` -> ``[num_q, ...]``, every head's raw scalar; ``"min"`` / ``"avg"`` -> ``[...]``, the
+    min / mean of two distinct heads (``heads`` ``[2]``, or drawn uniformly, SPEC section 1).
+    ``target=True`` evaluates the Polyak copy (always in eval mode, no gradients).
+    """
+
+    RETURN_TYPES = ("all", "min", "avg")
+
+    def __init__(
+        self,
+        latent_dim: int,
+        action_dim: int,
+        mlp_dim: int = 512,
+        num_q: int = 5,
+        dropout: float = 0.01,
+        kernels: str = "reference",
+    ):
+        super().__init__()
+        if int(num_q) < 2:
+            raise ValueError(f"num_q must be >= 2 (Q_min / Q_avg take two distinct heads), got {num_q}")
+        self.latent_dim, self.action_dim, self.num_q = int(latent_dim), int(action_dim), int(num_q)
+        self.Qs = use_kernels(scalar_q_heads(self.latent_dim + self.action_dim, mlp_dim, num_q, dropout), kernels)
+        self.target_Qs = target_copy(self.Qs)
+
+    @classmethod
+    def from_config(cls, cfg, action_dim: int) -> "ScalarQEnsemble":
+        """From a :class:`cdred_fast.config.CDREDConfig` (``latent_dim, mlp_dim, num_q, dropout, kernels``)."""
+        return cls(cfg.latent_dim, action_dim, cfg.mlp_dim, cfg.num_q, cfg.dropout, cfg.kernels)
+
+    def train(self, mode: bool = True) -> "ScalarQEnsemble":
+        """As ``nn.Module.train``, but the target heads stay in eval mode (no dropout)."""
+        super().train(mode)
+        self.target_Qs.train(False)
+        return self
+
+    def track_grad(self, mode: bool = True) -> None:
+        """Enable/disable gradients of the online heads (off during the policy update)."""
+        for p in self.Qs.parameters():
+            p.requires_grad_(mode)
+
+    def soft_update_target(self, tau: float = 0.01) -> None:
+        """Polyak averaging ``Q_bar <- (1 - tau) Q_bar + tau Q`` (SPEC section 6, tau = 0.01)."""
+        polyak_update_(self.target_Qs, self.Qs, tau)
+
+    def forward(
+        self,
+        z: Tensor,
+        a: Tensor,
+        return_type: str = "min",
+        target: bool = False,
+        heads: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        if return_type not in self.RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {self.RETURN_TYPES}, got {return_type!r}")
+        _check_pair(z, a, self.latent_dim, self.action_dim, "ScalarQEnsemble")
+        net = self.target_Qs if target else self.Qs
+        x = torch.cat([z, a], dim=-1)
+        if return_type == "all":
+            return net(x).squeeze(-1)  # [num_q, ...]
+        if heads is None:
+            heads = choose_two_heads(self.num_q, generator, x.device)
+        elif tuple(heads.shape) != (2,) or heads.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"heads must be an integer tensor [2] of Q-head ids, got {heads.dtype} {tuple(heads.shape)}"
+            )
+        q = net(x, index=heads.to(x.device)).squeeze(-1)  # [2, ...]
+        return q.min(dim=0).values if return_type == "min" else q.mean(dim=0)
+
+    def avg_per_pair(self, x: Tensor, heads: Tensor) -> Tensor:
+        """``Q_avg`` of the online heads with its own input and head pair per block.
+
+        ``x [P, n, L + A]``, ``heads [P, 2]`` -> ``[P, n]`` (block ``p``: the mean of heads
+        ``heads[p]`` on ``x[p]``). Used by the gradient penalty, one block per ``(t, q)``.
+        """
+        P, n, D = x.shape
+        if D != self.latent_dim + self.action_dim:
+            raise ValueError(f"x must be [P, n, L + A = {self.latent_dim + self.action_dim}], got {tuple(x.shape)}")
+        if tuple(heads.shape) != (P, 2):
+            raise ValueError(f"heads must be [{P}, 2], got {tuple(heads.shape)}")
+        out = _members_forward(self.Qs, x.repeat_interleave(2, dim=0), heads.reshape(-1).to(x.device))  # [2P, n, 1]
+        return out.view(P, 2, n).mean(dim=1)
+
+
 # --------------------------------------------------------------------------- the model
 class WorldModel(nn.Module):
     """Encoder, dynamics, Q ensemble (+ target), policy prior and reward (SPEC section 1).
@@ -165,10 +308,22 @@ class WorldModel(nn.Module):
         action_dim: ``A``.
         reward_part: one of :data:`REWARD_PARTS` (the method's ``reward_part``): ``"cdred"`` the CDRED
             reward model (``self.reward_model``), ``"head"`` TD-MPC2's reward head (``self.reward_head``),
-            None neither. Default: ``"cdred"`` when ``cfg.method == "cdred"``, else ``"head"``.
+            None neither. Default: ``"cdred"`` when ``cfg.method == "cdred"``, None for ``"iqmpc"``, else ``"head"``.
+        critic: one of :data:`CRITICS` (the method's ``critic``): ``"distributional"`` the two-hot Q
+            heads ``self.Qs`` and their target ``self.target_Qs`` (SPEC section 1), ``"scalar"`` the
+            scalar heads of IQ-MPC in ``self.scalar_q`` (:class:`ScalarQEnsemble`, SPEC section 6;
+            ``self.Qs`` and ``self.target_Qs`` are then None). Default: ``"scalar"`` when
+            ``cfg.method == "iqmpc"``.
     """
 
-    def __init__(self, cfg: CDREDConfig, obs_dim, action_dim: int, reward_part: Optional[str] = _FROM_CONFIG):
+    def __init__(
+        self,
+        cfg: CDREDConfig,
+        obs_dim,
+        action_dim: int,
+        reward_part: Optional[str] = _FROM_CONFIG,
+        critic: Optional[str] = _FROM_CONFIG,
+    ):
         super().__init__()
         self.cfg = cfg
         self.obs_shape = _obs_shape(cfg, obs_dim)
@@ -190,16 +345,29 @@ class WorldModel(nn.Module):
         for net in (self.encoder, self.dynamics, self.pi_net):
             trunc_normal_init_(net)  # Linear layers only: the pixel encoder's convs keep PyTorch's init
 
-        # Q ensemble: num_q x MLP(L + A -> [M, M] -> num_bins), dropout after the first Linear,
-        # last Linear zero-initialised (weight; the bias is already 0).
-        heads = [trunc_normal_init_(mlp(L + A, [M, M], cfg.num_bins, dropout=cfg.dropout)) for _ in range(cfg.num_q)]
-        for head in heads:
-            nn.init.zeros_(head[-1].weight)
-        self.Qs = Ensemble(heads)
-        self.target_Qs = copy.deepcopy(self.Qs).requires_grad_(False)
+        if critic == _FROM_CONFIG:
+            critic = "scalar" if cfg.method == "iqmpc" else "distributional"
+        if critic not in CRITICS:
+            raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
+        self.critic = critic
+        self.scalar_q: Optional[ScalarQEnsemble] = None
+        if critic == "distributional":
+            # Q ensemble: num_q x MLP(L + A -> [M, M] -> num_bins), dropout after the first Linear,
+            # last Linear zero-initialised (weight; the bias is already 0).
+            heads = [
+                trunc_normal_init_(mlp(L + A, [M, M], cfg.num_bins, dropout=cfg.dropout)) for _ in range(cfg.num_q)
+            ]
+            for head in heads:
+                nn.init.zeros_(head[-1].weight)
+            self.Qs = Ensemble(heads)
+            self.target_Qs = copy.deepcopy(self.Qs).requires_grad_(False)
+        else:
+            # IQ-MPC (SPEC section 6): num_q scalar heads and their target copy, in self.scalar_q
+            self.scalar_q = ScalarQEnsemble(L, A, M, cfg.num_q, cfg.dropout, cfg.kernels)
+            self.Qs = self.target_Qs = None
 
         if reward_part == _FROM_CONFIG:
-            reward_part = "cdred" if cfg.method == "cdred" else "head"
+            reward_part = {"cdred": "cdred", "iqmpc": None}.get(cfg.method, "head")
         if reward_part not in REWARD_PARTS:
             raise ValueError(f"reward_part must be one of {REWARD_PARTS}, got {reward_part!r}")
         self.reward_model, self.reward_head = None, None
@@ -218,7 +386,8 @@ class WorldModel(nn.Module):
     def train(self, mode: bool = True) -> "WorldModel":
         """As ``nn.Module.train`` but the target Qs always stay in eval mode (no dropout)."""
         super().train(mode)
-        self.target_Qs.train(False)
+        if self.target_Qs is not None:
+            self.target_Qs.train(False)
         return self
 
     @contextlib.contextmanager
@@ -231,14 +400,21 @@ class WorldModel(nn.Module):
         finally:
             self.train(was_training)
 
+    def q_parameters(self) -> list[nn.Parameter]:
+        """The online Q heads' parameters (distributional or scalar), trained with the world model."""
+        return list((self.Qs if self.scalar_q is None else self.scalar_q.Qs).parameters())
+
     def track_q_grad(self, mode: bool = True) -> None:
         """Enable/disable gradients of the online Q parameters (off during the policy update)."""
-        for p in self.Qs.parameters():
+        for p in self.q_parameters():
             p.requires_grad_(mode)
 
     @torch.no_grad()
     def soft_update_target_Q(self) -> None:
-        """Polyak averaging ``Q_bar <- (1 - tau) Q_bar + tau Q`` (SPEC section 3, step 9)."""
+        """Polyak averaging ``Q_bar <- (1 - tau) Q_bar + tau Q`` (SPEC section 3, step 9; section 6)."""
+        if self.scalar_q is not None:
+            self.scalar_q.soft_update_target(self.cfg.tau)
+            return
         for p, p_target in zip(self.Qs.parameters(), self.target_Qs.parameters()):
             p_target.lerp_(p, self.cfg.tau)
 
@@ -293,12 +469,15 @@ class WorldModel(nn.Module):
         heads: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
     ) -> Tensor:
-        """Q values (SPEC section 1).
+        """Q values (SPEC section 1; with the scalar critic, :class:`ScalarQEnsemble`'s raw outputs,
+        ``"all"`` giving ``[num_q, ...]``).
 
         ``"all"``: logits of every head ``[num_q, ..., num_bins]``. ``"min"`` / ``"avg"``: min / mean
         of the scalar values ``symexp(sum softmax * bins)`` of two heads chosen at random out of
         ``num_q`` (or the two ids in ``heads``), ``[...]``. ``target`` uses the Polyak copy.
         """
+        if self.scalar_q is not None:
+            return self.scalar_q(z, a, return_type, target=target, heads=heads, generator=generator)
         if return_type not in Q_RETURN_TYPES:
             raise ValueError(f"return_type must be one of {Q_RETURN_TYPES}, got {return_type!r}")
         net = self.target_Qs if target else self.Qs
@@ -311,8 +490,24 @@ class WorldModel(nn.Module):
         return q.min(dim=0).values if return_type == "min" else q.mean(dim=0)
 
     def q_value(self, logits: Tensor) -> Tensor:
-        """Scalar value of distributional logits ``[..., num_bins] -> [...]``."""
+        """Scalar value of distributional logits ``[..., num_bins] -> [...]``; with the scalar critic
+        its outputs (``Q(..., "all")``) are already the values and are returned unchanged."""
+        if self.scalar_q is not None:
+            return logits
         return two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax)
 
 
-__all__ = ["WorldModel", "PixelEncoder", "ShiftAug", "randn", "choose_two_heads", "Q_RETURN_TYPES", "REWARD_PARTS"]
+__all__ = [
+    "WorldModel",
+    "PixelEncoder",
+    "ScalarQEnsemble",
+    "ShiftAug",
+    "randn",
+    "choose_two_heads",
+    "scalar_q_heads",
+    "target_copy",
+    "polyak_update_",
+    "CRITICS",
+    "Q_RETURN_TYPES",
+    "REWARD_PARTS",
+]

@@ -61,7 +61,7 @@ def test_defaults_are_the_released_values():
         task="mw-reach-wall",
         obs="state",
         seed_steps=None,
-        buffer_size=200_000,
+        buffer_size=None,  # the method's default: buffer_capacity
         eval_freq=50_000,
         eval_episodes=10,
         seed=1,
@@ -101,6 +101,11 @@ def test_derived_quantities():
     assert CDREDConfig(seed_steps=7).seed_steps_for(500) == 7
     assert CDREDConfig(steps=5000).buffer_capacity == 5000
     assert CDREDConfig(steps=10**6).buffer_capacity == 200_000
+    # IQ-MPC's released replay holds 1M transitions (SPEC section 6); an explicit size is kept
+    assert CDREDConfig(method="iqmpc", steps=10**7).buffer_capacity == 1_000_000
+    assert CDREDConfig(method="iqmpc", steps=5000).buffer_capacity == 5000
+    assert CDREDConfig(method="iqmpc", buffer_size=200_000, steps=10**7).buffer_capacity == 200_000
+    assert CDREDConfig(buffer_size=300_000, steps=10**7).buffer_capacity == 300_000
 
 
 @pytest.mark.parametrize(

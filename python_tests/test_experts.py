@@ -36,7 +36,7 @@ def fixed_batch(seed=0):
 def test_method_and_trembling_hand_are_validated():
     assert CDREDConfig().method == "cdred" and CDREDConfig().trembling_hand == 0.0
     with pytest.raises(ValueError, match="method must be one of"):
-        CDREDConfig(method="iqmpc")
+        CDREDConfig(method="sac")
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="trembling_hand"):
             CDREDConfig(trembling_hand=bad)

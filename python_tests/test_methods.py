@@ -30,7 +30,9 @@ def test_agent_dispatches_to_the_configured_method(name):
     assert {id(p) for p in agent.method.reward_parameters(agent.model)} <= trained
 
 
-@pytest.mark.parametrize("name", [m for m in METHOD_CHOICES if m != "bc"])  # BC does not plan
+@pytest.mark.parametrize(
+    "name", [m for m in METHOD_CHOICES if m not in ("bc", "iqmpc")]
+)  # BC does not plan; IQ-MPC: test_iqmpc_agent.py
 def test_planning_return_by_hand(name):
     """G = sum_t gamma^t R(z_t, a_t) + gamma^H Q_avg(z_H, pi(z_H)) with the method's reward R: the
     CDRED reward of [z ; a], or TD-MPC2's decoded reward head; a shared start latent gives the same."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 from .bc import BC
 from .cdred import CDRED
 from .common import Method
+from .iqmpc_method import IQMPC
 from .tdmpc2 import TDMPC2
 
-_METHODS: dict[str, Method] = {m.name: m for m in (CDRED(), TDMPC2(), BC())}
+_METHODS: dict[str, Method] = {m.name: m for m in (CDRED(), TDMPC2(), IQMPC(), BC())}
 
 
 def get(name: str) -> Method:
@@ -28,4 +29,4 @@ def names() -> tuple[str, ...]:
     return tuple(_METHODS)
 
 
-__all__ = ["BC", "CDRED", "Method", "TDMPC2", "get", "names"]
+__all__ = ["BC", "CDRED", "IQMPC", "Method", "TDMPC2", "get", "names"]

@@ -50,6 +50,12 @@ class Method:
             ``"cdred"`` (CDRED reward model), ``"head"`` (TD-MPC2 reward head) or None.
         interacts: trained while acting in the environment (Algorithm 1); False (BC): from the
             demonstrations alone, the environment used only for evaluation.
+        critic: the Q ensemble the world model is built with (``WorldModel(critic=)``):
+            ``"distributional"`` (SPEC section 1) or ``"scalar"`` (IQ-MPC, SPEC section 6).
+        clip_all_parameters: the world-model update clips the gradient norm over ALL model
+            parameters, the policy's (stale, and any from the world-model loss) included, as
+            IQ-MPC's release does; otherwise over the world-model optimiser's parameters.
+        use_step_lr: both optimisers decay with StepLR (``cfg.lr_step``, ``cfg.lr_gamma``).
     """
 
     name: ClassVar[str]
@@ -57,6 +63,9 @@ class Method:
     uses_env_reward: ClassVar[bool]
     reward_part: ClassVar[Optional[str]]
     interacts: ClassVar[bool] = True
+    critic: ClassVar[str] = "distributional"
+    clip_all_parameters: ClassVar[bool] = False
+    use_step_lr: ClassVar[bool] = True
 
     def draw_noise(self, agent: "CDREDAgent", n: int, generator: Optional[torch.Generator] = None) -> Any:
         """Every random number one update needs, for ``n`` concatenated samples, drawn up front so

@@ -5,14 +5,17 @@ The released IQ-MPC code (``TobyLeelsz/iqmpc``: ``tdmpc2/tdmpc2.py`` ``update_iq
 ``tdmpc2/common/world_model.py`` ``Q_original``, ``grad_pen``) shares the encoder, dynamics and
 policy prior of SPEC section 1 and replaces the reward model and the distributional critic by
 
-* :class:`ScalarQEnsemble` - 5 scalar Q heads ``MLP(L + A -> [512, 512] -> 1)`` (dropout 0.01
-  after the first Linear, last Linear zero-initialised, raw outputs) and a Polyak target copy;
+* :class:`ScalarQEnsemble` (defined in :mod:`cdred_fast.world_model`) - 5 scalar Q heads
+  ``MLP(L + A -> [512, 512] -> 1)`` (dropout 0.01 after the first Linear, last Linear
+  zero-initialised, raw outputs) and a Polyak target copy;
 * :func:`iqmpc_value` - the soft value ``V(z) = Q_min(z, a~) - 1e-4 log pi(a~|z)``;
 * :func:`iqmpc_critic_loss` - the inverse soft-Q loss with the chi^2 regulariser, per horizon
   step and head, ``rho^t``-weighted and divided by ``H * 5``; optionally the gradient penalty
   :func:`gradient_penalty`;
 * :func:`iqmpc_policy_loss` - ``mean_t rho^t mean(1e-4 log pi - Q_min)``, no running scale;
 * :func:`soft_planning_return` - the random "soft" return MPPI ranks sequences with.
+
+The method over the agent (update, planning, statistics) is :class:`cdred_fast.methods.iqmpc_method.IQMPC`.
 
 Conventions (as :mod:`cdred_fast.world_model`): latents ``z [..., L]``, actions ``a [..., A]``,
 the behavioural samples first and the expert samples after them along the batch axis
@@ -28,15 +31,14 @@ from an optional ``torch.Generator``. Q dropout (train mode) uses torch's global
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..layers import Ensemble, mlp, trunc_normal_init_, use_kernels
-from ..world_model import choose_two_heads, randn
+# the critic is a part of the world model (cdred_fast.world_model); re-exported here
+from ..world_model import ScalarQEnsemble, choose_two_heads, polyak_update_, randn, scalar_q_heads, target_copy
 
 # --------------------------------------------------------------------------- released coefficients
 #: Soft-value / policy entropy coefficient (released ``entropy_coef``; SPEC section 6 "1e-4").
@@ -65,17 +67,6 @@ MPC_DEFAULT = True
 
 
 # --------------------------------------------------------------------------- checks
-def _check_pair(z: Tensor, a: Tensor, latent_dim: int, action_dim: int, what: str) -> None:
-    if z.dim() < 1 or z.shape[-1] != latent_dim:
-        raise ValueError(f"{what}: z must be [..., L={latent_dim}], got {tuple(z.shape)}")
-    if a.dim() < 1 or a.shape[-1] != action_dim:
-        raise ValueError(f"{what}: a must be [..., A={action_dim}], got {tuple(a.shape)}")
-    if z.shape[:-1] != a.shape[:-1]:
-        raise ValueError(
-            f"{what}: z and a must share their leading dimensions, got z {tuple(z.shape)} and a {tuple(a.shape)}"
-        )
-
-
 def _check_shape(name: str, t: Optional[Tensor], shape: tuple) -> None:
     if t is None or tuple(t.shape) != tuple(shape):
         got = None if t is None else tuple(t.shape)
@@ -94,45 +85,7 @@ def _head_pairs(n: int, num_q: int, generator: Optional[torch.Generator], device
     return torch.stack([choose_two_heads(num_q, generator, device) for _ in range(n)])
 
 
-# --------------------------------------------------------------------------- the scalar Q ensemble
-def scalar_q_heads(in_dim: int, mlp_dim: int = 512, num_q: int = NUM_Q, dropout: float = 0.01) -> Ensemble:
-    """``num_q`` scalar heads ``MLP(in_dim -> [mlp_dim, mlp_dim] -> 1)`` as one :class:`Ensemble`.
-
-    Mirrors the world model's distributional heads (SPEC section 1) with one raw output: dropout
-    after the first Linear, Linear weights truncated normal (std 0.02) with zero bias, the last
-    Linear's weight zero (the released ``init.zero_([_Qs_original.params[-2]])``), so every head
-    outputs exactly 0 at initialisation.
-    """
-    heads = [trunc_normal_init_(mlp(in_dim, [mlp_dim, mlp_dim], 1, dropout=dropout)) for _ in range(int(num_q))]
-    for head in heads:
-        nn.init.zeros_(head[-1].weight)
-    return Ensemble(heads)
-
-
-def target_copy(net: nn.Module) -> nn.Module:
-    """A frozen deep copy (no gradients, eval mode) to serve as the Polyak target ``Q_bar``."""
-    return copy.deepcopy(net).requires_grad_(False).train(False)
-
-
-@torch.no_grad()
-def polyak_update_(target: nn.Module, online: nn.Module, tau: float = TAU) -> None:
-    """``target <- (1 - tau) target + tau online``, parameter by parameter."""
-    for p, p_target in zip(online.parameters(), target.parameters()):
-        p_target.lerp_(p, float(tau))
-
-
-def _members_forward(ens: Ensemble, x: Tensor, index: Tensor) -> Tensor:
-    """Member ``index[e]`` of ``ens`` on its own input ``x[e]``: ``x [E', N, in] -> [E', N, out]``.
-
-    (``Ensemble.forward`` feeds one input to all selected members; here each selected member, a
-    member may repeat, gets its own rows, as the stacked layers allow.)
-    """
-    h = x
-    for layer in ens.layers:
-        h = layer(h, index)
-    return h
-
-
+# --------------------------------------------------------------------------- the gradient penalty's Blocks
 @contextlib.contextmanager
 def _reference_blocks(module: nn.Module) -> Iterator[None]:
     """Run ``module``'s Blocks through PyTorch's LayerNorm and Mish inside the context.
@@ -149,97 +102,6 @@ def _reference_blocks(module: nn.Module) -> Iterator[None]:
     finally:
         for m, k in saved:
             m.kernels = k
-
-
-class ScalarQEnsemble(nn.Module):
-    """The IQ-MPC critic of SPEC section 6: ``num_q`` scalar Q heads on ``[z ; a]`` plus a target copy.
-
-    Args:
-        latent_dim: ``L``. action_dim: ``A``. mlp_dim: hidden width (512).
-        num_q: number of heads (5). dropout: after the first Linear of each head (0.01).
-        kernels: ``"fused"`` or ``"reference"`` Blocks (:func:`cdred_fast.layers.use_kernels`).
-
-    ``forward(z [..., L], a [..., A], return_type, target, heads, generator)``:
-    ``"all"`` -> ``[num_q, ...]``, every head's raw scalar; ``"min"`` / ``"avg"`` -> ``[...]``, the
-    min / mean of two distinct heads (``heads`` ``[2]``, or drawn uniformly, SPEC section 1).
-    ``target=True`` evaluates the Polyak copy (always in eval mode, no gradients).
-    """
-
-    RETURN_TYPES = ("all", "min", "avg")
-
-    def __init__(
-        self,
-        latent_dim: int,
-        action_dim: int,
-        mlp_dim: int = 512,
-        num_q: int = NUM_Q,
-        dropout: float = 0.01,
-        kernels: str = "reference",
-    ):
-        super().__init__()
-        if int(num_q) < 2:
-            raise ValueError(f"num_q must be >= 2 (Q_min / Q_avg take two distinct heads), got {num_q}")
-        self.latent_dim, self.action_dim, self.num_q = int(latent_dim), int(action_dim), int(num_q)
-        self.Qs = use_kernels(scalar_q_heads(self.latent_dim + self.action_dim, mlp_dim, num_q, dropout), kernels)
-        self.target_Qs = target_copy(self.Qs)
-
-    @classmethod
-    def from_config(cls, cfg, action_dim: int) -> "ScalarQEnsemble":
-        """From a :class:`cdred_fast.config.CDREDConfig` (``latent_dim, mlp_dim, num_q, dropout, kernels``)."""
-        return cls(cfg.latent_dim, action_dim, cfg.mlp_dim, cfg.num_q, cfg.dropout, cfg.kernels)
-
-    def train(self, mode: bool = True) -> "ScalarQEnsemble":
-        """As ``nn.Module.train``, but the target heads stay in eval mode (no dropout)."""
-        super().train(mode)
-        self.target_Qs.train(False)
-        return self
-
-    def track_grad(self, mode: bool = True) -> None:
-        """Enable/disable gradients of the online heads (off during the policy update)."""
-        for p in self.Qs.parameters():
-            p.requires_grad_(mode)
-
-    def soft_update_target(self, tau: float = TAU) -> None:
-        """Polyak averaging ``Q_bar <- (1 - tau) Q_bar + tau Q`` (SPEC section 6, tau = 0.01)."""
-        polyak_update_(self.target_Qs, self.Qs, tau)
-
-    def forward(
-        self,
-        z: Tensor,
-        a: Tensor,
-        return_type: str = "min",
-        target: bool = False,
-        heads: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> Tensor:
-        if return_type not in self.RETURN_TYPES:
-            raise ValueError(f"return_type must be one of {self.RETURN_TYPES}, got {return_type!r}")
-        _check_pair(z, a, self.latent_dim, self.action_dim, "ScalarQEnsemble")
-        net = self.target_Qs if target else self.Qs
-        x = torch.cat([z, a], dim=-1)
-        if return_type == "all":
-            return net(x).squeeze(-1)  # [num_q, ...]
-        if heads is None:
-            heads = choose_two_heads(self.num_q, generator, x.device)
-        elif tuple(heads.shape) != (2,) or heads.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"heads must be an integer tensor [2] of Q-head ids, got {heads.dtype} {tuple(heads.shape)}"
-            )
-        q = net(x, index=heads.to(x.device)).squeeze(-1)  # [2, ...]
-        return q.min(dim=0).values if return_type == "min" else q.mean(dim=0)
-
-    def avg_per_pair(self, x: Tensor, heads: Tensor) -> Tensor:
-        """``Q_avg`` of the online heads with its own input and head pair per block.
-
-        ``x [P, n, L + A]``, ``heads [P, 2]`` -> ``[P, n]`` (block ``p``: the mean of heads
-        ``heads[p]`` on ``x[p]``). Used by the gradient penalty, one block per ``(t, q)``.
-        """
-        P, n, D = x.shape
-        if D != self.latent_dim + self.action_dim:
-            raise ValueError(f"x must be [P, n, L + A = {self.latent_dim + self.action_dim}], got {tuple(x.shape)}")
-        _check_shape("heads", heads, (P, 2))
-        out = _members_forward(self.Qs, x.repeat_interleave(2, dim=0), heads.reshape(-1).to(x.device))  # [2P, n, 1]
-        return out.view(P, 2, n).mean(dim=1)
 
 
 # --------------------------------------------------------------------------- soft value
@@ -410,6 +272,7 @@ def iqmpc_critic_loss(
     noise: Optional[IQMPCCriticNoise] = None,
     generator: Optional[torch.Generator] = None,
     z_obs: Optional[Tensor] = None,
+    return_samples: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The IQ-MPC critic loss ``L_critic`` of SPEC section 6 (released ``update_iq`` + ``iq_loss``).
 
@@ -440,7 +303,9 @@ def iqmpc_critic_loss(
     ``(t, q)``), ``grad_pen`` (mean over ``(t, q)``, 0 when off), ``q_value`` (mean of ``Q_q(z_t, a_t)``
     over heads, steps, samples), ``q_expert``, ``q_behavioral``, ``q_diff`` (= expert - behavioural,
     the release's ``Q_diff``), ``target_value`` (mean ``y``), ``decoded_reward`` and its
-    ``decoded_reward_expert`` / ``decoded_reward_behavioral`` means.
+    ``decoded_reward_expert`` / ``decoded_reward_behavioral`` means; with ``return_samples``, also
+    ``samples``, a dict of the detached per-sample tensors: ``rewards [H, N]`` (decoded rewards), ``td_targets [H, N]`` (``y``),
+    ``q_all [num_q, H, N]`` (every head's ``Q_q(z_t, a_t)``).
     """
     if zs.dim() != 3 or zs.shape[-1] != q.latent_dim or zs.shape[0] < 2:
         raise ValueError(f"zs must be [H+1, N, L={q.latent_dim}] with H >= 1, got {tuple(zs.shape)}")
@@ -536,6 +401,8 @@ def iqmpc_critic_loss(
             "decoded_reward_expert": r_dec[:, nb:].mean(),
             "decoded_reward_behavioral": r_dec[:, :nb].mean(),
         }
+        if return_samples:
+            stats["samples"] = {"rewards": r_dec, "td_targets": y, "q_all": qd}
     return loss, stats
 
 
