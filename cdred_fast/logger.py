@@ -143,7 +143,7 @@ class RunLogger:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        tdmpc2, bc = cfg.method == "tdmpc2", cfg.method == "bc"
+        bc = cfg.method == "bc"
         xlabel = "updates" if bc else "environment steps"
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for key, label in (("success", "at the last step"), ("success_any", "at any step")):
