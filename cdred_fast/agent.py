@@ -119,6 +119,8 @@ class CDREDAgent:
         ``tanh(mu)`` when ``eval_mode``, a sample otherwise.
         """
         obs = self._obs_tensor(obs).reshape(1, *self.obs_shape)
+        if obs.is_floating_point() and not bool(torch.isfinite(obs).all()):  # one sync on CUDA, per act
+            raise ValueError(f"act: obs contains NaN or inf: {obs.reshape(-1)[:8].tolist()}...")
         with self.model.planning(), matmul_precision(self.cfg.matmul_precision):
             z = self.model.encode(obs)
             if self.cfg.mpc:
@@ -184,6 +186,9 @@ class CDREDAgent:
                 )
         obs = torch.cat([self._obs_tensor(b["obs"]) for _, b in batches], dim=1)
         action = torch.cat([b["action"].to(device=self.device, dtype=torch.float32) for _, b in batches], dim=1)
+        for what, t in (("obs", obs), ("action", action)):  # a NaN would poison every parameter
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"update: the batches' {what} contains NaN or inf")
         return obs, action, behavioral_batch["obs"].shape[1]
 
     def _env_reward(self, batch: dict) -> Tensor:
