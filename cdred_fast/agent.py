@@ -116,7 +116,8 @@ class CDREDAgent:
         """Action ``[A]`` (on CPU) for one observation ``[obs_dim]`` (pixels: ``[C, H, W]`` uint8).
 
         MPPI when ``cfg.mpc`` (SPEC section 4); otherwise the policy prior: its mean
-        ``tanh(mu)`` when ``eval_mode``, a sample otherwise.
+        ``tanh(mu)`` when ``eval_mode``, a sample otherwise. A state observation with NaN or
+        inf raises ``ValueError`` (checked with one ``isfinite`` reduction: a host sync on CUDA).
         """
         obs = self._obs_tensor(obs).reshape(1, *self.obs_shape)
         if obs.is_floating_point() and not bool(torch.isfinite(obs).all()):  # one sync on CUDA, per act
