@@ -148,8 +148,12 @@ class CDREDAgent:
         MPPI when ``cfg.mpc`` (SPEC section 4); otherwise the policy prior: its mean
         ``tanh(mu)`` when ``eval_mode``, a sample otherwise. A method with an action of its own
         (:meth:`cdred_fast.methods.Method.act`; BC: ``tanh(mu)`` always) acts with it instead.
+        A state observation with NaN or inf raises ``ValueError`` (checked with one ``isfinite``
+        reduction: a host sync on CUDA).
         """
         obs = self._obs_tensor(obs).reshape(1, *self.obs_shape)
+        if obs.is_floating_point() and not bool(torch.isfinite(obs).all()):  # one sync on CUDA, per act
+            raise ValueError(f"act: obs contains NaN or inf: {obs.reshape(-1)[:8].tolist()}...")
         with self.model.planning(), matmul_precision(self.cfg.matmul_precision):
             z = self.model.encode(obs)
             a = self.method.act(self, z, bool(t0), bool(eval_mode), generator)
@@ -223,6 +227,9 @@ class CDREDAgent:
                 )
         obs = torch.cat([self._obs_tensor(b["obs"]) for _, b in batches], dim=1)
         action = torch.cat([b["action"].to(device=self.device, dtype=torch.float32) for _, b in batches], dim=1)
+        for what, t in (("obs", obs), ("action", action)):  # a NaN would poison every parameter
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"update: the batches' {what} contains NaN or inf")
         return obs, action, behavioral_batch["obs"].shape[1]
 
     def _env_reward(self, batch: dict) -> Tensor:

@@ -287,7 +287,7 @@ class CDREDConfig:
             "alpha": (0.0, 1.0, False, False),
             "zeta": (0.0, 1.0, False, False),
             "sigma": (0.0, None, False, False),
-            "reward_eps": (0.0, None, False, False),
+            "reward_eps": (0.0, None, True, False),  # > 0: eps = 0 disables the variance guard
             "rho": (0.0, 1.0, True, False),
             "consistency_coef": (0.0, None, False, False),
             "value_coef": (0.0, None, False, False),

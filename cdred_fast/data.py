@@ -8,7 +8,7 @@ key            dtype / shape          meaning
 ============== ===================== ==========================================
 obs            float32 [N, obs_dim]   observation before each transition (state)
                uint8 [N, C, H, W]     ... or stacked RGB frames (pixels, C = 9)
-action         float32 [N, A]         action taken, in [-1, 1]
+action         float32 [N, A]         action taken, in [-1, 1] (1e-5 tolerance)
 reward         float32 [N]            environment reward (CDRED never uses it)
 next_obs       like obs               observation after each transition
 episode_lengths int64 [E]             transitions per episode, all > 0, sum N
@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from ._npz import NpzError, read_npz
 from .checkpoint import atomic_write
 
 __all__ = [
@@ -74,6 +74,7 @@ _META_KEYS = ("format_version", "task", "obs_dim", "action_dim")
 REQUIRED_KEYS = _ARRAY_KEYS + _META_KEYS
 OPTIONAL_KEYS = ("obs_shape", "seeds")
 
+_ACTION_TOL = 1e-5  # actions may exceed [-1, 1] by this much (rounding of a rescaled action)
 _CHUNK = 4096  # rows compared at a time when checking next_obs[t] == obs[t + 1] (bounds memory for images)
 
 
@@ -239,8 +240,9 @@ class Demonstrations:
             fail(f"success has shape {self.success.shape}, expected ({self.num_episodes},)")
         if np.any(self.episode_lengths <= 0):
             fail(f"episode lengths must be positive, got {self.episode_lengths.min()}")
-        if int(self.episode_lengths.sum()) != n:
-            fail(f"episode lengths sum to {int(self.episode_lengths.sum())} but there are {n} transitions")
+        total = sum(self.episode_lengths.tolist())  # Python ints: an int64 sum could wrap around
+        if total != n:
+            fail(f"episode lengths sum to {total} but there are {n} transitions")
         if self.seeds is not None and self.seeds.shape != self.episode_lengths.shape:
             fail(f"seeds has shape {self.seeds.shape}, expected ({self.num_episodes},)")
         for key in ("obs", "action", "reward", "next_obs"):
@@ -250,6 +252,10 @@ class Demonstrations:
             if not np.all(np.isfinite(arr)):
                 bad = np.argwhere(~np.isfinite(arr))[0]
                 fail(f"{key} contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
+        outside = np.abs(self.action) > 1.0 + _ACTION_TOL
+        if outside.any():
+            bad = tuple(int(i) for i in np.argwhere(outside)[0])
+            fail(f"action {float(self.action[bad])!r} at index {bad} is outside the normalised action range [-1, 1]")
         # Within an episode, each next_obs must be the following obs.
         ends = np.cumsum(self.episode_lengths)
         inner = np.ones(n, dtype=bool)
@@ -347,27 +353,13 @@ class Demonstrations:
         if not path.is_file():
             raise DemonstrationError(f"{where} is not a regular file")
         try:
-            archive = np.load(path, allow_pickle=False)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-            raise DemonstrationError(
-                f"{where} is not a readable .npz archive (truncated or corrupt?): {type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DemonstrationError(f"{where} holds a single .npy array, not an .npz archive")
-        try:
-            with archive:
-                keys = set(archive.files)
-                missing = [k for k in REQUIRED_KEYS if k not in keys]
-                if missing:
-                    raise DemonstrationError(f"{where} lacks required key(s) {missing} (has {sorted(keys)})")
-                # reads (and CRC-checks) every member
-                data = {k: archive[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in keys}
-        except DemonstrationError:
-            raise
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
-            raise DemonstrationError(
-                f"{where} is not a readable .npz archive (truncated or corrupt?): {type(exc).__name__}: {exc}"
-            ) from exc
+            keys, data = read_npz(path, REQUIRED_KEYS + OPTIONAL_KEYS)  # checks every member before reading it
+        except NpzError as exc:
+            sep = " " if str(exc).startswith(("is ", "holds ")) else ": "
+            raise DemonstrationError(f"{where}{sep}{exc}") from exc
+        missing = [k for k in REQUIRED_KEYS if k not in keys]
+        if missing:
+            raise DemonstrationError(f"{where} lacks required key(s) {missing} (has {sorted(keys)})")
 
         version = _scalar(data, "format_version", where, np.integer)
         if version != FORMAT_VERSION:

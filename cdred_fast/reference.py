@@ -192,13 +192,32 @@ def mppi_select(
 #   y = Mish((x - mean) * rstd * gamma + beta)
 # The fused op also returns mean and rstd [E, M] (its backward reuses them); the
 # gradient of this reference is PyTorch's autograd of these lines.
+#
+# Huge rows: (x - mean)^2 overflows float32 for |x - mean| > 1.8e19, var becomes inf
+# and rstd 0 (PyTorch's F.layer_norm does the same), and the sum of the row can
+# overflow. Rows with max |x - mean| above 2^(max exponent / 2 - 14) (1.1e15 in
+# float32) therefore square (x - mean) * c with the power of two
+# c = 2^-(max exponent / 2 + 8) and take rstd = c / sqrt(var_c + eps c^2), the true
+# value; rows with max |x| above that bound sum x * c for the mean. The fused kernels
+# do the same when their sums overflow. Every other row has c = 1 (exact: the
+# literal formula above).
+
+
+def _ln_row_scale(v: Tensor) -> Tensor:
+    """``c [E, M]`` for the rows of ``v`` (see the comment above)."""
+    half = 64 if v.dtype == torch.float32 else 512  # half the largest binary exponent
+    amax = v.abs().amax(dim=-1)
+    return torch.where(amax > 2.0 ** (half - 14), torch.full_like(amax, 2.0 ** -(half + 8)), torch.ones_like(amax))
 
 
 def layernorm_mish(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
     """``(y [E, M, D], mean [E, M], rstd [E, M])`` for ``x [E, M, D]`` and ``gamma, beta [E, D]``."""
-    mean = x.mean(dim=-1)
-    var = ((x - mean.unsqueeze(-1)) ** 2).mean(dim=-1)
-    rstd = 1.0 / torch.sqrt(var + eps)
+    cx = _ln_row_scale(x.detach())  # 1 except for huge rows, whose sum could overflow
+    mean = (x * cx.unsqueeze(-1)).mean(dim=-1) / cx
+    d = x - mean.unsqueeze(-1)
+    c = _ln_row_scale(d.detach())  # 1 except for huge rows
+    var = ((d * c.unsqueeze(-1)) ** 2).mean(dim=-1)
+    rstd = c / torch.sqrt(var + eps * c * c)
     xhat = (x - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
     y = F.mish(xhat * gamma.unsqueeze(1) + beta.unsqueeze(1))
     return y, mean, rstd

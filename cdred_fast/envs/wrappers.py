@@ -206,6 +206,12 @@ class TremblingHand(gym.ActionWrapper):
         return self.env.reset(seed=seed, options=options)
 
     def action(self, action):
+        # the agent's action is checked like ValidateAction does, also when it is replaced
+        arr = np.asarray(action, dtype=np.float32)
+        if arr.shape != self.action_space.shape:
+            raise ValueError(f"action has shape {arr.shape}, the environment expects {self.action_space.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"action contains NaN or inf: {arr}")
         self._trembled = bool(self._rng.random() < self.p)
         if not self._trembled:
             return action

@@ -53,3 +53,11 @@ def check_unit(name: str, value: float) -> None:
 def check_nonneg(name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_positive_eps(value: float) -> None:
+    """The variance guard of the reward ops (SPEC Eq. 8): ``eps = 0`` would disable it."""
+    if not is_number(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"eps (the variance guard) must be a finite number > 0 (eps = 0 disables the guard), got {value!r}"
+        )

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import reference
 from ..reference import DEFAULT_EPS, G_FUNCTIONS
-from ._checks import check_match, check_nonneg, check_tensor, check_unit
+from ._checks import check_match, check_nonneg, check_positive_eps, check_tensor, check_unit
 from ._dispatch import FUSED_AVAILABLE, check_impl, run
 
 
@@ -32,7 +32,7 @@ def check_moment_inputs(preds: dict[str, Tensor], targets: Tensor, alpha: float,
             )
         check_match(name, pred, "targets", targets)
     check_unit("alpha", alpha)
-    check_nonneg("eps", eps)
+    check_positive_eps(eps)
 
 
 def check_reward_args(zeta: float, sigma: float, g: str) -> None:
@@ -51,7 +51,7 @@ def moment_bonus(
         pred: predictor output ``[N, D]``.
         targets: outputs of the K random target networks ``[K, N, D]``.
         alpha: weight of the distillation error against the inverse-count term.
-        eps: variance guard, see :mod:`cdred_fast.reference`.
+        eps: variance guard (> 0), see :mod:`cdred_fast.reference`.
         impl: ``"fused"`` or ``"reference"``.
 
     Returns: ``[N]`` bonus per row.

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..reference import DEFAULT_EPS
 from . import block  # noqa: F401  (the trainable form differentiates through block's layernorm_mish autograd)
-from ._checks import check_float, check_is_tensor, check_match, check_nonneg, check_unit, is_number
+from ._checks import check_float, check_is_tensor, check_match, check_positive_eps, check_unit, is_number
 from ._dispatch import FUSED_AVAILABLE, check_impl, run
 from .reward import cdred_reward, check_reward_args
 
@@ -297,7 +297,7 @@ def rnd_reward(
         _check_ensemble_mlp_inputs(x, *targets, x_shared)
         check_unit("alpha", alpha)
         check_reward_args(zeta, sigma, g)
-        check_nonneg("eps", eps)
+        check_positive_eps(eps)
         rest = (float(alpha), float(zeta), float(sigma), g, float(eps), x_shared)
         return run(impl, "ensemble_reward", x, *targets, pred_expert, pred_behavioral, *rest)
     targets = ensemble_mlp(x, *targets, x_shared, impl=impl)  # [K, N, D]

@@ -50,6 +50,13 @@ inline void check_nonnegative(const char* op, const char* name, double v) {
   TORCH_CHECK_VALUE(std::isfinite(v) && v >= 0.0, op, ": argument '", name, "' must be finite and >= 0, got ", v);
 }
 
+// The variance guard of the reward ops (SPEC Eq. 8): eps = 0 would disable it.
+inline void check_positive_eps(const char* op, double v) {
+  TORCH_CHECK_VALUE(std::isfinite(v) && v > 0.0, op,
+                    ": argument 'eps' (the variance guard) must be finite and > 0 (eps = 0 disables the guard), got ",
+                    v);
+}
+
 // The reward's g (SPEC Eq. 7): 0 = linear, 1 = exp.
 inline int parse_g(const char* op, const std::string& g) {
   if (g == "linear") return 0;

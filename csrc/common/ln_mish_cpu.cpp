@@ -3,7 +3,8 @@
 // Rows split across threads with at::parallel_for; per row two vectorised loops:
 //   pass 1: v = src (+ bias), stored in dst when a bias is added (in place or
 //           the transposing read of the rnd epilogue), and the sums of v - v_0
-//           and (v - v_0)^2 (one loop with a reduction);
+//           and (v - v_0)^2 (one loop with a reduction); a row whose squared sum
+//           is not finite gets its statistics from scaled values instead;
 //   pass 2: dst <- Mish((v - mean) * rstd * gamma + beta), Mish with the
 //           polynomial exp of ln_mish_math.h, so the loop vectorises.
 #include <ATen/Dispatch.h>
@@ -18,6 +19,22 @@
 
 namespace cdred {
 namespace {
+
+// The row's statistics from scaled values (ln_mish_math.h), when its shifted sums
+// overflowed or it holds inf or NaN: two plain loops, taken for such rows only.
+template <typename T>
+__attribute__((noinline)) LnStats<T> ln_stats_scaled(const T* v, int64_t D, T inv_d, T eps) {
+  const T c = ln_row_scale<T>();
+  T m = 0;
+  for (int64_t j = 0; j < D; ++j) m += v[j] * c;
+  const T mc = m * inv_d;
+  T q = 0;
+  for (int64_t j = 0; j < D; ++j) {
+    const T w = v[j] * c - mc;
+    q += w * w;
+  }
+  return ln_stats_from_scaled_sums<T>(mc, q, inv_d, eps);
+}
 
 // Rows [begin, end) of the [E, N] grid: row s = e * N + n reads
 // src + e * src_se + n * src_sn and writes dst + s * D.
@@ -54,13 +71,15 @@ __attribute__((always_inline)) inline void ln_mish_rows(const T* src, int64_t sr
       s1 += u;
       s2 += u * u;
     }
-    const LnStats<T> st = ln_stats_from_shifted_sums<T>(v0, s1, s2, inv_d, eps);
+    const T* v = kBias ? out : in;  // pass 1 stored v in dst when it added the bias
+    const LnStats<T> st = __builtin_expect(ln_shifted_sums_ok<T>(s2), 1)
+                              ? ln_stats_from_shifted_sums<T>(v0, s1, s2, inv_d, eps)
+                              : ln_stats_scaled<T>(v, D, inv_d, eps);
     const T mean = st.mean, rstd = st.rstd;
     if constexpr (kStats) {
       mean_out[s] = mean;
       rstd_out[s] = rstd;
     }
-    const T* v = kBias ? out : in;  // pass 1 stored v in dst when it added the bias
 #pragma omp simd
     for (int64_t j = 0; j < D; ++j) out[j] = ln_affine_mish<T>(v[j], mean, rstd, g[j], b[j]);
   }

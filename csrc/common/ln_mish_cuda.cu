@@ -3,7 +3,8 @@
 // One warp per row of D values:
 //   pass 1: each lane reads its strided elements, v = src (+ bias, then stored
 //           in dst), and sums v - v_0 and (v - v_0)^2; a butterfly (xor) warp
-//           shuffle gives every lane the row sums;
+//           shuffle gives every lane the row sums (a row whose squared sum is
+//           not finite gets its statistics from scaled values instead);
 //   pass 2: dst <- Mish((v - mean) * rstd * gamma + beta), Mish with expf / exp
 //           (the CUDA math library: max 2 ulp / 1 ulp; see ln_mish_math.h).
 // The second pass re-reads the row (at most a few KB, from L1/L2). Launched on
@@ -74,14 +75,28 @@ __global__ void __launch_bounds__(kThreads)
     }
     s1 = warp_allsum(s1);
     s2 = warp_allsum(s2);
-    const LnStats<T> st = ln_stats_from_shifted_sums<T>(v0, s1, s2, inv_d, eps);
+    const T* v = kBias ? out : in;  // pass 1 stored v in dst when it added the bias; each lane re-reads its own
+    LnStats<T> st;
+    if (ln_shifted_sums_ok<T>(s2)) {  // s2 is the same in every lane: the branch is warp-uniform
+      st = ln_stats_from_shifted_sums<T>(v0, s1, s2, inv_d, eps);
+    } else {  // overflowed squares, or inf / NaN in the row: statistics from scaled values
+      const T c = ln_row_scale<T>();
+      T m = 0;
+      for (int64_t j = lane; j < D; j += kWarpSize) m += v[j] * c;
+      const T mc = warp_allsum(m) * inv_d;
+      T q = 0;
+      for (int64_t j = lane; j < D; j += kWarpSize) {
+        const T w = v[j] * c - mc;
+        q += w * w;
+      }
+      st = ln_stats_from_scaled_sums<T>(mc, warp_allsum(q), inv_d, eps);
+    }
     if constexpr (kStats) {
       if (lane == 0) {
         mean_out[s] = st.mean;
         rstd_out[s] = st.rstd;
       }
     }
-    const T* v = kBias ? out : in;  // pass 1 stored v in dst when it added the bias; each lane re-reads its own
     for (int64_t j = lane; j < D; j += kWarpSize) out[j] = ln_affine_mish<T>(v[j], st.mean, st.rstd, g[j], b[j]);
   }
 }

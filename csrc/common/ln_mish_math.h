@@ -7,6 +7,7 @@
 #pragma once
 
 #include <bit>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -202,6 +203,15 @@ CDRED_HOST_DEVICE inline T mish_grad(T y) {
 //   mean = v_0 + S1/D,   var = S2/D - (S1/D)^2  (biased, as nn.LayerNorm), >= 0.
 // A row with zero variance gives u = 0 exactly, var = 0, rstd = 1/sqrt(eps), and
 // the normalised value (v - mean) * rstd = 0: the output is exactly beta.
+//
+// These sums are only used when S2 is finite. S2 is inf or NaN when the squares
+// overflow (|u| >~ 1.8e19 in float32, 1.3e154 in float64) or when the row holds
+// inf or NaN; the kernels then recompute the row's statistics from values scaled
+// by the power of two ln_row_scale (exact): with w_j = v_j * c,
+//   mean = (sum_j w_j / D) / c,   rstd = c / sqrt(sum_j (w_j - mean c)^2 / D + eps c^2),
+// which cannot overflow for finite rows (|xhat| <= sqrt(D - 1) stays bounded, rstd
+// is the true, tiny, value), and is NaN for a row holding inf or NaN (as PyTorch's
+// LayerNorm: inf - inf), so every output of such a row is NaN.
 // -----------------------------------------------------------------------------
 template <typename acc_t>
 struct LnStats {
@@ -216,6 +226,36 @@ CDRED_HOST_DEVICE inline LnStats<acc_t> ln_stats_from_shifted_sums(acc_t v0, acc
   acc_t var = s2 * inv_d - m1 * m1;
   var = var > acc_t(0) ? var : acc_t(0);
   return {v0 + m1, acc_t(1) / std::sqrt(var + eps)};
+}
+
+// The shifted sums are usable: S2 finite (then S1 and every u_j are finite too).
+template <typename acc_t>
+CDRED_HOST_DEVICE inline bool ln_shifted_sums_ok(acc_t s2) {
+  if constexpr (sizeof(acc_t) == 4) {
+    return s2 <= FLT_MAX;  // false for inf and NaN
+  } else {
+    return s2 <= DBL_MAX;
+  }
+}
+
+// c of the scaled statistics: 2^-(max exponent / 2 + 8), so that D squares of
+// (v - mean) c stay finite for any finite v (D < 2^13) while the values that made
+// S2 overflow stay far above the underflow threshold.
+template <typename acc_t>
+CDRED_HOST_DEVICE inline acc_t ln_row_scale() {
+  if constexpr (sizeof(acc_t) == 4) {
+    return acc_t(0x1p-72f);
+  } else {
+    return acc_t(0x1p-520);
+  }
+}
+
+// Statistics from the scaled sums: mc = sum_j w_j / D (the scaled mean) and
+// q = sum_j (w_j - mc)^2, w_j = v_j * c.
+template <typename acc_t>
+CDRED_HOST_DEVICE inline LnStats<acc_t> ln_stats_from_scaled_sums(acc_t mc, acc_t q, acc_t inv_d, acc_t eps) {
+  const acc_t c = ln_row_scale<acc_t>();
+  return {mc / c, c / std::sqrt(q * inv_d + eps * c * c)};
 }
 
 // One element of the epilogue: LayerNorm affine then Mish.

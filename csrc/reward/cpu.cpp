@@ -1,12 +1,12 @@
 // CPU kernel of moment_bonus and cdred_reward (SPEC section 2); reward/front.cpp
 // validates the inputs and calls launch_reward_cpu.
 //
-// One pass over the targets: for each row the K target vectors, shifted by the
-// first, are summed and squared-summed into two length-D accumulators
-// (contiguous, vectorised loops; see reward_math.h for why shifted),
+// One pass over the targets: for each row the K target vectors are summed
+// (compensated) and, shifted by the first, summed and squared-summed into four
+// length-D accumulators (contiguous, vectorised loops; see reward_math.h),
 // then one vectorised loop over D evaluates Eq. 8 for each predictor and Eq. 7.
 // Rows are split across threads with at::parallel_for. No intermediate larger
-// than 2*D accumulators per thread is allocated.
+// than 4*D accumulators per thread is allocated.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -21,22 +21,29 @@
 namespace cdred {
 namespace {
 
-// Bonus of each of NPRED predictors for rows [begin, end). `sum`/`sumsq` are
-// per-thread scratch of length D. Inlined into the CPU-cloned entry points below.
+// Bonus of each of NPRED predictors for rows [begin, end). `scratch` is
+// per-thread scratch of length 4 D. Inlined into the CPU-cloned entry points below.
 template <typename scalar_t, int NPRED>
 __attribute__((always_inline)) inline void bonus_rows(const scalar_t* const* preds, const scalar_t* targets,
                                                       scalar_t* out, int64_t K, int64_t N, int64_t D,
-                                                      const RewardParams& p, int64_t begin, int64_t end, scalar_t* sum,
-                                                      scalar_t* sumsq) {
+                                                      const RewardParams& p, int64_t begin, int64_t end,
+                                                      scalar_t* scratch) {
   using acc_t = scalar_t;  // float accumulates in float, double in double (as the reference does)
-  const acc_t inv_k = acc_t(1) / acc_t(K);
+  const acc_t k_count = acc_t(K);
+  const acc_t inv_k = acc_t(1) / k_count;
+  scalar_t* tsum = scratch;           // compensated sum of t_k
+  scalar_t* tcomp = scratch + D;      // its compensation
+  scalar_t* sum = scratch + 2 * D;    // sum of t_k - t_0
+  scalar_t* sumsq = scratch + 3 * D;  // sum of (t_k - t_0)^2
   const acc_t inv_d = acc_t(1) / acc_t(D);
   const acc_t eps = acc_t(p.eps);
   for (int64_t n = begin; n < end; ++n) {
-    // One pass over the K targets of this row: sums of t_k - t_0 and of its square.
+    // One pass over the K targets of this row: the sum of t_k, the sums of t_k - t_0 and of its square.
     const scalar_t* t0 = targets + n * D;
 #pragma omp simd
     for (int64_t d = 0; d < D; ++d) {
+      tsum[d] = t0[d];
+      tcomp[d] = 0;
       sum[d] = 0;
       sumsq[d] = 0;
     }
@@ -44,6 +51,7 @@ __attribute__((always_inline)) inline void bonus_rows(const scalar_t* const* pre
       const scalar_t* tk = targets + (k * N + n) * D;
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
+        kahan_add<acc_t>(tk[d], tsum[d], tcomp[d]);
         const acc_t u = tk[d] - t0[d];
         sum[d] += u;
         sumsq[d] += u * u;
@@ -56,7 +64,7 @@ __attribute__((always_inline)) inline void bonus_rows(const scalar_t* const* pre
       acc_t dist_i = 0, root_i = 0;
 #pragma omp simd reduction(+ : dist_i, root_i)
       for (int64_t d = 0; d < D; ++d) {
-        const Moments<acc_t> m = moments_from_shifted_sums<acc_t>(t0[d], sum[d], sumsq[d], inv_k, eps);
+        const Moments<acc_t> m = moments_from_sums<acc_t>(tsum[d], tcomp[d], sum[d], sumsq[d], k_count, inv_k, eps);
         accumulate_coordinate<acc_t>(f[d], m, dist_i, root_i);
       }
       distill[i] = dist_i;
@@ -74,8 +82,8 @@ __attribute__((always_inline)) inline void bonus_rows(const scalar_t* const* pre
 // Non-template entry points so the compiler can clone them per CPU target.
 #define CDRED_DEFINE_ROWS(NAME, T, NPRED)                                                                      \
   CDRED_CPU_CLONES void NAME(const T* const* preds, const T* targets, T* out, int64_t K, int64_t N, int64_t D, \
-                             const RewardParams& p, int64_t begin, int64_t end, T* sum, T* sumsq) {            \
-    bonus_rows<T, NPRED>(preds, targets, out, K, N, D, p, begin, end, sum, sumsq);                             \
+                             const RewardParams& p, int64_t begin, int64_t end, T* scratch) {                  \
+    bonus_rows<T, NPRED>(preds, targets, out, K, N, D, p, begin, end, scratch);                                \
   }
 CDRED_DEFINE_ROWS(rows_f1, float, 1)
 CDRED_DEFINE_ROWS(rows_f2, float, 2)
@@ -84,12 +92,12 @@ CDRED_DEFINE_ROWS(rows_d2, double, 2)
 #undef CDRED_DEFINE_ROWS
 
 inline void call_rows(const float* const* preds, const float* t, float* out, int64_t K, int64_t N, int64_t D,
-                      const RewardParams& p, int64_t b, int64_t e, float* s, float* s2, int npred) {
-  npred == 1 ? rows_f1(preds, t, out, K, N, D, p, b, e, s, s2) : rows_f2(preds, t, out, K, N, D, p, b, e, s, s2);
+                      const RewardParams& p, int64_t b, int64_t e, float* s, int npred) {
+  npred == 1 ? rows_f1(preds, t, out, K, N, D, p, b, e, s) : rows_f2(preds, t, out, K, N, D, p, b, e, s);
 }
 inline void call_rows(const double* const* preds, const double* t, double* out, int64_t K, int64_t N, int64_t D,
-                      const RewardParams& p, int64_t b, int64_t e, double* s, double* s2, int npred) {
-  npred == 1 ? rows_d1(preds, t, out, K, N, D, p, b, e, s, s2) : rows_d2(preds, t, out, K, N, D, p, b, e, s, s2);
+                      const RewardParams& p, int64_t b, int64_t e, double* s, int npred) {
+  npred == 1 ? rows_d1(preds, t, out, K, N, D, p, b, e, s) : rows_d2(preds, t, out, K, N, D, p, b, e, s);
 }
 
 }  // namespace
@@ -104,8 +112,8 @@ void launch_reward_cpu(const at::Tensor& pred0, const at::Tensor& pred1, const a
     const scalar_t* t = targets.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(2 * D);
-      call_rows(pred_ptrs, t, o, K, N, D, p, begin, end, scratch.data(), scratch.data() + D, npred);
+      std::vector<scalar_t> scratch(4 * D);
+      call_rows(pred_ptrs, t, o, K, N, D, p, begin, end, scratch.data(), npred);
     });
   });
 }

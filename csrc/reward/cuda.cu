@@ -28,7 +28,8 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = scalar_t;  // same accumulation precision as the CPU kernel and the reference
   __shared__ acc_t shared[2 * NPRED * (kThreads / kWarpSize)];
   const int64_t n = blockIdx.x;
-  const acc_t inv_k = acc_t(1) / acc_t(K);
+  const acc_t k_count = acc_t(K);
+  const acc_t inv_k = acc_t(1) / k_count;
   const acc_t eps = acc_t(p.eps);
   const scalar_t* preds[2] = {pred0 + n * D, pred1 + n * D};
   acc_t sums[2 * NPRED];  // [distill_0, root_0, distill_1, root_1]
@@ -37,13 +38,15 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     const acc_t t0 = targets[n * D + d];
-    acc_t s = 0, s2 = 0;
+    acc_t tsum = t0, tcomp = 0, s = 0, s2 = 0;
     for (int64_t k = 1; k < K; ++k) {
-      const acc_t u = targets[(k * N + n) * D + d] - t0;
+      const acc_t tk = targets[(k * N + n) * D + d];
+      kahan_add<acc_t>(tk, tsum, tcomp);
+      const acc_t u = tk - t0;
       s += u;
       s2 += u * u;
     }
-    const Moments<acc_t> m = moments_from_shifted_sums<acc_t>(t0, s, s2, inv_k, eps);
+    const Moments<acc_t> m = moments_from_sums<acc_t>(tsum, tcomp, s, s2, k_count, inv_k, eps);
 #pragma unroll
     for (int i = 0; i < NPRED; ++i) accumulate_coordinate<acc_t>(preds[i][d], m, sums[2 * i], sums[2 * i + 1]);
   }

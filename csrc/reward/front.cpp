@@ -35,7 +35,7 @@ void check_moment_inputs(const char* op, const std::vector<std::pair<const char*
     check_same_dtype_device(op, name, *pred, "targets", targets);
   }
   check_unit_interval(op, "alpha", alpha);
-  check_nonnegative(op, "eps", eps);
+  check_positive_eps(op, eps);
 }
 
 // Everything after validation; pred1 is ignored when npred == 1.

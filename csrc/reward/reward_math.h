@@ -18,10 +18,13 @@ struct RewardParams {
   int g;         // 0: g(x) = x, 1: g(x) = exp(x)
 };
 
-// Moments of the K targets at one coordinate. The kernels accumulate the sums
-// of the *shifted* values u_k = t_k - t_0 (one pass, numerically stable when the
-// targets nearly agree, where B2 - mu^2 would cancel catastrophically):
-//   mu = t_0 + S1/K,   var = S2/K - (S1/K)^2  (= B2 - mu^2),   B2 = var + mu^2.
+// Moments of the K targets at one coordinate. The mean is the compensated
+// (Kahan) sum of the t_k divided by K, within about one rounding of the exact
+// mean whatever the ratio of the targets' size to their spread. The variance
+// comes from the sums of the *shifted* values u_k = t_k - t_0 (one pass,
+// numerically stable when the targets nearly agree, where B2 - mu^2 would
+// cancel catastrophically):
+//   mu = (sum_k t_k) / K,   var = S2/K - (S1/K)^2  (= B2 - mu^2),   B2 = var + mu^2.
 template <typename acc_t>
 struct Moments {
   acc_t mu;   // (1/K) sum_k t_k
@@ -29,11 +32,23 @@ struct Moments {
   bool degenerate;
 };
 
+// One step of the compensated sum: sum + comp ~ the exact sum of the terms so far
+// (comp holds the rounding error that sum could not represent, Kahan/Babuska).
+// No products, so contracting into FMAs cannot change it.
 template <typename acc_t>
-CDRED_HOST_DEVICE inline Moments<acc_t> moments_from_shifted_sums(acc_t t0, acc_t s1, acc_t s2, acc_t inv_k,
-                                                                  acc_t eps) {
+CDRED_HOST_DEVICE inline void kahan_add(acc_t x, acc_t& sum, acc_t& comp) {
+  const acc_t y = x - comp;
+  const acc_t t = sum + y;
+  comp = (t - sum) - y;
+  sum = t;
+}
+
+// sum, comp: the compensated sum of the K targets; s1, s2: sums of u_k and u_k^2.
+template <typename acc_t>
+CDRED_HOST_DEVICE inline Moments<acc_t> moments_from_sums(acc_t sum, acc_t comp, acc_t s1, acc_t s2, acc_t k,
+                                                          acc_t inv_k, acc_t eps) {
+  const acc_t mu = (sum - comp) / k;
   const acc_t m1 = s1 * inv_k;
-  const acc_t mu = t0 + m1;
   const acc_t var = s2 * inv_k - m1 * m1;
   const acc_t b2 = var + mu * mu;
   const bool degenerate = var <= eps * b2;

@@ -292,7 +292,7 @@ at::Tensor ensemble_reward(const at::Tensor& x_in, at::TensorList weights, at::T
   check_unit_interval(op, "alpha", alpha);
   check_unit_interval(op, "zeta", zeta);
   check_nonnegative(op, "sigma", sigma);
-  check_nonnegative(op, "eps", eps);
+  check_positive_eps(op, eps);
   parse_g(op, std::string(g));
   const c10::OptionalDeviceGuard guard(cuda_device_of(x_in));
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
