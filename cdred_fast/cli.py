@@ -272,7 +272,8 @@ def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
     info = summary(demos)
     click.echo(
         f"wrote {demos.num_episodes} episodes ({demos.num_transitions} transitions) of {task} to {path}; "
-        f"return {info['return_mean']:.1f} +- {info['return_std']:.1f}, success {info['success_rate']:.2f}"
+        f"return {info['return_mean']:.1f} +- {info['return_std']:.1f}, "
+        f"success at the last step {_fraction(info['success_last'])}, at any step {info['success_any']:.2f}"
     )
 
 
@@ -304,11 +305,16 @@ def data_info(file, as_json) -> None:
         f"  length        min {info['length_min']}  mean {info['length_mean']:.1f}  max {info['length_max']}\n"
         f"  return        mean {info['return_mean']:.2f}  std {info['return_std']:.2f}  "
         f"min {info['return_min']:.2f}  max {info['return_max']:.2f}\n"
-        f"  success rate  {info['success_rate']:.2f}\n"
+        f"  success_last: {_fraction(info['success_last'])}\n"
+        f"  success_any: {info['success_any']:.2f}\n"
         f"  observation   {shape} {info['obs_dtype']}\n"
         f"  action dim    {info['action_dim']}\n"
         f"  reset seeds   {'recorded' if info['seeds'] else 'not recorded'}"
     )
+
+
+def _fraction(x) -> str:
+    return "not recorded" if x is None else f"{x:.2f}"
 
 
 @data.command("convert")

@@ -101,6 +101,7 @@ def collect(
                 "reward": np.asarray(rec["reward"], dtype=np.float32),
                 "next_obs": np.stack(rec["next_obs"]),
                 "success": success,
+                "success_last": bool(info.get("success", False)),
                 "seed": episode_seed,
             }
         )
@@ -229,6 +230,7 @@ def render_pixels(
                     "reward": np.asarray(rewards, np.float32),
                     "next_obs": frames[1:],
                     "success": ep["success"],
+                    "success_last": ep["success_last"],
                     "seed": int(ep_seed),
                 }
             )

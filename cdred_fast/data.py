@@ -19,9 +19,11 @@ obs_dim        int64 []               flat observation size, prod(obs.shape[1:])
 action_dim     int64 []               = action.shape[1]
 obs_shape      int64 [1] or [3]       optional (written since pixels): obs.shape[1:]
 seeds          int64 [E]              optional: the ``reset(seed=...)`` of each episode
+success_last   bool [E]               optional: did the episode succeed at its last step (the
+                                      paper's and TD-MPC2's success)
 ============== ===================== ==========================================
 
-The two optional keys are additions that older readers ignore, so the format
+The optional keys are additions that older readers ignore, so the format
 version stays 1. ``seeds`` makes an episode reproducible: resetting the task
 with that seed and replaying the actions re-creates it (what
 :func:`cdred_fast.collect.render_pixels` does to render pixel demonstrations from state ones).
@@ -72,7 +74,7 @@ FORMAT_VERSION = 1
 _ARRAY_KEYS = ("obs", "action", "reward", "next_obs", "episode_lengths", "success")
 _META_KEYS = ("format_version", "task", "obs_dim", "action_dim")
 REQUIRED_KEYS = _ARRAY_KEYS + _META_KEYS
-OPTIONAL_KEYS = ("obs_shape", "seeds")
+OPTIONAL_KEYS = ("obs_shape", "seeds", "success_last")
 
 _ACTION_TOL = 1e-5  # actions may exceed [-1, 1] by this much (rounding of a rescaled action)
 _CHUNK = 4096  # rows compared at a time when checking next_obs[t] == obs[t + 1] (bounds memory for images)
@@ -107,6 +109,7 @@ class Demonstrations:
     success: np.ndarray
     task: str
     seeds: Optional[np.ndarray] = None  # reset seed of each episode, when known
+    success_last: Optional[np.ndarray] = None  # success at each episode's last step, when known
 
     def __post_init__(self):
         self.obs = _obs_array(self.obs)
@@ -118,6 +121,8 @@ class Demonstrations:
         self.task = str(self.task)
         if self.seeds is not None:
             self.seeds = _seeds_array(self.seeds, "demonstrations")
+        if self.success_last is not None:
+            self.success_last = np.ascontiguousarray(self.success_last, dtype=bool)
         self.validate()
 
     # ------------------------------------------------------------------ shape
@@ -162,10 +167,14 @@ class Demonstrations:
     def episodes(self) -> Iterator[dict[str, Any]]:
         """Yield one dict per episode: ``obs [T, *obs_shape]``, ``action [T, A]``,
         ``reward [T]``, ``next_obs [T, *obs_shape]`` (views, not copies), ``success``
-        (bool) and ``seed`` (int, or None when the file records no seeds)."""
+        (bool), ``success_last`` (bool, or None when not recorded) and ``seed`` (int, or None
+        when the file records no seeds)."""
         start = 0
         seeds = self.seeds.tolist() if self.seeds is not None else [None] * self.num_episodes
-        for length, success, seed in zip(self.episode_lengths.tolist(), self.success.tolist(), seeds):
+        last = self.success_last.tolist() if self.success_last is not None else [None] * self.num_episodes
+        for length, success, success_last, seed in zip(
+            self.episode_lengths.tolist(), self.success.tolist(), last, seeds
+        ):
             end = start + length
             yield {
                 "obs": self.obs[start:end],
@@ -173,6 +182,7 @@ class Demonstrations:
                 "reward": self.reward[start:end],
                 "next_obs": self.next_obs[start:end],
                 "success": bool(success),
+                "success_last": success_last,
                 "seed": seed,
             }
             start = end
@@ -180,8 +190,9 @@ class Demonstrations:
     @classmethod
     def from_episodes(cls, episodes: list[dict[str, Any]], task: str) -> "Demonstrations":
         """Concatenate per-episode dicts (keys ``obs``, ``action``, ``reward``,
-        ``next_obs``, optionally ``success`` (default False) and ``seed`` (the
-        episode's reset seed; given for every episode or for none))."""
+        ``next_obs``, optionally ``success`` (default False), ``success_last`` and ``seed``
+        (the episode's reset seed); ``success_last`` and ``seed`` are given for every episode
+        or for none)."""
         episodes = list(episodes)
         if not episodes:
             raise DemonstrationError("no episodes given: a demonstration set cannot be empty")
@@ -192,6 +203,9 @@ class Demonstrations:
         seeds = [ep.get("seed") for ep in episodes]
         if any(x is None for x in seeds) and not all(x is None for x in seeds):
             raise DemonstrationError("some episodes have a reset seed and others do not: give all or none")
+        last = [ep.get("success_last") for ep in episodes]
+        if any(x is None for x in last) and not all(x is None for x in last):
+            raise DemonstrationError("some episodes record success_last and others do not: give all or none")
         lengths = [len(ep["obs"]) for ep in episodes]
         return cls(
             obs=np.concatenate([_obs_array(ep["obs"]) for ep in episodes]),
@@ -202,6 +216,7 @@ class Demonstrations:
             success=np.asarray([bool(ep.get("success", False)) for ep in episodes]),
             task=task,
             seeds=None if seeds[0] is None else np.asarray(seeds, np.int64),
+            success_last=None if last[0] is None else np.asarray(last, bool),
         )
 
     # ------------------------------------------------------------ validation
@@ -245,6 +260,11 @@ class Demonstrations:
             fail(f"episode lengths sum to {total} but there are {n} transitions")
         if self.seeds is not None and self.seeds.shape != self.episode_lengths.shape:
             fail(f"seeds has shape {self.seeds.shape}, expected ({self.num_episodes},)")
+        if self.success_last is not None:
+            if self.success_last.shape != self.episode_lengths.shape:
+                fail(f"success_last has shape {self.success_last.shape}, expected ({self.num_episodes},)")
+            if np.any(self.success_last & ~self.success):
+                fail("success_last is True for an episode whose success (at any step) is False")
         for key in ("obs", "action", "reward", "next_obs"):
             arr = getattr(self, key)
             if arr.dtype.kind != "f":  # uint8 pixels are always finite
@@ -325,6 +345,8 @@ class Demonstrations:
         }
         if self.seeds is not None:
             payload["seeds"] = self.seeds
+        if self.success_last is not None:
+            payload["success_last"] = self.success_last
         writer = np.savez_compressed if self.is_pixels else np.savez
         return atomic_write(path, lambda f: writer(f, **payload))
 
@@ -381,6 +403,7 @@ class Demonstrations:
             "success": ("b", "bool"),
             "obs_shape": ("iu", "integer"),
             "seeds": ("iu", "integer"),
+            "success_last": ("b", "bool"),
         }
         for key, (kinds, description) in expected_kinds.items():
             if key in data and data[key].dtype.kind not in kinds:
@@ -394,6 +417,7 @@ class Demonstrations:
         demos.success = np.ascontiguousarray(data["success"], dtype=bool)
         demos.task = file_task
         demos.seeds = _seeds_array(data["seeds"], where) if "seeds" in data else None
+        demos.success_last = np.ascontiguousarray(data["success_last"], dtype=bool) if "success_last" in data else None
         demos.validate(source=where)
         if demos.obs_dim != file_obs_dim or demos.action_dim != file_action_dim:
             raise DemonstrationError(
@@ -568,7 +592,9 @@ def summary(demos: Demonstrations) -> dict[str, Any]:
 
     Keys: ``task, episodes, transitions, obs_shape, obs_dtype, action_dim,
     length_min/mean/max, return_mean/std/min/max`` (per-episode sums of the
-    environment reward), ``success_rate`` and ``seeds`` (whether reset seeds are recorded).
+    environment reward), ``success_rate`` (= ``success_any``: the fraction of episodes that
+    succeed at some step), ``success_last`` (the fraction that succeed at their last step, or
+    None when the file does not record it) and ``seeds`` (whether reset seeds are recorded).
     """
     returns = np.add.reduceat(demos.reward.astype(np.float64), np.r_[0, np.cumsum(demos.episode_lengths)[:-1]])
     lengths = demos.episode_lengths
@@ -587,5 +613,7 @@ def summary(demos: Demonstrations) -> dict[str, Any]:
         "return_min": float(returns.min()),
         "return_max": float(returns.max()),
         "success_rate": float(demos.success.mean()),
+        "success_any": float(demos.success.mean()),
+        "success_last": None if demos.success_last is None else float(demos.success_last.mean()),
         "seeds": demos.seeds is not None,
     }

@@ -45,7 +45,8 @@ def test_summary_statistics(reach_demos):
         np.std(returns)
     )
     assert info["return_min"] == pytest.approx(min(returns)) and info["return_max"] == pytest.approx(max(returns))
-    assert info["success_rate"] == pytest.approx(reach_demos.success.mean())
+    assert info["success_rate"] == info["success_any"] == pytest.approx(2 / 3)
+    assert reach_demos.success_last.tolist() == [True, True, False] and info["success_last"] == pytest.approx(2 / 3)
     assert reach_demos.success.tolist()[:2] == [True, True] and not reach_demos.success[2]
     assert info["obs_shape"] == [39] and info["action_dim"] == 4 and info["seeds"] is True
     json.dumps(info)  # plain types
@@ -62,7 +63,8 @@ def test_data_info(tmp_path, reach_demos):
         "mw-reach",
         "3 (240 transitions)",
         "min 40  mean 80.0  max 100",
-        "success rate  0.67",
+        "success_last: 0.67",
+        "success_any: 0.67",
         "observation   39 float32",
         "action dim    4",
         "reset seeds   recorded",
@@ -131,3 +133,18 @@ def test_data_render(tmp_path):
     assert code == 0 and "observation   9x64x64 uint8" in out
     code, out, err = _cli("data", "render", tmp_path / "pixels.npz", "--out", tmp_path / "again.npz")
     assert code == 1 and "already have pixel observations" in err
+
+
+def test_success_last_is_recorded_saved_and_checked(tmp_path, reach_demos):
+    """Demo files record success at the last step beside success at any step; older files
+    without it load (reported as not recorded), and an inconsistent one is refused."""
+    path = reach_demos.save(tmp_path / "reach.npz")
+    back = data.load(path)
+    assert back.success_last.tolist() == reach_demos.success_last.tolist()
+    first = next(iter(back.episodes()))
+    old = Demonstrations.from_episodes([{k: v for k, v in first.items() if k != "success_last"}], task="mw-reach")
+    assert old.success_last is None and data.summary(old)["success_last"] is None
+    code, out, _ = _cli("data", "info", old.save(tmp_path / "old.npz"))
+    assert code == 0 and "success_last: not recorded" in out
+    with pytest.raises(data.DemonstrationError, match="success_last is True for an episode whose success"):
+        Demonstrations.from_episodes([dict(first, success=False, success_last=True)], task="mw-reach")
