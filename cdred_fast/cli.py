@@ -323,8 +323,9 @@ def _fraction(x) -> str:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
 def data_convert(released, task, out) -> None:
     """Convert one of the authors' released expert pickles to the .npz format (safe unpickling)."""
-    from .data import DemonstrationError, import_released_pickle
+    from .data import DemonstrationError
     from .envs import make
+    from .released import import_released_pickle
 
     try:
         env = make(task)

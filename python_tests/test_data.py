@@ -10,7 +10,7 @@ import shlex
 import numpy as np
 import pytest
 
-from cdred_fast import data
+from cdred_fast import data, released
 from cdred_fast.data import DemonstrationError, Demonstrations
 
 
@@ -215,7 +215,7 @@ def test_import_released_pickle(tmp_path, protocol):
     eps = _released_episodes(np.random.default_rng(protocol))
     path = tmp_path / "expert.pkl"
     path.write_bytes(pickle.dumps(eps, protocol=protocol))
-    demos = data.import_released_pickle(path, task="walker-run")
+    demos = released.import_released_pickle(path, task="walker-run")
     assert demos.task == "walker-run" and demos.num_episodes == 3 and demos.num_transitions == 18
     assert not demos.success.any()  # the released files do not record success
     for ep, (obs, act, rew, nxt) in zip(demos.episodes(), eps):
@@ -234,7 +234,7 @@ def test_import_pickle_written_by_numpy_1(tmp_path):
     assert b"numpy._core.multiarray" in blob
     path = tmp_path / "old.pkl"
     path.write_bytes(blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
-    demos = data.import_released_pickle(path, task="walker-run")
+    demos = released.import_released_pickle(path, task="walker-run")
     np.testing.assert_array_equal(demos.action[:6], eps[0][1])
 
 
@@ -265,14 +265,14 @@ def test_restricted_unpickler_refuses_code_execution(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(payload)
     with pytest.raises(pickle.UnpicklingError, match=r"refused global (posix|os|nt)\.system"):
-        data.import_released_pickle(path, task="mw-reach")
+        released.import_released_pickle(path, task="mw-reach")
     assert not marker.exists(), "the malicious command was executed"
 
     path.write_bytes(pickle.dumps([_Evals()]))
     with pytest.raises(pickle.UnpicklingError, match=r"refused global builtins\.eval"):
-        data.import_released_pickle(path, task="mw-reach")
+        released.import_released_pickle(path, task="mw-reach")
     with pytest.raises(pickle.UnpicklingError, match="persistent"):
-        data.RestrictedUnpickler(io.BytesIO(b"\x80\x04P0\n.")).load()  # PERSID opcode
+        released.RestrictedUnpickler(io.BytesIO(b"\x80\x04P0\n.")).load()  # PERSID opcode
 
 
 def test_released_pickle_with_wrong_layout(tmp_path):
@@ -292,7 +292,7 @@ def test_released_pickle_with_wrong_layout(tmp_path):
     for obj, message in cases:
         path.write_bytes(pickle.dumps(obj))
         with pytest.raises(DemonstrationError, match=message):
-            data.import_released_pickle(path, task="mw-reach")
+            released.import_released_pickle(path, task="mw-reach")
     path.write_bytes(pickle.dumps(_released_episodes(rng))[:50])
     with pytest.raises(DemonstrationError, match="bad.pkl.*not a readable pickle"):
-        data.import_released_pickle(path, task="mw-reach")
+        released.import_released_pickle(path, task="mw-reach")
