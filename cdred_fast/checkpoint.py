@@ -101,7 +101,8 @@ def atomic_write(path: str | os.PathLike, content: Union[bytes, Callable[[Binary
 
 def check_writable_dir(folder: str | os.PathLike, what: str = "work directory") -> Path:
     """Refuse (:class:`~cdred_fast.errors.RunDirError`) a folder that cannot be created or
-    written: a path through a file, or whose nearest existing folder is not writable. Creates nothing."""
+    written: a path through a file, or whose nearest existing folder is not writable (a
+    temporary file is created and deleted there to find out)."""
     folder = Path(folder)
     probe = folder
     while not probe.exists():
@@ -112,6 +113,11 @@ def check_writable_dir(folder: str | os.PathLike, what: str = "work directory") 
         raise RunDirError(f"cannot use {what} {folder}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise RunDirError(f"cannot use {what} {folder}: {probe} is not writable")
+    try:  # access() is True for root everywhere: try a file
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise RunDirError(f"cannot use {what} {folder}: {probe} is not writable ({exc.strerror or exc})") from exc
     return folder
 
 
