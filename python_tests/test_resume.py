@@ -145,6 +145,7 @@ def _random_case(seed):
     return hook, rnd.choice(["SIGINT", "SIGTERM", "SIGKILL"]), rnd.randint(1, limit)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "hook",
     [pytest.param(v, id=k) for k, v in CASES.items()]
@@ -161,3 +162,28 @@ def test_interrupted_run_resumes_exactly(tmp_path, reference, hook):
     proc = _train(run, "--resume")
     assert proc.returncode == 0, proc.stderr
     _assert_same_run(run, reference)
+
+
+def test_fresh_run_replaces_what_a_run_without_checkpoint_left(tmp_path):
+    from cdred_fast import CDREDConfig
+    from cdred_fast.collect import collect
+    from cdred_fast.data import Demonstrations
+    from cdred_fast.envs import make, scripted_policy
+    from cdred_fast.trainer import Trainer
+
+    def demos(seed):
+        return collect(make("mw-reach", seed=seed), scripted_policy("mw-reach"), 1, seed=seed)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    demos(1).save(run / "demos.npz")  # left by a run killed before its first checkpoint
+    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")  # a kill during a checkpoint write
+    (run / "tb").mkdir()
+    (run / "tb" / "events.out.tfevents.old").write_bytes(b"")
+    given = demos(2)
+    given.save(tmp_path / "given.npz")
+    cfg = CDREDConfig(**{**CONFIG, "steps": 100})
+    trainer = Trainer(cfg, run, demos=tmp_path / "given.npz", progress=False)
+    saved = Demonstrations.load(run / "demos.npz")
+    assert (saved.action == given.action).all() and (trainer.demos.action == given.action).all()
+    assert not list(run.glob(".*.tmp")) and not (run / "tb" / "events.out.tfevents.old").exists()
