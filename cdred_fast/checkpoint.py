@@ -303,6 +303,6 @@ def agent_from_checkpoint(state: dict, env, device: str = "cpu") -> CDREDAgent:
     check_agent_state(agent, state["agent"])
     try:
         agent.load_state_dict(state["agent"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+    except Exception as exc:  # any malformed part: KeyError, ValueError, RuntimeError, IndexError, ...
         raise CheckpointError(f"the checkpoint's agent does not load: {exc}") from exc
     return agent

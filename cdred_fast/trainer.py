@@ -394,18 +394,22 @@ class Trainer:
             self.buffer.load_state_dict(state["buffer"])
             self.step, self.episode = int(state["step"]), int(state["episode"])
             set_rng_state(state["rng"], self.rng)
-        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        except Exception as exc:  # any malformed part: KeyError, ValueError, RuntimeError, IndexError, ...
             raise CheckpointError(f"{self.ckpt_path} does not load into this run: {exc}") from exc
         self._init_progress()
         progress = state.get("progress") or {}
         if "log_rows" in progress:
-            self.logger.keep_rows(progress["log_rows"]["train"], progress["log_rows"]["eval"])
-            self._stats = defaultdict(list, {k: list(v) for k, v in progress["stats"].items()})
-            self._ep_returns = list(progress["episode_returns"])
-            self._next_log, self._next_eval = progress["next_log"], progress["next_eval"]
-            if self.cfg.save_freq:
-                self._next_save = progress["next_save"] or self._next_save
-            self._resume_pending = int(progress["pending_updates"])
+            try:
+                rows = (int(progress["log_rows"]["train"]), int(progress["log_rows"]["eval"]))
+                self._stats = defaultdict(list, {k: [float(x) for x in v] for k, v in progress["stats"].items()})
+                self._ep_returns = [float(x) for x in progress["episode_returns"]]
+                self._next_log, self._next_eval = int(progress["next_log"]), int(progress["next_eval"])
+                if self.cfg.save_freq and progress["next_save"] is not None:
+                    self._next_save = int(progress["next_save"])
+                self._resume_pending = int(progress["pending_updates"])
+            except Exception as exc:
+                raise CheckpointError(f"{self.ckpt_path} has a malformed 'progress' record: {exc!r}") from exc
+            self.logger.keep_rows(*rows)
         else:  # a checkpoint of format 1: taken at an episode boundary
             self.logger.truncate_after(self.step)
 

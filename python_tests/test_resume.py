@@ -124,17 +124,24 @@ def _assert_same_run(run, reference):
     assert not list(run.glob(".*.tmp")), "a temporary file was left"
 
 
-# (hook, signal, N): the N-th call of the hooked function sends the signal
+# id: ((hook, signal, N), (step, pending updates, eval.csv rows) of the checkpoint the
+# interruption writes). The N-th call of the hooked function sends the signal.
 CASES = {
-    "sigint-seeding": ("step", "SIGINT", 50),  # inside episode 1, before any update
-    "sigint-burst": ("update", "SIGINT", 40),  # 40 of the 100 burst updates done
-    "sigterm-burst": ("update", "SIGTERM", 99),
-    "sigint-after-burst": ("update", "SIGINT", 130),  # inside episode 2, one update per step
-    "sigint-eval": ("eval_act", "SIGINT", 150),  # during the evaluation of step 100
-    "sigterm-final-eval": ("eval_act", "SIGTERM", 350),  # during the last evaluation (step 250)
-    "sigint-checkpoint-write": ("save", "SIGINT", 2),
-    "sigkill-burst": ("update", "SIGKILL", 60),
-    "sigkill-checkpoint-write": ("save", "SIGKILL", 3),
+    # inside episode 1, before any update: the start of episode 1
+    "sigint-seeding": (("step", "SIGINT", 50), (0, 0, 1)),
+    # 40 of the 100 burst updates done
+    "sigint-burst": (("update", "SIGINT", 40), (100, 60, 1)),
+    "sigterm-burst": (("update", "SIGTERM", 99), (100, 1, 1)),
+    # inside episode 2 (one update per step): the start of episode 2
+    "sigint-after-burst": (("update", "SIGINT", 130), (100, 0, 2)),
+    # during the evaluation of step 100 (its row not written yet)
+    "sigint-eval": (("eval_act", "SIGINT", 150), (100, 0, 1)),
+    # during the last evaluation (step 250, inside episode 3): the start of episode 3
+    "sigterm-final-eval": (("eval_act", "SIGTERM", 350), (200, 0, 3)),
+    # during the checkpoint write after the first evaluation
+    "sigint-checkpoint-write": (("save", "SIGINT", 2), (0, 0, 1)),
+    "sigkill-burst": (("update", "SIGKILL", 60), None),
+    "sigkill-checkpoint-write": (("save", "SIGKILL", 3), None),
 }
 
 
@@ -142,16 +149,16 @@ def _random_case(seed):
     rnd = random.Random(seed)
     hook = rnd.choice(["step", "update", "eval_act", "save"])
     limit = {"step": 250, "update": 250, "eval_act": 400, "save": 4}[hook]
-    return hook, rnd.choice(["SIGINT", "SIGTERM", "SIGKILL"]), rnd.randint(1, limit)
+    return (hook, rnd.choice(["SIGINT", "SIGTERM", "SIGKILL"]), rnd.randint(1, limit)), None
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "hook",
-    [pytest.param(v, id=k) for k, v in CASES.items()]
-    + [pytest.param(_random_case(s), id=f"random-{s}") for s in range(2)],
+    "hook, written",
+    [pytest.param(*v, id=k) for k, v in CASES.items()]
+    + [pytest.param(*_random_case(s), id=f"random-{s}") for s in range(2)],
 )
-def test_interrupted_run_resumes_exactly(tmp_path, reference, hook):
+def test_interrupted_run_resumes_exactly(tmp_path, reference, hook, written):
     run = tmp_path / "run"
     proc = _train(run, *_overrides(), hook=hook)
     expected = {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL}[hook[1]]
@@ -159,6 +166,10 @@ def test_interrupted_run_resumes_exactly(tmp_path, reference, hook):
         pytest.skip(f"{hook} did not interrupt the run")
     assert proc.returncode == expected, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+    if written is not None:
+        state = load_checkpoint(run / "checkpoint.pt")
+        progress = state["progress"]
+        assert (state["step"], progress["pending_updates"], progress["log_rows"]["eval"]) == written
     proc = _train(run, "--resume")
     assert proc.returncode == 0, proc.stderr
     _assert_same_run(run, reference)
