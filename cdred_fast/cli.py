@@ -21,8 +21,9 @@ Hyper-parameters are ``key=value`` overrides of :class:`cdred_fast.CDREDConfig`
 with the field's name before anything runs.
 
 A bad input (config, file, path, option) is reported as one line ``error: ...`` on
-stderr with exit status 2, without a traceback (:class:`cdred_fast.errors.UserError`
-and click's usage errors); ``docs/bad-input.md`` lists the messages. An interrupted
+stderr, without a traceback, with exit status 2 (:class:`cdred_fast.errors.UserError`
+and click's usage errors; 1 for a demonstration file whose content ``data`` refuses);
+``docs/bad-input.md`` lists the messages. An interrupted
 training run exits with 130.
 """
 
@@ -54,17 +55,17 @@ class _Main(click.Group):
         except click.exceptions.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(130)
-        except click.ClickException as exc:
-            _fail(exc.format_message())
+        except click.ClickException as exc:  # usage errors exit with 2, refused file contents with 1
+            _fail(exc.format_message(), exc.exit_code)
         except UserError as exc:
             _fail(str(exc))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _fail(message: str) -> None:
-    """Print ``error: message`` (one line) on stderr and exit with status 2."""
+def _fail(message: str, status: int = 2) -> None:
+    """Print ``error: message`` (one line) on stderr and exit with ``status``."""
     click.echo(f"error: {' '.join(str(message).split())}", err=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _user_error(exc: BaseException, context: str = "") -> UserError:
@@ -144,6 +145,13 @@ _TRAIN_OPTIONS = [
     click.option("--resume", is_flag=True, help="Continue the run in --work-dir from its last checkpoint."),
     click.option("--device", default="cpu", show_default=True),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option(
+        "--save-minutes",
+        type=click.FloatRange(min=0.0, min_open=True),
+        default=10.0,
+        show_default=True,
+        help="Minutes between periodic checkpoints (one is also written after every evaluation).",
+    ),
 ]
 
 
@@ -167,14 +175,22 @@ def _train_options(f):
     return f
 
 
-def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress) -> None:
+def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress, save_minutes) -> None:
     from .trainer import Trainer
 
     expert = cfg.method == "tdmpc2"
     default_dir = f"{'expert-' if expert else ''}{cfg.task}{'-rgb' if cfg.obs == 'rgb' else ''}-s{cfg.seed}"
     work_dir = work_dir or str(Path(cfg.work_dir) / default_dir)
     try:
-        trainer = Trainer(cfg, work_dir, demos=demos, device=device, resume=resume, progress=not no_progress)
+        trainer = Trainer(
+            cfg,
+            work_dir,
+            demos=demos,
+            device=device,
+            resume=resume,
+            progress=not no_progress,
+            save_interval_s=60.0 * save_minutes,
+        )
     except _SETUP_ERRORS as exc:
         # unknown task, mismatched demonstrations or config, a run already in work_dir, ...
         raise _user_error(exc) from exc
@@ -207,14 +223,14 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
     help="Demonstrations (.npz); default: scripted Meta-World experts.",
 )
 @_train_options
-def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
+def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress, save_minutes) -> None:
     """Train CDRED online from expert demonstrations (key=value overrides).
 
     With --resume the run's saved config is the starting point: only what changes
     (typically steps=...) needs to be given again.
     """
     cfg = build_config(preset, config_file, overrides, base=_saved_config(work_dir) if resume else None)
-    _run_training(cfg, demos, work_dir, resume, device, no_progress)
+    _run_training(cfg, demos, work_dir, resume, device, no_progress, save_minutes)
 
 
 @main.group()
@@ -226,13 +242,13 @@ def expert() -> None:
 @click.argument("task")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @_train_options
-def expert_train(task, overrides, config_file, work_dir, resume, device, no_progress) -> None:
+def expert_train(task, overrides, config_file, work_dir, resume, device, no_progress, save_minutes) -> None:
     """Train an RL expert on TASK with the environment reward (= train method=tdmpc2 task=TASK).
 
     Its checkpoint then collects demonstrations: `cdred-fast collect TASK --policy CHECKPOINT`.
     """
     cfg = build_config(None, config_file, (*overrides, f"task={task}", "method=tdmpc2"))
-    _run_training(cfg, None, work_dir, resume, device, no_progress)
+    _run_training(cfg, None, work_dir, resume, device, no_progress, save_minutes)
 
 
 @main.command("eval")
