@@ -19,6 +19,12 @@ Hyper-parameters are ``key=value`` overrides of :class:`cdred_fast.CDREDConfig`
 (``steps=20000 zeta=1.0 rnd_predictor_hidden=[256,256]``), parsed by OmegaConf; a
 ``--config FILE.yaml`` is applied first. Unknown keys and invalid values are rejected
 with the field's name before anything runs.
+
+A bad input (config, file, path, option) is reported as one line ``error: ...`` on
+stderr, without a traceback, with exit status 2 (:class:`cdred_fast.errors.UserError`
+and click's usage errors; 1 for a demonstration file whose content ``data`` refuses);
+``docs/bad-input.md`` lists the messages. An interrupted
+training run exits with 130.
 """
 
 from __future__ import annotations
@@ -31,6 +37,65 @@ from pathlib import Path
 import click
 
 from .config import PRESETS, CDREDConfig
+from .errors import UserError
+
+# What a command's setup (reading the config, files, checkpoints, making the environment
+# and the work directory) raises for a bad input; training itself is not wrapped.
+_SETUP_ERRORS = (UserError, ValueError, TypeError, KeyError, OSError, NotImplementedError, RuntimeError)
+
+
+class _Main(click.Group):
+    """The command group: user errors print one line ``error: MESSAGE`` and exit with 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:  # usage errors exit with 2, refused file contents with 1
+            _fail(exc.format_message(), exc.exit_code)
+        except UserError as exc:
+            _fail(str(exc))
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, status: int = 2) -> None:
+    """Print ``error: message`` (one line) on stderr and exit with ``status``."""
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    sys.exit(status)
+
+
+def _user_error(exc: BaseException, context: str = "") -> UserError:
+    """A :class:`UserError` with the message of ``exc`` (and ``context`` before it)."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        message = f"missing {message}"
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in message:
+        message = f"{message}: {exc.filename}"
+    return UserError(f"{context}{message}")
+
+
+def _load_yaml(config_file: str) -> dict:
+    """A YAML file of overrides, read with the safe loader; must be a mapping of field names."""
+    import yaml
+
+    try:
+        with open(config_file) as f:
+            values = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {config_file}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    except OSError as exc:
+        raise _user_error(exc, f"--config {config_file}: ") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise UserError(
+            f"--config {config_file}: expected a mapping of config fields (key: value), got {type(values).__name__}"
+        )
+    return values
 
 
 def build_config(
@@ -47,7 +112,7 @@ def build_config(
             raise click.BadParameter(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}", param_hint="--preset")
         values.update(PRESETS[preset])
     try:
-        layers = [OmegaConf.load(config_file)] if config_file else []
+        layers = [OmegaConf.create(_load_yaml(config_file))] if config_file else []
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise click.BadParameter(f"expected key=value, got {bad[0]!r}", param_hint="OVERRIDES")
@@ -62,7 +127,7 @@ def build_config(
         raise click.BadParameter(str(exc), param_hint="OVERRIDES") from exc
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """CDRED world-model online imitation learning (cdred_fast)."""
 
@@ -80,6 +145,13 @@ _TRAIN_OPTIONS = [
     click.option("--resume", is_flag=True, help="Continue the run in --work-dir from its last checkpoint."),
     click.option("--device", default="cpu", show_default=True),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option(
+        "--save-minutes",
+        type=click.FloatRange(min=0.0, min_open=True),
+        default=10.0,
+        show_default=True,
+        help="Minutes between periodic checkpoints (one is also written after every evaluation).",
+    ),
 ]
 
 
@@ -89,7 +161,10 @@ def _saved_config(work_dir: str | None) -> dict | None:
         return None  # the Trainer reports the missing checkpoint
     from .checkpoint import load_checkpoint
 
-    saved = dict(load_checkpoint(Path(work_dir) / "checkpoint.pt")["config"])
+    try:
+        saved = dict(load_checkpoint(Path(work_dir) / "checkpoint.pt")["config"])
+    except _SETUP_ERRORS as exc:
+        raise _user_error(exc, "cannot resume: ") from exc
     saved.pop("episode_length", None)  # filled in from the task again
     return saved
 
@@ -100,7 +175,7 @@ def _train_options(f):
     return f
 
 
-def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress) -> None:
+def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress, save_minutes) -> None:
     from .trainer import Trainer
 
     expert = cfg.method == "tdmpc2"
@@ -108,10 +183,18 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
     default_dir = f"{prefix}{cfg.task}{'-rgb' if cfg.obs == 'rgb' else ''}-s{cfg.seed}"
     work_dir = work_dir or str(Path(cfg.work_dir) / default_dir)
     try:
-        trainer = Trainer(cfg, work_dir, demos=demos, device=device, resume=resume, progress=not no_progress)
-    except (NotImplementedError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        trainer = Trainer(
+            cfg,
+            work_dir,
+            demos=demos,
+            device=device,
+            resume=resume,
+            progress=not no_progress,
+            save_interval_s=60.0 * save_minutes,
+        )
+    except _SETUP_ERRORS as exc:
         # unknown task, mismatched demonstrations or config, a run already in work_dir, ...
-        raise click.UsageError(str(exc)) from exc
+        raise _user_error(exc) from exc
     data = "environment reward (TD-MPC2)" if expert else f"{trainer.demos.num_episodes} expert episodes"
     name = "TD-MPC2 expert" if expert else {"iqmpc": "IQ-MPC", "bc": "BC"}.get(cfg.method, "CDRED")
     unit = "updates (no environment interaction)" if trainer.offline else "steps"
@@ -122,7 +205,7 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
     try:
         result = trainer.train()
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(128 + (getattr(trainer, "stopped_by", None) or 2))  # 130 after SIGINT, 143 after SIGTERM
     before, after = result["before"], result["after"]
     click.echo(
         f"\nevaluation over {cfg.eval_episodes} episodes (success: at the last step / at any step)\n"
@@ -143,7 +226,7 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
     help="Demonstrations (.npz; num_demos=N uses its first N episodes); default: scripted Meta-World experts.",
 )
 @_train_options
-def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress) -> None:
+def train(overrides, preset, config_file, demos, work_dir, resume, device, no_progress, save_minutes) -> None:
     """Train CDRED online from expert demonstrations (key=value overrides; method=iqmpc: IQ-MPC).
 
     method=bc trains behaviour cloning on the demonstrations alone (steps = updates).
@@ -152,7 +235,7 @@ def train(overrides, preset, config_file, demos, work_dir, resume, device, no_pr
     (typically steps=...) needs to be given again.
     """
     cfg = build_config(preset, config_file, overrides, base=_saved_config(work_dir) if resume else None)
-    _run_training(cfg, demos, work_dir, resume, device, no_progress)
+    _run_training(cfg, demos, work_dir, resume, device, no_progress, save_minutes)
 
 
 @main.group()
@@ -164,19 +247,21 @@ def expert() -> None:
 @click.argument("task")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @_train_options
-def expert_train(task, overrides, config_file, work_dir, resume, device, no_progress) -> None:
+def expert_train(task, overrides, config_file, work_dir, resume, device, no_progress, save_minutes) -> None:
     """Train an RL expert on TASK with the environment reward (= train method=tdmpc2 task=TASK).
 
     Its checkpoint then collects demonstrations: `cdred-fast collect TASK --policy CHECKPOINT`.
     """
     cfg = build_config(None, config_file, (*overrides, f"task={task}", "method=tdmpc2"))
-    _run_training(cfg, None, work_dir, resume, device, no_progress)
+    _run_training(cfg, None, work_dir, resume, device, no_progress, save_minutes)
 
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--episodes", type=int, default=10, show_default=True)
-@click.option("--seed", type=int, default=None, help="Evaluation seed (default: the run's evaluation seed).")
+@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=None, help="Evaluation seed (default: the run's evaluation seed)."
+)
 @click.option(
     "--trembling-hand",
     type=click.FloatRange(0.0, 1.0),
@@ -191,10 +276,13 @@ def eval_cmd(checkpoint, episodes, seed, trembling_hand, device) -> None:
     from .checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
     from .trainer import EVAL_SEED_OFFSET, evaluate, make_env
 
-    state = load_checkpoint(checkpoint, map_location=device)
-    cfg = config_from_checkpoint(state)
-    env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET, trembling_hand=trembling_hand)
-    agent = agent_from_checkpoint(state, env, device=device)
+    try:
+        state = load_checkpoint(checkpoint, map_location=device)
+        cfg = config_from_checkpoint(state)
+        env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET, trembling_hand=trembling_hand)
+        agent = agent_from_checkpoint(state, env, device=device)
+    except _SETUP_ERRORS as exc:
+        raise _user_error(exc) from exc
     torch.manual_seed(cfg.seed)
     result = evaluate(agent, env, episodes, seed=cfg.seed + EVAL_SEED_OFFSET if seed is None else seed)
     p = cfg.trembling_hand if trembling_hand is None else trembling_hand
@@ -215,9 +303,15 @@ def eval_cmd(checkpoint, episodes, seed, trembling_hand, device) -> None:
     help="'scripted' (Meta-World's scripted expert) or a checkpoint.pt (e.g. from `cdred-fast expert train`), "
     "acting in evaluation mode.",
 )
-@click.option("--episodes", type=int, default=100, show_default=True)
+@click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--successful-only", is_flag=True, help="Keep only episodes that succeed at some step.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Episode i is reset with seed + i (recorded).")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Episode i is reset with seed + i (recorded).",
+)
 @click.option("--device", default="cpu", show_default=True, help="Device of a checkpoint policy.")
 def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
     """Record demonstrations of TASK from a scripted expert or a trained checkpoint.
@@ -234,6 +328,7 @@ def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
         spec = task_spec(task)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="TASK") from exc
+    _check_out(out)
     if successful_only and spec.suite == "dmcontrol":
         raise click.BadParameter("DMControl tasks have no success signal", param_hint="--successful-only")
     if policy == "scripted":
@@ -254,13 +349,17 @@ def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
             raise click.BadParameter(f"no checkpoint file {policy!r} (and not 'scripted')", param_hint="--policy")
         try:
             state = load_checkpoint(policy, map_location=device)
-        except ValueError as exc:
+            cfg = config_from_checkpoint(state)
+        except _SETUP_ERRORS as exc:
             raise click.BadParameter(str(exc), param_hint="--policy") from exc
-        cfg = config_from_checkpoint(state)
         if cfg.task != task:
             raise click.BadParameter(f"the checkpoint was trained on {cfg.task!r}, not {task!r}", param_hint="--policy")
         env = make_env(cfg, seed=seed, trembling_hand=0.0)  # demonstrations are recorded without noise
-        act = AgentPolicy(agent_from_checkpoint(state, env, device=device), eval_mode=True)
+        try:
+            act = AgentPolicy(agent_from_checkpoint(state, env, device=device), eval_mode=True)
+        except _SETUP_ERRORS as exc:
+            env.close()
+            raise click.BadParameter(str(exc), param_hint="--policy") from exc
         torch.manual_seed(seed)
     try:
         demos = collect_demos(env, act, episodes, successful_only=successful_only, seed=seed)
@@ -268,13 +367,29 @@ def collect(task, out, policy, episodes, successful_only, seed, device) -> None:
         raise click.ClickException(str(exc)) from exc
     finally:
         env.close()
-    path = demos.save(out)
+    path = _save(demos, out)
     info = summary(demos)
     click.echo(
         f"wrote {demos.num_episodes} episodes ({demos.num_transitions} transitions) of {task} to {path}; "
         f"return {info['return_mean']:.1f} +- {info['return_std']:.1f}, "
         f"success at the last step {_fraction(info['success_last'])}, at any step {info['success_any']:.2f}"
     )
+
+
+def _check_out(out: str) -> None:
+    """Refuse an --out that cannot be written, before any work is done."""
+    from .checkpoint import check_writable_dir
+
+    if Path(out).is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name")
+    check_writable_dir(Path(out).parent if str(Path(out).parent) else ".", what="the folder of --out")
+
+
+def _save(demos, out: str) -> Path:
+    try:
+        return demos.save(out)
+    except OSError as exc:
+        raise _user_error(exc, f"cannot write --out {out}: ") from exc
 
 
 @main.group()
@@ -327,6 +442,7 @@ def data_convert(released, task, out) -> None:
     from .envs import make
     from .released import import_released_pickle
 
+    _check_out(out)
     try:
         env = make(task)
     except ValueError as exc:
@@ -343,7 +459,7 @@ def data_convert(released, task, out) -> None:
         raise click.ClickException(str(exc)) from exc
     finally:
         env.close()
-    path = demos.save(out)
+    path = _save(demos, out)
     click.echo(f"wrote {demos.num_episodes} episodes ({demos.num_transitions} transitions) of {task} to {path}")
 
 
@@ -358,11 +474,12 @@ def data_render(demos_file, out, seed) -> None:
     from .collect import render_pixels
     from .data import DemonstrationError, load
 
+    _check_out(out)
     try:
         pixels = render_pixels(load(demos_file), seed=seed)
     except (DemonstrationError, NotImplementedError) as exc:
         raise click.ClickException(str(exc)) from exc
-    path = pixels.save(out)
+    path = _save(pixels, out)
     click.echo(f"wrote {pixels.num_episodes} episodes ({pixels.num_transitions} transitions) with pixels to {path}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -35,6 +36,11 @@ class CSVLog:
     def truncate_after(self, step: int) -> None:
         """Drop the rows whose ``step`` is above ``step`` (all of them for ``-1``) and rewrite."""
         self.rows = [r for r in self.rows if float(r["step"]) <= step]
+        self._flush()
+
+    def keep_first(self, n: int) -> None:
+        """Keep the first ``n`` rows (those written before a checkpoint) and rewrite."""
+        self.rows = self.rows[: max(int(n), 0)]
         self._flush()
 
     def append(self, row: dict[str, Any]) -> None:
@@ -67,31 +73,52 @@ def write_config(path: str | os.PathLike, cfg: CDREDConfig) -> Path:
     return atomic_write(path, OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict())).encode())
 
 
-def _tensorboard(path: Path):
+def _tensorboard(path: Path, purge_step: Optional[int]):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception as exc:  # tensorboard missing or broken: CSV logs still work
         warnings.warn(f"TensorBoard logging disabled: {exc}", stacklevel=2)
         return None
-    return SummaryWriter(str(path))
+    return SummaryWriter(str(path), purge_step=purge_step)
 
 
 class RunLogger:
     """``train.csv``, ``eval.csv``, ``tb/`` and ``learning_curve.png`` of one work directory.
 
     Existing CSV files are read back (a resumed run appends to them); call
-    :meth:`truncate_after` to drop the rows written after a checkpoint.
+    :meth:`truncate_after` or :meth:`keep_rows` to drop the rows written after a checkpoint.
+    ``purge_step`` (a resumed run: the first step not covered by its checkpoint) makes
+    TensorBoard drop the events of earlier sessions from that step on, so that the steps
+    logged again after a resume are not shown twice. ``fresh`` deletes the TensorBoard
+    events of an earlier run that left no checkpoint.
     """
 
-    def __init__(self, work_dir: str | os.PathLike, tensorboard: bool = True):
+    def __init__(
+        self,
+        work_dir: str | os.PathLike,
+        tensorboard: bool = True,
+        purge_step: Optional[int] = None,
+        fresh: bool = False,
+    ):
         self.work_dir = Path(work_dir)
         self.train = CSVLog(self.work_dir / "train.csv")
         self.eval = CSVLog(self.work_dir / "eval.csv")
-        self.tb = _tensorboard(self.work_dir / "tb") if tensorboard else None
+        if fresh and (self.work_dir / "tb").is_dir():
+            shutil.rmtree(self.work_dir / "tb")
+        self.tb = _tensorboard(self.work_dir / "tb", purge_step) if tensorboard else None
 
     def truncate_after(self, step: int) -> None:
         self.train.truncate_after(step)
         self.eval.truncate_after(step)
+
+    def keep_rows(self, train: int, eval: int) -> None:
+        """Keep the first ``train`` rows of train.csv and ``eval`` rows of eval.csv."""
+        self.train.keep_first(train)
+        self.eval.keep_first(eval)
+
+    def row_counts(self) -> dict[str, int]:
+        """``{"train": rows of train.csv, "eval": rows of eval.csv}``, what a checkpoint records."""
+        return {"train": len(self.train.rows), "eval": len(self.eval.rows)}
 
     def log_eval(self, step: int, result: Mapping[str, float]) -> None:
         """One row of ``eval.csv``: ``step`` and the evaluation's values."""

@@ -32,14 +32,29 @@ continues from ``checkpoint.pt``: the interrupted episode is discarded (its step
 counted), the CSV rows written after the checkpoint are dropped, and every later
 training episode is reset with a seed derived from its index, so a resumed run sees the
 same episode initialisations as an uninterrupted one.
+
+Checkpoints and interruptions. A checkpoint is written when the run starts (step 0),
+at the first episode boundary after every evaluation, every ``save_freq`` steps (at an
+episode boundary) and every ``save_interval_s`` seconds (default 600, at an episode
+boundary), and at the end. Each records where in the loop it was taken (its
+``progress``: the statistics of the current log interval, the next log / evaluation /
+checkpoint steps, the updates still due after the episode that just ended, the number
+of CSV rows written), so a resumed run repeats exactly what the uninterrupted run does.
+SIGINT and SIGTERM stop the run at a consistent point (:mod:`cdred_fast.interrupts`)
+and write a checkpoint there: between the updates of the burst at the end of seeding
+(the remaining updates run on resume), before an evaluation that was interrupted (it
+runs again with the same random state), or, inside an episode, the state at the
+start of that episode (agent, random state and counters are kept in memory for this;
+the buffer only changes when an episode ends). A second signal stops at once without
+writing. ``--resume`` with ``steps`` below the checkpoint's step is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import itertools
-import math
 import os
 import time
 from collections import defaultdict
@@ -51,13 +66,27 @@ import torch
 
 from .agent import CDREDAgent
 from .buffer import EpisodeBuffer
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    check_agent_state,
+    check_writable_dir,
+    checkpoint_state,
+    load_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
 from .collect import collect
 from .config import CDREDConfig
 from .data import Demonstrations
 from .envs import has_scripted_policy, make, scripted_policy
+from .errors import CheckpointError, ConfigError, NoCheckpointError, RunDirError
+from .interrupts import ForcedStop, StopSignals
 from .logger import RunLogger, write_config
 from .methods import get as get_method
+
+# The files of a run directory that atomic_write replaces (stale temporaries are removed at start).
+RUN_FILES = ("checkpoint.pt", "config.yaml", "demos.npz", "train.csv", "eval.csv", "learning_curve.png")
 
 # Offsets of the seeds of a run's other environments from cfg.seed.
 EVAL_SEED_OFFSET = 10_000  # the evaluation environment; evaluation episode i is reset with cfg.seed + offset + i
@@ -164,21 +193,48 @@ def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | 
         collect_env.close()
 
 
+def check_episode_fit(cfg: CDREDConfig, episode_length: int) -> None:
+    """Refuse a config that could only fail once training starts: sub-trajectories of
+    ``horizon`` transitions must fit in an episode, and a whole episode in the buffer."""
+    if cfg.horizon > episode_length:
+        raise ConfigError(
+            f"horizon={cfg.horizon} is longer than the episodes of {cfg.task} ({episode_length} steps): "
+            f"no sub-trajectory of {cfg.horizon} transitions fits; use horizon <= {episode_length}"
+        )
+    if cfg.buffer_size < episode_length:
+        raise ConfigError(
+            f"buffer_size={cfg.buffer_size} is below the episode length of {cfg.task} ({episode_length}): "
+            f"an episode does not fit the buffer; use buffer_size >= {episode_length}"
+        )
+
+
+def same_demonstrations(a: Demonstrations, b: Demonstrations) -> bool:
+    """Whether two demonstration sets hold the same episodes (arrays equal)."""
+    for name in ("obs", "action", "reward", "next_obs", "episode_lengths", "success"):
+        x, y = getattr(a, name), getattr(b, name)
+        if x.shape != y.shape or not np.array_equal(x, y):
+            return False
+    return a.task == b.task
+
+
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
     """Runs Algorithm 1 for one config in one work directory.
 
     Args:
         cfg: the run's configuration (``episode_length`` is filled in from the task).
-        work_dir: where the run's files live (created if needed).
+        work_dir: where the run's files live (created if needed, once the config and task are checked).
         demos: a demonstrations file or object; None collects scripted experts (Meta-World,
-            ManiSkill2 pick-cube / lift-cube).
+            ManiSkill2 pick-cube / lift-cube). On resume the run's ``demos.npz`` is used; a
+            ``demos`` that differs from it is refused.
         device: torch device of the agent.
         resume: continue from ``work_dir/checkpoint.pt``. Without it, a work dir that already
             holds a checkpoint is refused rather than overwritten.
         progress: show a tqdm progress bar.
         tensorboard: also write TensorBoard event files.
         log_freq: environment steps between rows of train.csv (default: one episode).
+        save_interval_s: seconds between periodic checkpoints (written at an episode boundary);
+            None disables the timer (checkpoints after evaluations and every ``save_freq`` steps stay).
     """
 
     def __init__(
@@ -191,35 +247,48 @@ class Trainer:
         progress: bool = True,
         tensorboard: bool = True,
         log_freq: Optional[int] = None,
+        save_interval_s: Optional[float] = 600.0,
     ):
         self.work_dir = Path(work_dir)
         self.ckpt_path = self.work_dir / "checkpoint.pt"
         if self.ckpt_path.exists() and not resume:
-            raise FileExistsError(
+            raise RunDirError(
                 f"{self.work_dir} already holds a run ({self.ckpt_path.name}): resume it (--resume) "
                 "or choose another work directory"
             )
         if resume and not self.ckpt_path.exists():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {self.ckpt_path}")
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+            raise NoCheckpointError(f"cannot resume: no checkpoint at {self.ckpt_path}")
+        check_writable_dir(self.work_dir)
+        state = load_checkpoint(self.ckpt_path) if resume else None
 
         self.env = make_env(cfg, seed=cfg.seed)
         self.eval_env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET)
         T = self.env.get_wrapper_attr("max_episode_steps")
         if cfg.episode_length is None:
             cfg = dataclasses.replace(cfg, episode_length=T)
+        check_episode_fit(cfg, T)
 
-        state = load_checkpoint(self.ckpt_path) if resume else None
         if state is not None:  # only the length of the run may change on resume
             # Fields added after a checkpoint was written count as their defaults.
             saved = {**CDREDConfig().to_dict(), "episode_length": None, **state["config"]}
             current = cfg.to_dict()
             changed = sorted(k for k in current if k not in ("steps", "work_dir") and saved.get(k) != current[k])
             if changed:
-                raise ValueError(
+                raise ConfigError(
                     f"cannot resume {self.work_dir} with a different config: {changed} differ from the checkpoint"
                 )
+            if cfg.steps < state["step"]:
+                raise ConfigError(
+                    f"cannot resume {self.work_dir} with steps={cfg.steps}: the run is at step {state['step']} "
+                    f"(its checkpoint and replay buffer are kept; give steps >= {state['step']})"
+                )
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create work directory {self.work_dir}: {exc.strerror or exc}") from exc
+        remove_stale_temporaries(self.work_dir, RUN_FILES)
         self.cfg = cfg
+        self.device = device
         self.episode_length = T
         # Methods that learn from the demonstrations alone (BC): no seeding, no collection, `steps`
         # counts updates
@@ -227,7 +296,7 @@ class Trainer:
         self.seed_steps = 0 if self.offline else cfg.seed_steps_for(T)
         self.log_freq = log_freq or T
         self.progress = progress
-        write_config(self.work_dir / "config.yaml", cfg)
+        self.save_interval_s = save_interval_s
 
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -240,45 +309,167 @@ class Trainer:
         self.expert_buffer: Optional[EpisodeBuffer] = None
         if cfg.method == "tdmpc2":
             if demos is not None:
-                raise ValueError("method='tdmpc2' learns from the environment reward: it uses no demonstrations")
+                raise ConfigError("method='tdmpc2' learns from the environment reward: it uses no demonstrations")
         else:
-            demos_path = self.work_dir / "demos.npz"
-            demos_cfg = cfg
-            if resume and demos_path.exists():  # the run's own demonstrations, already num_demos of them
-                demos, demos_cfg = demos_path, dataclasses.replace(cfg, num_demos=None)
-            self.demos = obtain_demonstrations(demos_cfg, demos, self.env)
-            if not demos_path.exists():
-                self.demos.save(demos_path)
+            self.demos = self._demonstrations(cfg, demos, resume)
             self.expert_buffer = EpisodeBuffer.from_demonstrations(self.demos, device=device, frame_stack=frame_stack)
+        write_config(self.work_dir / "config.yaml", cfg)
         capacity = 1 if self.offline else cfg.buffer_capacity  # offline: the behavioural buffer stays empty
         self.buffer = EpisodeBuffer(capacity, buffer_obs, action_dim, device=device, frame_stack=frame_stack)
         self.agent = CDREDAgent(cfg, action_dim=action_dim, device=device, obs_shape=obs_shape)
 
         self.step, self.episode = 0, 0
-        self.logger = RunLogger(self.work_dir, tensorboard=tensorboard)
+        self._init_progress()
+        self._fresh = state is None
         if state is not None:
+            rows = state.get("progress", {}).get("log_rows")
+            purge = state["step"] + 1 if (rows is None or rows.get("eval", 1) > 0) else state["step"]
+            self.logger = RunLogger(self.work_dir, tensorboard=tensorboard, purge_step=purge)
             self._restore(state)
         else:
+            self.logger = RunLogger(self.work_dir, tensorboard=tensorboard, fresh=True)
             self.logger.truncate_after(-1)
 
+    def _demonstrations(self, cfg: CDREDConfig, demos, resume: bool) -> Demonstrations:
+        """The run's demonstrations; a fresh run writes them to ``demos.npz`` (replacing a file
+        left by an earlier run without a checkpoint), a resumed run reads them from there."""
+        demos_path = self.work_dir / "demos.npz"
+        if resume and demos_path.exists():  # the run's own demonstrations, already num_demos of them
+            saved = obtain_demonstrations(dataclasses.replace(cfg, num_demos=None), demos_path, self.env)
+            if demos is not None and not same_demonstrations(saved, obtain_demonstrations(cfg, demos, self.env)):
+                raise ConfigError(
+                    f"cannot resume {self.work_dir} with other demonstrations: the run trains on its {demos_path.name}, "
+                    f"which differs from {demos}; resume without --demos"
+                )
+            return saved
+        obtained = obtain_demonstrations(cfg, demos, self.env)
+        obtained.save(demos_path)
+        return obtained
+
     # ------------------------------------------------------------------ checkpoints
+    def _init_progress(self) -> None:
+        """The loop's bookkeeping, which a checkpoint records (see :meth:`_progress`)."""
+        cfg = self.cfg
+        self._stats: dict[str, list[float]] = defaultdict(list)
+        self._ep_returns: list[float] = []
+        self._next_log = self.step + self.log_freq
+        self._next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
+        self._next_save = (self.step // cfg.save_freq + 1) * cfg.save_freq if cfg.save_freq else None
+        self._pending = 0  # updates still due for the step self.step
+        self._resume_pending: Optional[int] = None  # a resumed run starts with these updates
+        self._evals_since_save = 0
+        self._last_save = time.monotonic()
+        self._in_episode = False  # between an episode's reset and its end
+        self._start: Optional[dict] = None  # the state at the start of the current episode
+        self._rng_before_eval: Optional[dict] = None
+
+    def _progress(self, pending: Optional[int] = None) -> dict:
+        return {
+            "pending_updates": int(self._pending if pending is None else pending),
+            "stats": {k: [float(x) for x in v] for k, v in self._stats.items()},
+            "episode_returns": [float(x) for x in self._ep_returns],
+            "next_log": int(self._next_log),
+            "next_eval": int(self._next_eval),
+            "next_save": None if self._next_save is None else int(self._next_save),
+            "log_rows": self.logger.row_counts(),
+        }
+
+    def _state(self) -> dict:
+        """The checkpoint of the current state (an evaluation under way: the random state before it)."""
+        rng = self._rng_before_eval or rng_state(self.rng)
+        return checkpoint_state(
+            self.cfg,
+            self.agent.state_dict(),
+            self.buffer.state_dict(),
+            self.step,
+            self.episode,
+            rng,
+            self._progress(),
+        )
+
     def save(self) -> None:
         """Write ``checkpoint.pt`` (see :mod:`cdred_fast.checkpoint`)."""
-        save_checkpoint(self.ckpt_path, self.cfg, self.agent, self.buffer, self.step, self.episode, self.rng)
+        write_checkpoint(self.ckpt_path, self._state())
+        self._evals_since_save = 0
+        self._last_save = time.monotonic()
+
+    def _interrupt_state(self) -> dict:
+        """The checkpoint an interruption writes: inside an episode, the state at its start
+        (the buffer has not changed since); otherwise the current state."""
+        if not self._in_episode or self._start is None:
+            return self._state()
+        start = self._start
+        agent_state = start["agent"] if start["agent"] is not None else self.agent.state_dict()
+        return checkpoint_state(
+            self.cfg,
+            agent_state,
+            self.buffer.state_dict(),
+            start["step"],
+            start["episode"],
+            start["rng"],
+            start["progress"],
+        )
+
+    def _mark_episode_start(self) -> None:
+        """Keep what :meth:`_interrupt_state` needs; the agent is copied only when it can be
+        updated during this episode."""
+        updates_possible = self.step + self.episode_length >= self.seed_steps
+        self._start = {
+            "agent": copy.deepcopy(self.agent.state_dict()) if updates_possible else None,
+            "rng": copy.deepcopy(rng_state(self.rng)),
+            "step": self.step,
+            "episode": self.episode,
+            "progress": self._progress(),
+        }
+
+    def _save_due(self) -> bool:
+        due = self._evals_since_save > 0
+        if self._next_save is not None and self.step >= self._next_save:
+            while self._next_save <= self.step:
+                self._next_save += self.cfg.save_freq
+            due = True
+        if self.save_interval_s is not None and time.monotonic() - self._last_save >= self.save_interval_s:
+            due = True
+        return due
 
     def _restore(self, state: dict) -> None:
-        self.agent.load_state_dict(state["agent"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.step, self.episode = int(state["step"]), int(state["episode"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        self.logger.truncate_after(self.step)
+        check_agent_state(self.agent, state["agent"], where=str(self.ckpt_path))
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.buffer.load_state_dict(state["buffer"])
+            self.step, self.episode = int(state["step"]), int(state["episode"])
+            set_rng_state(state["rng"], self.rng)
+        except Exception as exc:  # any malformed part: KeyError, ValueError, RuntimeError, IndexError, ...
+            raise CheckpointError(f"{self.ckpt_path} does not load into this run: {exc}") from exc
+        self._init_progress()
+        progress = state.get("progress") or {}
+        if "log_rows" in progress:
+            try:
+                rows = (int(progress["log_rows"]["train"]), int(progress["log_rows"]["eval"]))
+                self._stats = defaultdict(list, {k: [float(x) for x in v] for k, v in progress["stats"].items()})
+                self._ep_returns = [float(x) for x in progress["episode_returns"]]
+                self._next_log, self._next_eval = int(progress["next_log"]), int(progress["next_eval"])
+                if self.cfg.save_freq and progress["next_save"] is not None:
+                    self._next_save = int(progress["next_save"])
+                self._resume_pending = int(progress["pending_updates"])
+            except Exception as exc:
+                raise CheckpointError(f"{self.ckpt_path} has a malformed 'progress' record: {exc!r}") from exc
+            self.logger.keep_rows(*rows)
+        else:  # a checkpoint of format 1: taken at an episode boundary
+            self.logger.truncate_after(self.step)
 
     # ------------------------------------------------------------------ main loop
     def evaluate(self) -> dict[str, float]:
+        """Evaluate and log a row of eval.csv. A signal stops the evaluation at once; the
+        checkpoint then keeps the random state of before it, so it runs again the same way."""
         seed = self.cfg.seed + EVAL_SEED_OFFSET
-        result = evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=seed)
+        self._rng_before_eval = copy.deepcopy(rng_state(self.rng))
+        stop = getattr(self, "_signals", None)
+        with stop.immediate() if stop is not None else contextlib.nullcontext():
+            result = evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=seed)
         self.logger.log_eval(self.step, result)
+        self._rng_before_eval = None
+        self._evals_since_save += 1
         return result
 
     def _update(self) -> dict[str, float]:
@@ -291,105 +482,123 @@ class Trainer:
         expert = self.expert_buffer.sample(cfg.batch_size, cfg.horizon)
         return self.agent.update(behavioral, expert)
 
-    def _train_offline(self, bar) -> None:
-        """Updates until ``cfg.steps`` updates, with the logging, evaluation and checkpoint
-        intervals counted in updates (``steps_per_s`` of train.csv: updates per second)."""
-        cfg = self.cfg
-        stats: dict[str, list[float]] = defaultdict(list)
-        next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
-        next_save = (self.step // cfg.save_freq + 1) * cfg.save_freq if cfg.save_freq else math.inf
-        next_log = self.step + self.log_freq
-        interval_start, interval_step0 = time.time(), self.step
-        while self.step < cfg.steps:
+    def _after_step(self, updates: int, bar) -> None:
+        """The work after an environment step (offline methods: after counting an update):
+        ``updates`` updates (a signal stops between two), then the train.csv row and the
+        evaluation when they are due."""
+        self._pending = updates
+        while self._pending > 0:
             for k, v in self._update().items():
-                stats[k].append(v)
+                self._stats[k].append(v)
+            self._pending -= 1
+            self._signals.check()
+        if self.step >= self._next_log:
+            steps_per_s = (self.step - self._interval_step0) / max(time.time() - self._interval_start, 1e-9)
+            self.logger.log_train(self.step, self.episode, self._stats, self._ep_returns, steps_per_s)
+            self._stats, self._ep_returns = defaultdict(list), []
+            self._interval_start, self._interval_step0 = time.time(), self.step
+            self._next_log = self.step + self.log_freq
+        if self.step >= self._next_eval:
+            result = self.evaluate()
+            bar.set_postfix(success=result["success"], ret=round(result["episode_return"], 1))
+            self._next_eval += self.cfg.eval_freq
+        self._signals.check()
+
+    def _run_offline(self, bar) -> None:
+        """Offline methods (BC): ``steps`` counts updates, and the logging, evaluation and
+        checkpoint intervals count them too (``steps_per_s`` of train.csv: updates per second).
+        Every point between two updates is a resume point."""
+        while self.step < self.cfg.steps:
+            if self._save_due():
+                self.save()
+            self._signals.check()
             self.step += 1
             bar.update(1)
-            if self.step >= next_log:
-                rate = (self.step - interval_step0) / max(time.time() - interval_start, 1e-9)
-                self.logger.log_train(self.step, self.episode, stats, [], rate)
-                stats = defaultdict(list)
-                interval_start, interval_step0 = time.time(), self.step
-                next_log = self.step + self.log_freq
-            if self.step >= next_eval:
-                result = self.evaluate()
-                bar.set_postfix(success=result["success"], ret=round(result["episode_return"], 1))
-                next_eval += cfg.eval_freq
-            if self.step >= next_save:
-                self.save()
-                next_save += cfg.save_freq
+            self._after_step(1, bar)
 
-    def train(self) -> dict[str, Any]:
-        """Run until ``cfg.steps`` environment steps (offline methods: updates); returns the first and
-        last evaluations."""
-        from tqdm import tqdm
-
+    def _run(self, bar) -> None:
         cfg = self.cfg
+        if self._fresh:
+            self.save()  # step 0: a run killed from here on can be resumed
+            self._fresh = False
         if not self.logger.eval.rows:
             self.evaluate()  # "before": the untrained agent
-        stats: dict[str, list[float]] = defaultdict(list)
-        ep_returns: list[float] = []
-        next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
-        next_save = (self.step // cfg.save_freq + 1) * cfg.save_freq if cfg.save_freq else math.inf
-        next_log = self.step + self.log_freq
-        unit = "update" if self.offline else "step"
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit=unit, dynamic_ncols=True)
-        interval_start = time.time()
-        interval_step0 = self.step
-        try:
-            if self.offline:
-                self._train_offline(bar)
-            while not self.offline and self.step < cfg.steps:
-                # One episode. Each is reset with a seed derived from its index (deterministic resume).
-                obs, _ = self.env.reset(seed=cfg.seed * 1_000_003 + self.episode)
-                ep_obs, ep_act, ep_rew, ep_return, done, t = [obs], [], [], 0.0, False, 0
-                while not done and self.step < cfg.steps:
-                    if self.step < self.seed_steps:
-                        action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
-                    else:
-                        action = self.agent.act(obs, t0=t == 0).numpy()
-                    obs, reward, terminated, truncated, info = self.env.step(action)
-                    ep_obs.append(obs)
-                    ep_act.append(action)
-                    ep_rew.append(float(reward))
-                    ep_return += float(reward)
-                    done = terminated or truncated
-                    t += 1
-                    self.step += 1
-                    bar.update(1)
-                    if done:
-                        self.buffer.add_episode(np.stack(ep_obs), np.stack(ep_act), np.asarray(ep_rew, np.float32))
-                        self.episode += 1
-                        ep_returns.append(ep_return)
-                    # Updates: a burst of seed_steps at the end of seeding, then one per step.
-                    if self.step >= self.seed_steps and self.buffer.num_episodes > 0:
-                        n = self.seed_steps if self.step == self.seed_steps else 1
-                        for _ in range(n):
-                            for k, v in self._update().items():
-                                stats[k].append(v)
-                    if self.step >= next_log:
-                        steps_per_s = (self.step - interval_step0) / max(time.time() - interval_start, 1e-9)
-                        self.logger.log_train(self.step, self.episode, stats, ep_returns, steps_per_s)
-                        stats, ep_returns = defaultdict(list), []
-                        interval_start, interval_step0 = time.time(), self.step
-                        next_log = self.step + self.log_freq
-                    if self.step >= next_eval:
-                        result = self.evaluate()
-                        bar.set_postfix(success=result["success"], ret=round(result["episode_return"], 1))
-                        next_eval += cfg.eval_freq
-                    if self.step >= next_save and done:
-                        self.save()
-                        next_save += cfg.save_freq
-        except KeyboardInterrupt:
-            bar.close()
-            self.save()
-            self.logger.plot(self.cfg)
-            print(f"\ninterrupted at step {self.step}: checkpoint saved to {self.ckpt_path} (resume with --resume)")
-            raise
-        bar.close()
+        if self._resume_pending is not None:  # resumed inside the work that follows an episode's end
+            pending, self._resume_pending = self._resume_pending, None
+            self._after_step(pending, bar)
+        if self.offline:
+            self._run_offline(bar)
+        while not self.offline and self.step < cfg.steps:
+            if self._save_due():
+                self.save()
+            self._signals.check()
+            self._mark_episode_start()
+            self._in_episode = True
+            # One episode. Each is reset with a seed derived from its index (deterministic resume).
+            obs, _ = self.env.reset(seed=cfg.seed * 1_000_003 + self.episode)
+            ep_obs, ep_act, ep_rew, ep_return, done, t = [obs], [], [], 0.0, False, 0
+            while not done and self.step < cfg.steps:
+                if self.step < self.seed_steps:
+                    action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+                else:
+                    action = self.agent.act(obs, t0=t == 0).numpy()
+                obs, reward, terminated, truncated, info = self.env.step(action)
+                ep_obs.append(obs)
+                ep_act.append(action)
+                ep_rew.append(float(reward))
+                ep_return += float(reward)
+                done = terminated or truncated
+                t += 1
+                self.step += 1
+                bar.update(1)
+                if done:
+                    self.buffer.add_episode(np.stack(ep_obs), np.stack(ep_act), np.asarray(ep_rew, np.float32))
+                    self.episode += 1
+                    self._ep_returns.append(ep_return)
+                    self._in_episode = False  # from here the current state is a resume point
+                # Updates: a burst of seed_steps at the end of seeding, then one per step.
+                n = 0
+                if self.step >= self.seed_steps and self.buffer.num_episodes > 0:
+                    n = self.seed_steps if self.step == self.seed_steps else 1
+                self._after_step(n, bar)
         if not self.logger.eval.rows or float(self.logger.eval.rows[-1]["step"]) < self.step:
             self.evaluate()  # "after"
         self.save()
+
+    def train(self) -> dict[str, Any]:
+        """Run until ``cfg.steps`` environment steps (offline methods: updates); returns the first and
+        last evaluations.
+
+        SIGINT / SIGTERM write a checkpoint at a consistent point (see the module docstring)
+        and raise ``KeyboardInterrupt``; :attr:`stopped_by` is then the signal number.
+        """
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.stopped_by: Optional[int] = None
+        unit = "update" if self.offline else "step"
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit=unit, dynamic_ncols=True)
+        self._interval_start, self._interval_step0 = time.time(), self.step
+        with StopSignals() as self._signals:
+            try:
+                self._run(bar)
+            except KeyboardInterrupt as exc:
+                bar.close()
+                self.stopped_by = self._signals.signum or 2
+                if isinstance(exc, ForcedStop):
+                    print(f"\nstopped at step {self.step} without writing a checkpoint (the last one stays)")
+                    raise
+                state = self._interrupt_state()
+                write_checkpoint(self.ckpt_path, state)
+                self.logger.flush()
+                print(
+                    f"\ninterrupted at step {self.step}: checkpoint of step {state['step']} saved to "
+                    f"{self.ckpt_path} (resume with --resume)"
+                )
+                raise
+            finally:
+                self._signals = None
+        bar.close()
         png = self.logger.plot(self.cfg)
         first, last = self.logger.eval.rows[0], self.logger.eval.rows[-1]
         self.logger.flush()
@@ -404,6 +613,8 @@ class Trainer:
 
 __all__ = [
     "COLLECT_SEED_OFFSET",
+    "RUN_FILES",
+    "check_episode_fit",
     "EVAL_SEED_OFFSET",
     "Trainer",
     "evaluate",

@@ -46,3 +46,40 @@ def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
     (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(ValueError, match="trunc.pt"):
         load_checkpoint(tmp_path / "trunc.pt")
+
+
+def test_atomic_write_mode_and_stale_temporaries(tmp_path):
+    from cdred_fast.checkpoint import remove_stale_temporaries
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "demos.npz", b"x")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    stale = [tmp_path / ".checkpoint.pt.k3j2.tmp", tmp_path / ".train.csv.a1.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    (tmp_path / ".other.tmp").write_bytes(b"not ours")
+    assert sorted(remove_stale_temporaries(tmp_path, ["checkpoint.pt", "train.csv"])) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == [".other.tmp", "demos.npz"]
+
+
+def test_checkpoint_crc_and_dtype_checks(tmp_path):
+    from cdred_fast.checkpoint import check_state_dict
+    from cdred_fast.errors import CheckpointError
+
+    state = {"format": 2, "config": {}, "agent": {"model": {"w": torch.ones(64)}}, "buffer": {}, "rng": {}}
+    torch.save({**state, "step": 0, "episode": 0}, tmp_path / "c.pt")
+    good = load_checkpoint(tmp_path / "c.pt")
+    data = bytearray((tmp_path / "c.pt").read_bytes())
+    i = data.index(torch.ones(64).numpy().tobytes())
+    data[i + 5] ^= 0x01  # one bit of one weight
+    (tmp_path / "c.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="CRC-32"):
+        load_checkpoint(tmp_path / "c.pt")
+    check_state_dict(good["agent"]["model"], {"w": torch.zeros(64)}, "model")
+    with pytest.raises(CheckpointError, match="torch.int64"):
+        check_state_dict(good["agent"]["model"], {"w": torch.zeros(64, dtype=torch.int64)}, "model")
+    with pytest.raises(CheckpointError, match="NaN"):
+        check_state_dict(good["agent"]["model"], {"w": torch.full((64,), float("nan"))}, "model")
