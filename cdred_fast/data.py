@@ -47,6 +47,7 @@ containers and nothing else, so a malicious file cannot run code.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ __all__ = [
     "DemonstrationError",
     "Demonstrations",
     "load",
+    "first_episodes",
+    "same_demonstrations",
     "summary",
 ]
 
@@ -453,6 +456,28 @@ def _scalar(data: dict, key: str, where: str, kind) -> Any:
 def load(path, task=None, obs_dim=None, action_dim=None, obs_shape=None) -> Demonstrations:
     """Shorthand for :meth:`Demonstrations.load`."""
     return Demonstrations.load(path, task=task, obs_dim=obs_dim, action_dim=action_dim, obs_shape=obs_shape)
+
+
+# --------------------------------------------------------------------------- subsets and comparison
+
+
+def first_episodes(demos: Demonstrations, n: Optional[int], source: str = "the demonstration set") -> Demonstrations:
+    """The first ``n`` episodes of ``demos`` (all of them when ``n`` is None): the paper's ablation
+    with fewer demonstrations takes the first N episodes of a file (SPEC section 7)."""
+    if n is None or n == demos.num_episodes:
+        return demos
+    if n > demos.num_episodes:
+        raise ValueError(f"num_demos={n} asks for more episodes than {source} holds ({demos.num_episodes})")
+    return Demonstrations.from_episodes(list(itertools.islice(demos.episodes(), n)), task=demos.task)
+
+
+def same_demonstrations(a: Demonstrations, b: Demonstrations) -> bool:
+    """Whether two demonstration sets hold the same episodes (arrays equal)."""
+    for name in ("obs", "action", "reward", "next_obs", "episode_lengths", "success"):
+        x, y = getattr(a, name), getattr(b, name)
+        if x.shape != y.shape or not np.array_equal(x, y):
+            return False
+    return a.task == b.task
 
 
 # --------------------------------------------------------------------------- summary

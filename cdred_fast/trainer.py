@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import itertools
 import os
 import time
 from collections import defaultdict
@@ -78,7 +77,7 @@ from .checkpoint import (
 )
 from .collect import collect
 from .config import CDREDConfig
-from .data import Demonstrations
+from .data import Demonstrations, first_episodes, same_demonstrations
 from .envs import has_scripted_policy, make, scripted_policy
 from .errors import CheckpointError, ConfigError, NoCheckpointError, RunDirError
 from .interrupts import ForcedStop, StopSignals
@@ -154,14 +153,6 @@ def _evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, flo
 
 
 # --------------------------------------------------------------------------- demonstrations
-def first_episodes(demos: Demonstrations, n: Optional[int], source: str = "the demonstration set") -> Demonstrations:
-    """The first ``n`` episodes of ``demos`` (all of them when ``n`` is None): the paper's ablation
-    with fewer demonstrations takes the first N episodes of a file (SPEC section 7)."""
-    if n is None or n == demos.num_episodes:
-        return demos
-    if n > demos.num_episodes:
-        raise ValueError(f"num_demos={n} asks for more episodes than {source} holds ({demos.num_episodes})")
-    return Demonstrations.from_episodes(list(itertools.islice(demos.episodes(), n)), task=demos.task)
 
 
 def obtain_demonstrations(cfg: CDREDConfig, demos: Optional[str | os.PathLike | Demonstrations], env) -> Demonstrations:
@@ -201,20 +192,11 @@ def check_episode_fit(cfg: CDREDConfig, episode_length: int) -> None:
             f"horizon={cfg.horizon} is longer than the episodes of {cfg.task} ({episode_length} steps): "
             f"no sub-trajectory of {cfg.horizon} transitions fits; use horizon <= {episode_length}"
         )
-    if cfg.buffer_size < episode_length:
+    if cfg.buffer_size is not None and cfg.buffer_size < episode_length:  # None: the method's default
         raise ConfigError(
             f"buffer_size={cfg.buffer_size} is below the episode length of {cfg.task} ({episode_length}): "
             f"an episode does not fit the buffer; use buffer_size >= {episode_length}"
         )
-
-
-def same_demonstrations(a: Demonstrations, b: Demonstrations) -> bool:
-    """Whether two demonstration sets hold the same episodes (arrays equal)."""
-    for name in ("obs", "action", "reward", "next_obs", "episode_lengths", "success"):
-        x, y = getattr(a, name), getattr(b, name)
-        if x.shape != y.shape or not np.array_equal(x, y):
-            return False
-    return a.task == b.task
 
 
 # --------------------------------------------------------------------------- the trainer
