@@ -28,6 +28,7 @@ Gradient norms (the layout of the paper's Table 6), from ``train.csv``: per run 
 of ``grad_norm_release`` over training (its interval means weighted by ``updates``) and
 the largest ``grad_norm_release_max``; per group the mean over seeds of the run means and
 the largest run maximum. The same for ``grad_norm`` (the world-model optimiser's norm).
+An infinite norm is kept (the mean and max read inf); NaN rows are left out and counted.
 
 A run without evaluations is listed as "no evaluations"; a malformed file stops the
 report with an error naming the file (and line). ``report.md``, ``report.json`` (the
@@ -40,6 +41,7 @@ import csv
 import inspect
 import io
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -119,6 +121,13 @@ class Table:
             except ValueError:
                 raise ReportError(f"{self.path}, line {number}: column {key!r} is not a number: {cell!r}") from None
         return out
+
+    def filled(self, key: str) -> np.ndarray:
+        """Whether each row has a (non-empty) cell in the column."""
+        if key not in self.header:
+            return np.zeros(len(self.rows), bool)
+        j = self.header.index(key)
+        return np.array([bool(row[j].strip()) for _, row in self.rows], bool)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of the rows where ``key`` is a number; for a repeated step
@@ -201,20 +210,26 @@ def _plain(value) -> str:
 
 def bootstrap_ci(
     values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (two or more; scipy, fixed seed)."""
+) -> tuple:
+    """Percentile bootstrap interval of the mean of ``values`` (scipy, fixed seed).
+
+    ``values``: two or more numbers, giving two floats; or a 2-D array, one sample per
+    row, giving two arrays (one call for many intervals)."""
     from scipy.stats import bootstrap
 
     x = np.asarray(values, dtype=float)
-    if len(x) < 2:
+    if x.shape[-1] < 2:
         raise ValueError("a bootstrap interval needs two or more values")
-    if np.all(x == x[0]):
+    if x.ndim == 1 and np.all(x == x[0]):
         return float(x[0]), float(x[0])
     rng = np.random.default_rng(seed)
     # scipy >= 1.15 takes `rng`, older releases `random_state`
     seeding = {"rng": rng} if "rng" in inspect.signature(bootstrap).parameters else {"random_state": rng}
-    res = bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile", **seeding)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    res = bootstrap(
+        (x,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile", axis=-1, **seeding
+    )
+    low, high = res.confidence_interval.low, res.confidence_interval.high
+    return (float(low), float(high)) if x.ndim == 1 else (np.asarray(low), np.asarray(high))
 
 
 def describe(values, n_resamples: int = N_RESAMPLES) -> Optional[dict]:
@@ -237,21 +252,24 @@ def _final_best(run: Run, key: str) -> Optional[tuple[float, float]]:
     return (float(values[-1]), float(values.max())) if len(values) else None
 
 
-def _grad_stats(run: Run, key: str) -> Optional[tuple[float, float]]:
-    """(mean over training, max) of ``key`` in ``train.csv``; means weighted by ``updates``."""
+def _grad_stats(run: Run, key: str) -> Optional[tuple[float, float, int]]:
+    """(mean over training, max, rows logged as NaN) of ``key`` in ``train.csv``; means
+    weighted by ``updates``. An infinite norm is kept (the mean and max become inf); NaN
+    rows are left out of both and counted."""
     if run.train is None or not len(run.train):
         return None
     means, maxima = run.train.column(key), run.train.column(f"{key}_max")
-    weights = run.train.column("updates")
-    ok = np.isfinite(means)
+    logged = run.train.filled(key)
+    ok = logged & ~np.isnan(means)
+    nan_rows = int((logged & np.isnan(means)).sum())
     if not ok.any():
-        return None
-    w = weights[ok]
-    if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        return (math.nan, math.nan, nan_rows) if nan_rows else None
+    w = run.train.column("updates")[ok]
+    if not (np.isfinite(w).all() and (w > 0).all()):
         w = np.ones(ok.sum())
-    peak = maxima[np.isfinite(maxima)]
+    peak = maxima[~np.isnan(maxima)]
     top = float(peak.max()) if len(peak) else float(means[ok].max())
-    return float(np.average(means[ok], weights=w)), top
+    return float(np.average(means[ok], weights=w)), top, nan_rows
 
 
 def _method_key(method: str) -> tuple:
@@ -288,7 +306,12 @@ def summarize(runs: list[Run], n_resamples: int = N_RESAMPLES) -> list[dict]:
         for key in ("grad_norm_release", "grad_norm"):
             stats = [s for s in (_grad_stats(r, key) for r in members) if s is not None]
             entry["grad_norm"][key] = (
-                {"mean": float(np.mean([s[0] for s in stats])), "max": max(s[1] for s in stats), "n": len(stats)}
+                {
+                    "mean": float(np.mean([s[0] for s in stats])),
+                    "max": float(np.max([s[1] for s in stats])),
+                    "n": len(stats),
+                    "nan_rows": sum(s[2] for s in stats),
+                }
                 if stats
                 else None
             )
@@ -310,7 +333,11 @@ def learning_curve(runs: list[Run], key: str, n_resamples: int = CURVE_RESAMPLES
     n = np.isfinite(ys).sum(axis=0)
     mean = np.array([ys[np.isfinite(ys[:, j]), j].mean() for j in range(len(grid))])
     low, high = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
-    for j in np.flatnonzero(n >= 2):
+    # the steps every run covers: one batched call; the others (runs of unequal length) one by one
+    full = n == len(series)
+    if len(series) >= 2 and full.any():
+        low[full], high[full] = bootstrap_ci(ys[:, full].T, n_resamples=n_resamples)
+    for j in np.flatnonzero((n >= 2) & ~full):
         low[j], high[j] = bootstrap_ci(ys[np.isfinite(ys[:, j]), j], n_resamples=n_resamples)
     return {"steps": grid, "mean": mean, "low": low, "high": high, "n": n}
 

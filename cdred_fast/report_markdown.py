@@ -138,7 +138,8 @@ def _grad_section(groups: list[dict]) -> list[str]:
             for s in ("mean", "max"):
                 for c in columns:
                     stats = cells.get((task, _label(c)))
-                    row.append(_num(stats[s], "grad") if stats else "—")
+                    nan = f" ({stats['nan_rows']} NaN rows)" if stats and stats["nan_rows"] else ""
+                    row.append(_num(stats[s], "grad") + nan if stats else "—")
             ns = [str(cells[(task, _label(c))]["n"]) for c in columns if cells.get((task, _label(c)))]
             rows.append(row + ["/".join(ns)])
         lines += [f"### {title}", "", *_table(header, rows), ""]

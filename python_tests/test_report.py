@@ -118,11 +118,21 @@ def test_gradient_norm_table(sweep):
     md = write_report(sweep).read_text()
     gn = group(json.loads((sweep / "report.json").read_text()), "cheetah-run", "iqmpc")["grad_norm"]
     # seed 1: (2*10 + 4*30) / 40 = 3.5, max 9; seed 2: 1.0, max 20 -> mean 2.25, max 20
-    assert gn["grad_norm_release"] == {"mean": pytest.approx(2.25), "max": 20.0, "n": 2}
-    assert gn["grad_norm"] == {"mean": pytest.approx(1.125), "max": 10.0, "n": 2}
+    assert gn["grad_norm_release"] == {"mean": pytest.approx(2.25), "max": 20.0, "n": 2, "nan_rows": 0}
+    assert gn["grad_norm"] == {"mean": pytest.approx(1.125), "max": 10.0, "n": 2, "nan_rows": 0}
     assert "| cheetah-run | 2.25 | 20 | 2 |" in md
     # Table 6 next to ours: the paper's 131.7 / 2342.6 beside our 2.25 / 20
     assert "| cheetah-run | 131.7 | 2.25 | 0.34 | — | 2342.6 | 20 | 3.1 | — |" in md
+
+
+def test_gradient_norm_inf_and_nan(tmp_path):
+    """A diverged norm (inf) shows as inf; NaN rows are left out and counted."""
+    make_run(tmp_path / "a", "hopper-hop", "iqmpc", 1, train=[(100, 2.0, 4.0, 10), (200, math.nan, math.nan, 10)])
+    make_run(tmp_path / "b", "hopper-hop", "iqmpc", 2, train=[(100, 1.0, 3.0, 10), (200, math.inf, math.inf, 10)])
+    md = write_report(tmp_path).read_text()
+    gn = group(json.loads((tmp_path / "report.json").read_text()), "hopper-hop", "iqmpc")["grad_norm"]
+    assert gn["grad_norm_release"]["mean"] == math.inf and gn["grad_norm_release"]["nan_rows"] == 1
+    assert "| hopper-hop | inf (1 NaN rows) | inf (1 NaN rows) | 2 |" in md
 
 
 def test_paper_numbers_appear(sweep):
