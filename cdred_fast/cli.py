@@ -494,5 +494,18 @@ def tasks() -> None:
         )
 
 
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def report(directory) -> None:
+    """Write DIRECTORY/report.md (+ report.json, curves_<task>.png) from every run under it."""
+    from .report import ReportError, write_report
+
+    try:
+        path = write_report(directory)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()
