@@ -193,7 +193,7 @@ def test_fresh_run_replaces_what_a_run_without_checkpoint_left(tmp_path):
     (run / "tb" / "events.out.tfevents.old").write_bytes(b"")
     given = demos(2)
     given.save(tmp_path / "given.npz")
-    cfg = CDREDConfig(**{**CONFIG, "steps": 100})
+    cfg = CDREDConfig(**{**CONFIG, "steps": 100, "num_demos": None})  # every episode of the given file
     trainer = Trainer(cfg, run, demos=tmp_path / "given.npz", progress=False)
     saved = Demonstrations.load(run / "demos.npz")
     assert (saved.action == given.action).all() and (trainer.demos.action == given.action).all()
