@@ -16,8 +16,8 @@ import time
 import torch
 
 from cdred_fast import CDREDAgent, CDREDConfig
-from cdred_fast.config import matmul_precision
 from cdred_fast.planner import trajectory_value
+from cdred_fast.precision import matmul_precision
 
 OBS_DIM, ACT_DIM = 39, 6
 

@@ -35,9 +35,10 @@ import torch
 from torch import Tensor
 
 from . import methods
-from .config import CDREDConfig, matmul_precision
+from .config import CDREDConfig
 from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
+from .precision import matmul_precision
 from .world_model import WorldModel
 
 

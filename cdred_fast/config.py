@@ -18,14 +18,11 @@ is decided by :func:`cdred_fast.ops.resolve_impl`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
-
-import torch
 
 from .ops import IMPLS as KERNEL_CHOICES
 from .reference import DEFAULT_EPS, G_FUNCTIONS
@@ -34,23 +31,6 @@ OBS_CHOICES = ("state", "rgb")
 METHOD_CHOICES = ("cdred", "tdmpc2", "iqmpc", "bc")
 REWARD_INPUT_CHOICES = ("latent", "obs")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-
-
-@contextlib.contextmanager
-def matmul_precision(precision: str):
-    """Run a block with ``torch.set_float32_matmul_precision(precision)``, then restore the
-    previous setting (see ``CDREDConfig.matmul_precision``)."""
-    if precision not in MATMUL_PRECISIONS:
-        raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
-    previous = torch.get_float32_matmul_precision()
-    if previous == precision:
-        yield
-        return
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def conv_output_size(image_size: int) -> int:

@@ -12,8 +12,9 @@ import torch
 from testing_utils import BF16_PROBE_THRESHOLD, BF16_UNIT_ROUNDOFF, cpu_bf16_features, medium_matmul_error
 
 from cdred_fast.agent import CDREDAgent, RunningScale
-from cdred_fast.config import CDREDConfig, matmul_precision
+from cdred_fast.config import CDREDConfig
 from cdred_fast.planner import trajectory_value
+from cdred_fast.precision import matmul_precision
 
 OBS, ACT, B, H = 6, 2, 8, 3
 UPDATE_KEYS = {

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cdred_fast import ops
-from cdred_fast.config import matmul_precision
+from cdred_fast.precision import matmul_precision
 
 
 def cuda_skip_reason(need_kernels: bool = True) -> str:

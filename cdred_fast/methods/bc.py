@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..config import matmul_precision
+from ..precision import matmul_precision
 from .common import Method
 
 #: Expert actions are clamped to ``[-ACTION_BOUND, ACTION_BOUND]`` before ``atanh`` (SPEC section 7:
