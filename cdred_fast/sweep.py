@@ -101,6 +101,19 @@ def trial_name(values: dict) -> str:
     return name
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml12_float(value: Any) -> Any:
+    """``1e-3`` as the float YAML 1.2 (and OmegaConf, as in ``train``) reads it; ``yaml.safe_load``
+    (YAML 1.1) leaves it a string. Lists element by element; other values unchanged."""
+    if isinstance(value, list):
+        return [_yaml12_float(v) for v in value]
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+        return float(value)
+    return value
+
+
 def _check_keys(keys, where: str, source: str) -> None:
     known = set(CDREDConfig.field_names()) | set(EXTRA_KEYS)
     for key in keys:
@@ -131,6 +144,8 @@ def plan_trials(spec: Any, source: str = "the sweep file", root: str | os.PathLi
     grid = dict(spec.get("grid") or {})
     if not isinstance(spec.get("base") or {}, dict) or not isinstance(spec.get("grid") or {}, dict):
         raise SweepError(f"{source}: 'base' and 'grid' must be mappings of field: value")
+    base = {k: v if k == "demos" else _yaml12_float(v) for k, v in base.items()}
+    grid = {k: v if k == "demos" else _yaml12_float(v) for k, v in grid.items()}
     preset = base.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         raise SweepError(f"{source}: base: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -350,8 +365,6 @@ def _init_ray(address: Optional[str], cpus_per_trial: int, gpus_per_trial: float
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
         cores = os.cpu_count() or 1
-        if cpus_per_trial > cores:
-            raise SweepError(f"--cpus-per-trial {cpus_per_trial} is more than this machine's {cores} cores")
         # The trials' Ray workers import cdred_fast from where this process does.
         env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         ray.init(
@@ -401,6 +414,8 @@ def run_sweep(
     spec, trials = load_sweep(sweep_file)
     if cpus_per_trial < 1 or gpus_per_trial < 0:
         raise SweepError("--cpus-per-trial must be >= 1 and --gpus-per-trial >= 0")
+    if not address and cpus_per_trial > (os.cpu_count() or 1):
+        raise SweepError(f"--cpus-per-trial {cpus_per_trial} is more than this machine's {os.cpu_count()} cores")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sweep_lock = os.open(out / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)

@@ -66,6 +66,10 @@ def test_cli_refuses_an_invalid_sweep_before_starting_anything(tmp_path):
     assert result.exit_code == 1
     assert "trial method=bcc" in result.output and "method" in result.output
     assert not (tmp_path / "out").exists()
+    path = _write(tmp_path, {"base": {"task": "mw-reach"}, "grid": {"method": ["cdred"]}})
+    result = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out"), "--cpus-per-trial", "9999"])
+    assert result.exit_code == 1 and "--cpus-per-trial 9999 is more than this machine's" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_plan_merges_preset_base_and_grid(tmp_path):
@@ -78,6 +82,9 @@ def test_plan_merges_preset_base_and_grid(tmp_path):
     assert t.values == {"seed": 2, "zeta": 1.0} and t.steps == 500 and t.demos == str(demos.resolve())
     assert t.overrides["latent_dim"] == 64 and t.overrides["steps"] == 500 and t.overrides["seed"] == 2
     assert t.overrides["rnd_target_hidden"] == [64, 64] and "demos" not in t.overrides
+    # 1e-3 is a float, as in `train lr=1e-3` (yaml.safe_load alone reads a string)
+    (t,) = plan_trials(yaml.safe_load("base: {pi_lr: 1e-4}\ngrid: {lr: [1e-3]}"))
+    assert t.name == "lr=0.001" and t.overrides["lr"] == 0.001 and t.overrides["pi_lr"] == 1e-4
 
 
 # --------------------------------------------------------------------------- trial names
@@ -121,15 +128,18 @@ def _sweep_cmd(path, out):
 @pytest.mark.slow
 def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path):
     pytest.importorskip("ray")
-    path = _write(tmp_path, {"base": TINY_RUN, "grid": {"method": ["cdred", "bc"], "seed": [1, 2]}})
+    # 500 steps: a CDRED trial has 300 steps of planning left after its checkpoint at step 200
+    # (a BC trial's 500 updates take a second or two).
+    base = {**TINY_RUN, "steps": 500, "eval_freq": 500}
+    path = _write(tmp_path, {"base": base, "grid": {"method": ["cdred", "bc"], "seed": [1, 2]}})
     out = tmp_path / "out"
     names = [t.name for t in plan_trials(yaml.safe_load(path.read_text()))]
     proc = subprocess.Popen(_sweep_cmd(path, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Interrupt once some trial has finished and another has a checkpoint but has not finished.
+    # Interrupt once some trial has finished and a CDRED trial has a checkpoint but has not finished.
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        done = [n for n in names if is_finished(out / n, 300)]
-        midway = [n for n in names if n not in done and (out / n / "checkpoint.pt").is_file()]
+        done = [n for n in names if is_finished(out / n, 500)]
+        midway = [n for n in names if "cdred" in n and n not in done and (out / n / "checkpoint.pt").is_file()]
         if done and midway:
             break
         time.sleep(0.2)
@@ -140,7 +150,7 @@ def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path):
     assert "interrupted" in first and "run the same command again" in first
 
     manifest = json.loads((out / "sweep.json").read_text())
-    finished = [n for n in names if is_finished(out / n, 300)]
+    finished = [n for n in names if is_finished(out / n, 500)]
     unfinished = [n for n in names if n not in finished]
     assert finished and unfinished
     assert {n for n, e in manifest["trials"].items() if e["status"] == "finished"} == set(finished)
@@ -163,7 +173,7 @@ def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path):
     assert all(e["status"] == "finished" and e["returncode"] == 0 for e in manifest["trials"].values())
     for n in names:
         rows = (out / n / "train.csv").read_text().splitlines()
-        assert rows[-1].split(",")[0] == "300" and is_finished(out / n, 300)
+        assert rows[-1].split(",")[0] == "500" and is_finished(out / n, 500)
 
     third = subprocess.run(_sweep_cmd(path, out), capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and "4 finished already, 0 to resume, 0 to start" in third.stdout
