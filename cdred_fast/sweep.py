@@ -353,8 +353,9 @@ def progress_line(status: dict) -> str:
     return line + (f", {c['interrupted']} interrupted" if c["interrupted"] else "")
 
 
-def _init_ray(address: Optional[str], cpus_per_trial: int, gpus_per_trial: float, echo: Callable[[str], None]):
-    """Connect to the cluster at ``address``, or start a local Ray with this machine's cores."""
+def _init_ray(address, cpus_per_trial, gpus_per_trial, num_cpus, echo: Callable[[str], None]):
+    """Connect to the cluster at ``address``, or start a local Ray with ``num_cpus`` cores (default:
+    this machine's)."""
     import logging
 
     try:
@@ -364,11 +365,10 @@ def _init_ray(address: Optional[str], cpus_per_trial: int, gpus_per_trial: float
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        cores = os.cpu_count() or 1
         # The trials' Ray workers import cdred_fast from where this process does.
         env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         ray.init(
-            num_cpus=cores,
+            num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,
@@ -407,15 +407,18 @@ def run_sweep(
     gpus_per_trial: float = 0.0,
     echo: Callable[[str], None] = print,
     poll_s: float = 1.0,
+    num_cpus: Optional[int] = None,
 ) -> int:
     """Run (or continue) the sweep of ``sweep_file`` in ``out``; returns the exit status
-    (0: every trial finished, 1: some failed, 130: interrupted)."""
+    (0: every trial finished, 1: some failed, 130: interrupted). ``num_cpus``: the cores of a
+    local Ray (default: all of this machine's)."""
     sweep_file = Path(sweep_file).resolve()
     spec, trials = load_sweep(sweep_file)
     if cpus_per_trial < 1 or gpus_per_trial < 0:
         raise SweepError("--cpus-per-trial must be >= 1 and --gpus-per-trial >= 0")
-    if not address and cpus_per_trial > (os.cpu_count() or 1):
-        raise SweepError(f"--cpus-per-trial {cpus_per_trial} is more than this machine's {os.cpu_count()} cores")
+    cores = num_cpus or os.cpu_count() or 1
+    if not address and cpus_per_trial > cores:
+        raise SweepError(f"--cpus-per-trial {cpus_per_trial} is more than this machine's {cores} cores")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sweep_lock = os.open(out / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -424,12 +427,14 @@ def run_sweep(
             fcntl.flock(sweep_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SweepError(f"another sweep is running in {out}") from None
-        return _run(sweep_file, spec, trials, out, address, cpus_per_trial, gpus_per_trial, echo, poll_s)
+        resources = (address, cpus_per_trial, gpus_per_trial, num_cpus)
+        return _run(sweep_file, spec, trials, out, resources, echo, poll_s)
     finally:
         os.close(sweep_lock)
 
 
-def _run(sweep_file, spec, trials, out, address, cpus_per_trial, gpus_per_trial, echo, poll_s) -> int:
+def _run(sweep_file, spec, trials, out, resources, echo, poll_s) -> int:
+    address, cpus_per_trial, gpus_per_trial, num_cpus = resources
     status = {}
     for t in trials:
         folder = out / t.name
@@ -447,7 +452,7 @@ def _run(sweep_file, spec, trials, out, address, cpus_per_trial, gpus_per_trial,
         echo(progress_line(status))
         return 0
 
-    ray = _init_ray(address, cpus_per_trial, gpus_per_trial, echo)
+    ray = _init_ray(address, cpus_per_trial, gpus_per_trial, num_cpus, echo)
     attempt = uuid.uuid4().hex
     device = "cuda" if gpus_per_trial > 0 else "cpu"
     task = ray.remote(execute_trial)

@@ -122,23 +122,27 @@ def _snapshot(folder):
 
 
 def _sweep_cmd(path, out):
-    return [sys.executable, "-m", "cdred_fast.cli", "sweep", str(path), "--out", str(out), "--cpus-per-trial", "1"]
+    return [sys.executable, "-m", "cdred_fast.cli", "sweep", str(path), "--out", str(out)]
+
+
+# The sweep in a process of its own, on a local Ray of one core: one trial at a time, so that
+# the second CDRED trial to run is midway while an earlier trial has finished.
+ONE_AT_A_TIME = "import sys; from cdred_fast.sweep import run_sweep; sys.exit(run_sweep(sys.argv[1], sys.argv[2], num_cpus=1, poll_s=0.2))"
 
 
 @pytest.mark.slow
 def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path):
     pytest.importorskip("ray")
-    # 500 steps: a CDRED trial has 300 steps of planning left after its checkpoint at step 200
-    # (a BC trial's 500 updates take a second or two).
-    base = {**TINY_RUN, "steps": 500, "eval_freq": 500}
-    path = _write(tmp_path, {"base": base, "grid": {"method": ["cdred", "bc"], "seed": [1, 2]}})
+    path = _write(tmp_path, {"base": TINY_RUN, "grid": {"method": ["cdred", "bc"], "seed": [1, 2]}})
     out = tmp_path / "out"
     names = [t.name for t in plan_trials(yaml.safe_load(path.read_text()))]
-    proc = subprocess.Popen(_sweep_cmd(path, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Interrupt once some trial has finished and a CDRED trial has a checkpoint but has not finished.
+    cmd = [sys.executable, "-c", ONE_AT_A_TIME, str(path), str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Interrupt once some trial has finished and a CDRED trial has its first checkpoint (step 100;
+    # 200 updates and 100 planned steps to go).
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        done = [n for n in names if is_finished(out / n, 500)]
+        done = [n for n in names if is_finished(out / n, 300)]
         midway = [n for n in names if "cdred" in n and n not in done and (out / n / "checkpoint.pt").is_file()]
         if done and midway:
             break
@@ -150,7 +154,7 @@ def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path):
     assert "interrupted" in first and "run the same command again" in first
 
     manifest = json.loads((out / "sweep.json").read_text())
-    finished = [n for n in names if is_finished(out / n, 500)]
+    finished = [n for n in names if is_finished(out / n, 300)]
     unfinished = [n for n in names if n not in finished]
     assert finished and unfinished
     assert {n for n, e in manifest["trials"].items() if e["status"] == "finished"} == set(finished)
@@ -173,7 +177,7 @@ def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path):
     assert all(e["status"] == "finished" and e["returncode"] == 0 for e in manifest["trials"].values())
     for n in names:
         rows = (out / n / "train.csv").read_text().splitlines()
-        assert rows[-1].split(",")[0] == "500" and is_finished(out / n, 500)
+        assert rows[-1].split(",")[0] == "300" and is_finished(out / n, 300)
 
     third = subprocess.run(_sweep_cmd(path, out), capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and "4 finished already, 0 to resume, 0 to start" in third.stdout
