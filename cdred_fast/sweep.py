@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -254,8 +255,6 @@ def execute_trial(trial: Trial, trial_dir: str, attempt: str, threads: int, devi
             for leftover in RUN_FILES:
                 path = folder / leftover
                 if path.is_dir():
-                    import shutil
-
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
@@ -456,14 +455,11 @@ def _run(sweep_file, spec, trials, out, resources, echo, poll_s) -> int:
     attempt = uuid.uuid4().hex
     device = "cuda" if gpus_per_trial > 0 else "cpu"
     task = ray.remote(execute_trial)
-    refs = {
-        task.options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=0, name=t.name).remote(
-            t, str(out / t.name), attempt, cpus_per_trial, device
-        ): t
-        for t in todo
-    }
-    interrupted, last = False, ""
+    refs, interrupted, last = {}, False, ""
     try:
+        for t in todo:
+            options = dict(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=0, name=t.name)
+            refs[task.options(**options).remote(t, str(out / t.name), attempt, cpus_per_trial, device)] = t
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=poll_s)
             for ref in ready:
