@@ -472,7 +472,8 @@ def _run(sweep_file, spec, trials, out, resources, echo, poll_s) -> int:
                     entry.update(status="failed", returncode=None, error=str(exc)[-2000:])
                 if entry["status"] != "finished":
                     echo(f"trial {t.name} {entry['status']} (exit {entry['returncode']}); log {entry['log']}:")
-                    echo("\n".join("    " + line for line in log_tail(entry["log"]).splitlines()))
+                    tail = log_tail(entry["log"]) or "\n".join(entry.get("error", "").splitlines()[-8:])
+                    echo("\n".join("    " + line for line in tail.splitlines()))
             for t in refs.values():  # a trial is running once its task has taken its folder
                 try:
                     started = (out / t.name / ATTEMPT_FILE).read_text() == attempt
