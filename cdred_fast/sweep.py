@@ -362,7 +362,14 @@ def _init_ray(address, cpus_per_trial, gpus_per_trial, num_cpus, echo: Callable[
     except ImportError as exc:
         raise SweepError("cdred-fast sweep needs Ray: pip install 'cdred_fast[sweep]'") from exc
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise SweepError(
+                f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[-1]} (is `ray start --head` "
+                "running there? With token authentication this machine needs the cluster's token: RAY_AUTH_TOKEN "
+                "or ~/.ray/auth_token)"
+            ) from exc
     else:
         # The trials' Ray workers import cdred_fast from where this process does.
         env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
