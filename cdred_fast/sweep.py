@@ -374,6 +374,7 @@ def _init_ray(address, cpus_per_trial, gpus_per_trial, num_cpus, echo: Callable[
         # The trials' Ray workers import cdred_fast from where this process does.
         env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         ray.init(
+            address="local",  # a new instance, never a cluster that RAY_ADDRESS or an earlier `ray start` points to
             num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
             logging_level=logging.WARNING,
