@@ -8,6 +8,7 @@
     cdred-fast data convert RELEASED.pkl --task TASK --out FILE.npz
     cdred-fast data render STATE_DEMOS.npz --out FILE.npz
     cdred-fast tasks
+    cdred-fast sweep SWEEP.yaml --out DIR [--address ADDR] [--cpus-per-trial N] [--gpus-per-trial G]
 
 The expert pipeline of the paper (DMControl): ``expert train`` (TD-MPC2: the same
 world model trained on the environment reward), ``collect --policy
@@ -505,6 +506,26 @@ def report(directory) -> None:
     except ReportError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder of the trials' run directories.")
+@click.option("--address", default=None, help="A running Ray cluster (default: a local Ray on this machine).")
+@click.option("--cpus-per-trial", type=click.IntRange(min=1), default=1, show_default=True, help="Cores (threads).")
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True, help="GPU share.")
+def sweep(sweep_file, out, address, cpus_per_trial, gpus_per_trial) -> None:
+    """Run the grid of SWEEP_FILE (base: overrides, grid: field -> values) on Ray, one run per trial.
+
+    Running the same command again resumes the unfinished trials and skips the finished ones.
+    """
+    from .sweep import SweepError, run_sweep
+
+    try:
+        code = run_sweep(sweep_file, out, address, cpus_per_trial, gpus_per_trial, echo=click.echo)
+    except SweepError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
 
 
 if __name__ == "__main__":
