@@ -211,6 +211,10 @@ class CDREDConfig:
     # AMX through oneDNN). Epilogues, reductions and the MPPI ops stay float32. Measured
     # effect: README, "Reduced-precision matrix products".
     matmul_precision: str = "highest"
+    # CPU threads of a training run (torch.set_num_threads when the Trainer starts); None keeps
+    # torch's default (one per core). Small models run as fast on one thread and do not slow
+    # down when another process takes a core (bench/threads_check.py, docs/training.md).
+    num_threads: Optional[int] = None
     # Replay each MPPI plan of the agent from a CUDA graph (recorded on the first plan with a
     # given eval_mode and generator, then replayed with new inputs: the kernel launches of the
     # whole plan at the cost of one). Needs a CUDA device and kernels="fused" with the CUDA
@@ -252,7 +256,7 @@ class CDREDConfig:
         self.num_q = _as_int("num_q", self.num_q)
         if self.num_q < 2:
             _fail("num_q", ">= 2 (Q_min / Q_avg pick two heads)", self.num_q)
-        for name in ("episode_length", "seed_steps", "num_demos", "buffer_size"):
+        for name in ("episode_length", "seed_steps", "num_demos", "buffer_size", "num_threads"):
             if getattr(self, name) is not None:
                 value = _as_int(name, getattr(self, name))
                 _check_range(name, value, lo=1)
@@ -468,6 +472,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_pi_trajs=8,
         iterations=4,
         save_freq=3_000,
+        # one thread: as fast as two on this model, and unaffected by another busy process
+        num_threads=1,
     ),
 }
 

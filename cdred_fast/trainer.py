@@ -280,6 +280,8 @@ class Trainer:
         self.progress = progress
         self.save_interval_s = save_interval_s
 
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         obs_shape, action_dim = tuple(self.env.observation_space.shape), self.env.action_space.shape[0]

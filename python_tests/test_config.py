@@ -123,6 +123,7 @@ def test_derived_quantities():
         ("zeta", -0.1),
         ("sigma", -1.0),
         ("reward_eps", 0.0),  # eps = 0 disables the variance guard
+        ("num_threads", 0),
         ("rho", 0.0),
         ("lr", 0.0),
         ("tau", 2.0),

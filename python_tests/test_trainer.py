@@ -160,3 +160,16 @@ def test_cli_collect_train_eval(tmp_path):
     assert proc.returncode == 2 and "no_such_field" in proc.stderr
     proc = _cli("train", "--work-dir", str(tmp_path / "bad"), "task=cheetah-runn", cwd=tmp_path)
     assert proc.returncode != 0 and "cheetah-run" in proc.stderr
+
+
+def test_num_threads_sets_the_run_threads(tmp_path):
+    """cfg.num_threads is what the run trains with (torch.set_num_threads); None keeps the setting."""
+    before = torch.get_num_threads()
+    try:
+        Trainer(mw_cfg(num_threads=1), tmp_path / "one", progress=False)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        Trainer(mw_cfg(), tmp_path / "default", progress=False)
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
