@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install, then a short real CDRED run on the embedded default task
 # (Meta-World reach, scripted expert demonstrations collected on the fly, a small
-# model; about 15 minutes on 2 CPU cores). Prints the evaluation success before and
+# model; about 10 minutes on 2 CPU cores). Prints the evaluation success before and
 # after training and where the learning curve (PNG) was written. Each invocation
 # uses a new run directory, so an earlier run is never overwritten; extra arguments
 # are passed to `cdred-fast train` (e.g. `bash scripts/demo.sh seed=2`).
