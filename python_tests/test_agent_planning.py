@@ -3,12 +3,14 @@ action, and the agent's plans replay from a CUDA graph (CUDA tests skip without 
 
 import pytest
 import torch
-from testing_utils import needs_cuda
+from testing_utils import SMALL_MODEL, needs_cuda
 
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
 from cdred_fast.planner import MPPIPlanner, MPPISettings
 from cdred_fast.tdmpc2_planner import Planner
+
+AGENT_KW = dict(SMALL_MODEL, num_samples=64, num_elites=8, num_pi_trajs=4, dropout=0.0)
 
 
 def test_fused_agent_plans_like_reference_agent():
@@ -18,23 +20,9 @@ def test_fused_agent_plans_like_reference_agent():
     than the reference, so the values differ by ~1e-6 relative. A plan from t0 agrees to ~2e-7;
     through the warm starts of the following plans the differences grow to ~7e-5 (measured).
     """
-    kw = dict(
-        latent_dim=16,
-        enc_dim=16,
-        mlp_dim=32,
-        rnd_dim=8,
-        rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32),
-        num_targets=3,
-        num_samples=64,
-        num_elites=8,
-        num_pi_trajs=4,
-        episode_length=100,
-        dropout=0.0,
-    )
     torch.manual_seed(0)
-    fused = CDREDAgent(CDREDConfig(kernels="fused", **kw), 6, 2)
-    reference = CDREDAgent(CDREDConfig(kernels="reference", **kw), 6, 2)
+    fused = CDREDAgent(CDREDConfig(kernels="fused", **AGENT_KW), 6, 2)
+    reference = CDREDAgent(CDREDConfig(kernels="reference", **AGENT_KW), 6, 2)
     with torch.no_grad():
         for p in fused.model.Qs.parameters():
             p.add_(torch.randn_like(p) * 0.5)
@@ -49,20 +37,6 @@ def test_fused_agent_plans_like_reference_agent():
 
 
 # =============================================================================== CUDA-graph replay of the agent's plans
-AGENT_KW = dict(
-    latent_dim=16,
-    enc_dim=16,
-    mlp_dim=32,
-    rnd_dim=8,
-    rnd_target_hidden=(16, 16),
-    rnd_predictor_hidden=(32, 32, 32),
-    num_targets=3,
-    num_samples=64,
-    num_elites=8,
-    num_pi_trajs=4,
-    episode_length=100,
-    dropout=0.0,
-)
 
 
 def test_agent_capture_graph_is_validated_on_cpu():

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from testing_utils import SMALL_MODEL
 
 from cdred_fast.config import CDREDConfig
 from cdred_fast.methods import bc
@@ -17,17 +18,7 @@ F64 = torch.float64
 
 
 def make_model(A=3, obs=5, seed=0):
-    cfg = CDREDConfig(
-        latent_dim=16,
-        enc_dim=16,
-        mlp_dim=32,
-        rnd_dim=8,
-        rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32),
-        num_targets=3,
-        episode_length=100,
-        kernels="reference",
-    )
+    cfg = CDREDConfig(**SMALL_MODEL, kernels="reference")
     torch.manual_seed(seed)
     m = WorldModel(cfg, obs, A).to(F64)
     with torch.no_grad():  # a policy head with outputs of a useful size (the init's std 0.02 gives mu ~ 0)

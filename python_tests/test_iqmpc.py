@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from testing_utils import SMALL_MODEL
 
 from cdred_fast.config import CDREDConfig
 from cdred_fast.methods import iqmpc as iq
@@ -355,17 +356,7 @@ def test_critic_loss_gradients_flow_as_released():
 
 def test_critic_loss_default_noise_and_world_model_policy():
     """Runs with the real policy prior and drawn noise (dropout on); a generator makes it reproducible."""
-    cfg = CDREDConfig(
-        latent_dim=16,
-        enc_dim=16,
-        mlp_dim=32,
-        rnd_dim=8,
-        rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32),
-        num_targets=3,
-        episode_length=100,
-        kernels="reference",
-    )
+    cfg = CDREDConfig(**SMALL_MODEL, kernels="reference")
     m = WorldModel(cfg, 5, 3)
     q = iq.ScalarQEnsemble.from_config(cfg, 3)
     with torch.no_grad():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from test_iqmpc import ATOL, F64, FakeDynamics, FakePi, hand_qavg, hand_qmin, make_q, pairs, rand
+from testing_utils import SMALL_MODEL
 
 from cdred_fast.config import CDREDConfig
 from cdred_fast.methods import iqmpc as iq
@@ -93,17 +94,7 @@ def test_soft_planning_return_is_redrawn_each_call():
 
 
 def test_soft_planning_return_with_world_model_no_grad():
-    cfg = CDREDConfig(
-        latent_dim=16,
-        enc_dim=16,
-        mlp_dim=32,
-        rnd_dim=8,
-        rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32),
-        num_targets=3,
-        episode_length=100,
-        kernels="reference",
-    )
+    cfg = CDREDConfig(**SMALL_MODEL, kernels="reference")
     m = WorldModel(cfg, 5, 3)
     q = iq.ScalarQEnsemble.from_config(cfg, 3).train(False)
     G = iq.soft_planning_return(q, m.pi, m.next, torch.randn(10, 16), torch.rand(3, 10, 3) * 2 - 1, 0.99)

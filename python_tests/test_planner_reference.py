@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from testing_utils import SMALL_MODEL
 
 from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
@@ -21,17 +22,10 @@ from cdred_fast.planner import MPPIPlanner, MPPISettings, trajectory_value
 
 def small_cfg(**kw):
     base = dict(
-        latent_dim=16,
-        enc_dim=16,
-        mlp_dim=32,
-        rnd_dim=8,
-        rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32),
-        num_targets=3,
+        SMALL_MODEL,
         num_samples=32,
         num_elites=4,
         num_pi_trajs=4,
-        episode_length=100,
         kernels="reference",
     )
     base.update(kw)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from testing_utils import SMALL_MODEL
 
 from cdred_fast import _lib, reference
 from cdred_fast.config import CDREDConfig
@@ -20,18 +21,11 @@ OBS, ACT = 7, 3
 
 def small_cfg(**kw):
     base = dict(
-        latent_dim=16,
-        enc_dim=16,
-        mlp_dim=32,
-        rnd_dim=8,
-        rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32),
-        num_targets=3,
+        SMALL_MODEL,
         batch_size=8,
         num_samples=32,
         num_elites=4,
         num_pi_trajs=4,
-        episode_length=100,
         kernels="reference",
     )
     base.update(kw)

@@ -38,6 +38,19 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON or "CUDA i
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
 
 
+# A small CDRED model for unit and parity tests of the model parts, the planner and the methods
+# (each test adds its planning search and kernels).
+SMALL_MODEL = dict(
+    latent_dim=16,
+    enc_dim=16,
+    mlp_dim=32,
+    rnd_dim=8,
+    rnd_target_hidden=(16, 16),
+    rnd_predictor_hidden=(32, 32, 32),
+    num_targets=3,
+    episode_length=100,
+)
+
 # A tiny CDRED model for end-to-end tests: every part of the method, sizes that run in
 # milliseconds on one CPU thread.
 TINY = dict(
