@@ -12,7 +12,7 @@ Run: pytest bench/test_bench_agent.py --benchmark-only
 
 import pytest
 import torch
-from bench_utils import DEVICES, sync
+from bench_utils import DEVICES, sync, time_plan
 
 from cdred_fast import CDREDAgent, CDREDConfig
 
@@ -30,17 +30,9 @@ def _agent(kernels, action_dim, device):
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 def test_bench_plan(benchmark, impl, action_dim, device):
     agent = _agent(impl, action_dim, device)
-    obs = torch.randn(OBS_DIM)
     benchmark.group = f"plan SPEC defaults A={action_dim} {device}"
     benchmark.extra_info["impl"] = impl
-
-    def plan():
-        a = agent.act(obs, t0=True)
-        sync(device)
-        return a
-
-    action = benchmark.pedantic(plan, rounds=5, warmup_rounds=1)
-    assert action.shape == (action_dim,) and torch.isfinite(action).all()
+    time_plan(benchmark, agent, OBS_DIM, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)

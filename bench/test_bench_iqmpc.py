@@ -16,7 +16,7 @@ Run: pytest bench/test_bench_iqmpc.py --benchmark-only
 
 import pytest
 import torch
-from bench_utils import DEVICES, sync
+from bench_utils import DEVICES, sync, time_plan
 
 from cdred_fast import CDREDAgent, CDREDConfig
 
@@ -34,17 +34,9 @@ def _agent(kernels, device, **over):
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 def test_bench_iqmpc_plan(benchmark, impl, device):
     agent = _agent(impl, device)
-    obs = torch.randn(OBS_DIM)
     benchmark.group = f"iqmpc plan N=512 J=6 L=128 A={ACT} {device}"
     benchmark.extra_info["impl"] = impl
-
-    def plan():
-        a = agent.act(obs, t0=True)
-        sync(device)
-        return a
-
-    action = benchmark.pedantic(plan, rounds=5, warmup_rounds=1)
-    assert action.shape == (ACT,) and torch.isfinite(action).all()
+    time_plan(benchmark, agent, OBS_DIM, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
