@@ -8,7 +8,7 @@ type a caller would catch (``ValueError``, ``FileExistsError``, ...).
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "NoCheckpointError", "RunDirError", "UserError"]
+__all__ = ["CheckpointError", "ConfigError", "NoCheckpointError", "RenderError", "RunDirError", "UserError"]
 
 
 class UserError(Exception):
@@ -29,3 +29,7 @@ class RunDirError(UserError, FileExistsError):
 
 class NoCheckpointError(UserError, FileNotFoundError):
     """No checkpoint where one is needed (``--resume`` of a directory without a run)."""
+
+
+class RenderError(UserError, RuntimeError):
+    """No frame can be rendered for a video: no offscreen OpenGL context (``MUJOCO_GL``)."""

@@ -31,10 +31,17 @@ following the paper (which used TD-MPC2's Meta-World setup on v2):
 * Meta-World never terminates an episode; only truncation ends it. A simulator
   instability is reported by Meta-World as reward 0 / no success with the last
   stable observation; it is passed through unchanged.
+* **Rendering** (videos, :mod:`cdred_fast.video`): observations never render, but
+  videos render headless from :attr:`MetaWorldEnv.mujoco_env`'s ``model`` and ``data``.
+  Like :mod:`.dmcontrol`, this module sets ``MUJOCO_GL=egl`` when it is imported and the
+  variable is not set already: mujoco picks its OpenGL backend once, when it is first
+  imported (here, by ``metaworld``), and without the variable it would pick GLFW, which
+  needs an X display.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Callable
 
@@ -42,7 +49,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from .dmcontrol import DEFAULT_MUJOCO_GL
+
 __all__ = ["MetaWorldEnv", "scripted_policy"]
+
+# Headless rendering backend for videos, chosen only when the user has not chosen one
+# (before `metaworld` imports mujoco; see the module docstring).
+if not os.environ.get("MUJOCO_GL"):
+    os.environ["MUJOCO_GL"] = DEFAULT_MUJOCO_GL
 
 OBS_DIM = 39
 ACTION_DIM = 4
@@ -85,6 +99,11 @@ class MetaWorldEnv(gym.Env):
         if seed is not None:
             self.action_space.seed(int(seed))
         self._needs_reset = True
+
+    @property
+    def mujoco_env(self):
+        """Meta-World's own environment (a gymnasium ``MujocoEnv``: ``.model``, ``.data``)."""
+        return self._env
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
