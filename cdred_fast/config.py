@@ -201,6 +201,12 @@ class CDREDConfig:
     trembling_hand: float = 0.0
     save_freq: int = 0  # environment steps between checkpoints; 0 = only the final one
     work_dir: str = "runs"
+    # Record the first episode of every evaluation as work_dir/videos/eval_<step>.gif (<step> zero-padded
+    # to 8 digits; 160x160 frames, the reset frame then one per agent step; cdred_fast.video). Recording
+    # only reads the simulator: returns, success and random states are those of the run without it.
+    # DMControl (state and pixels) and Meta-World; refused for ManiSkill2 (no renderer in its worker).
+    # May be switched on or off when a run is resumed.
+    save_video: bool = False
 
     # ---- kernels
     kernels: str = "fused"  # "fused" (falls back to "reference" with a warning) or "reference"
@@ -315,7 +321,7 @@ class CDREDConfig:
                 widths.append(w)
             setattr(self, name, tuple(widths))
 
-        for name in ("mpc", "capture_graph", "grad_pen"):
+        for name in ("mpc", "capture_graph", "grad_pen", "save_video"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "a bool", getattr(self, name), TypeError)
         for name, choices in (
@@ -334,6 +340,12 @@ class CDREDConfig:
                 _fail(name, "a non-empty string", value, TypeError)
 
         # ---- cross-field constraints
+        if self.save_video:
+            from .video import video_unsupported_reason  # imports the task registry: only when needed
+
+            reason = video_unsupported_reason(self.task)
+            if reason:
+                _fail("save_video", f"False: {reason}", True)
         if self.grad_pen and self.method != "iqmpc":
             _fail(
                 "grad_pen", f"False unless method='iqmpc' (the IQ-MPC gradient penalty); method={self.method!r}", True

@@ -25,6 +25,8 @@ One run lives in one work directory::
       eval.csv           evaluation return and success over training
       tb/                TensorBoard event files
       learning_curve.png written at the end of the run (and when it is interrupted)
+      videos/            with cfg.save_video: eval_<step>.gif, the first episode of each evaluation
+                         (<step> zero-padded to 8 digits, e.g. eval_00003000.gif)
 
 Every file is written with :func:`cdred_fast.checkpoint.atomic_write` (logs: :mod:`cdred_fast.logger`),
 so a run killed at any moment leaves the previous complete version of each file in place. ``resume=True``
@@ -83,9 +85,14 @@ from .errors import CheckpointError, ConfigError, NoCheckpointError, RunDirError
 from .interrupts import ForcedStop, StopSignals
 from .logger import RunLogger, write_config
 from .methods import get as get_method
+from .video import FrameRenderer, save_gif, video_unsupported_reason
 
 # The files of a run directory that atomic_write replaces (stale temporaries are removed at start).
 RUN_FILES = ("checkpoint.pt", "config.yaml", "demos.npz", "train.csv", "eval.csv", "learning_curve.png")
+VIDEO_DIR = "videos"  # cfg.save_video: videos/eval_<step>.gif (VIDEO_FILES, a glob pattern)
+VIDEO_FILES = "eval_*.gif"
+# Fields that may change on resume: the length of the run, where it lives, whether it records videos.
+RESUME_MAY_CHANGE = ("steps", "work_dir", "save_video")
 
 # Offsets of the seeds of a run's other environments from cfg.seed.
 EVAL_SEED_OFFSET = 10_000  # the evaluation environment; evaluation episode i is reset with cfg.seed + offset + i
@@ -112,12 +119,19 @@ def rng_untouched(device):
         yield
 
 
-def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, float]:
+def evaluate(
+    agent: CDREDAgent, env, episodes: int, seed: int, video: Optional[str | os.PathLike] = None
+) -> dict[str, float]:
     """Mean return and success over ``episodes`` episodes acting with ``eval_mode=True``.
 
     Episode ``i`` is reset with ``seed + i``, so every evaluation of a run uses the same
     initial states and goals. ``success`` is the success flag of the last step (the
     TD-MPC2 convention); ``success_any`` counts an episode that succeeded at any step.
+
+    ``video``: a path where the first episode is written as an animated GIF
+    (:mod:`cdred_fast.video`: the reset frame, then one frame per step, 160 x 160). Recording
+    only reads the simulator, so the results (and every random state) are those of the same
+    evaluation without it.
 
     Evaluation leaves training as it found it, so that evaluating in the middle of a training
     episode does not change what the training does next: the planner's warm start is restored
@@ -127,21 +141,33 @@ def evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, floa
     and training continues from the same state.
     """
     with agent.preserve_plan_state(), rng_untouched(agent.device):
-        return _evaluate(agent, env, episodes, seed)
+        return _evaluate(agent, env, episodes, seed, video)
 
 
-def _evaluate(agent: CDREDAgent, env, episodes: int, seed: int) -> dict[str, float]:
+def _evaluate(
+    agent: CDREDAgent, env, episodes: int, seed: int, video: Optional[str | os.PathLike] = None
+) -> dict[str, float]:
     returns, final, anywhere = [], [], []
     for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done, t, ep_return, succeeded, info = False, 0, 0.0, False, {}
-        while not done:
-            action = agent.act(obs, t0=t == 0, eval_mode=True)
-            obs, reward, terminated, truncated, info = env.step(action.numpy())
-            ep_return += float(reward)
-            succeeded = succeeded or bool(info.get("success", False))
-            done = terminated or truncated
-            t += 1
+        render = FrameRenderer(env) if video is not None and i == 0 else None
+        try:
+            obs, _ = env.reset(seed=seed + i)
+            frames = [render()] if render is not None else None
+            done, t, ep_return, succeeded, info = False, 0, 0.0, False, {}
+            while not done:
+                action = agent.act(obs, t0=t == 0, eval_mode=True)
+                obs, reward, terminated, truncated, info = env.step(action.numpy())
+                if render is not None:
+                    frames.append(render())
+                ep_return += float(reward)
+                succeeded = succeeded or bool(info.get("success", False))
+                done = terminated or truncated
+                t += 1
+        finally:
+            if render is not None:
+                render.close()
+        if frames is not None:
+            save_gif(frames, video)
         returns.append(ep_return)
         final.append(float(bool(info.get("success", False))))
         anywhere.append(float(succeeded))
@@ -241,20 +267,24 @@ class Trainer:
         if resume and not self.ckpt_path.exists():
             raise NoCheckpointError(f"cannot resume: no checkpoint at {self.ckpt_path}")
         check_writable_dir(self.work_dir)
+        if cfg.save_video and video_unsupported_reason(cfg.task):
+            raise ConfigError(f"save_video=True: {video_unsupported_reason(cfg.task)}")
         state = load_checkpoint(self.ckpt_path) if resume else None
 
         self.env = make_env(cfg, seed=cfg.seed)
         self.eval_env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET)
+        if cfg.save_video:  # fail now, not at the first evaluation, where no frame can be rendered
+            FrameRenderer(self.eval_env).close()
         T = self.env.get_wrapper_attr("max_episode_steps")
         if cfg.episode_length is None:
             cfg = dataclasses.replace(cfg, episode_length=T)
         check_episode_fit(cfg, T)
 
-        if state is not None:  # only the length of the run may change on resume
+        if state is not None:  # only the length of the run (and save_video) may change on resume
             # Fields added after a checkpoint was written count as their defaults.
             saved = {**CDREDConfig().to_dict(), "episode_length": None, **state["config"]}
             current = cfg.to_dict()
-            changed = sorted(k for k in current if k not in ("steps", "work_dir") and saved.get(k) != current[k])
+            changed = sorted(k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k])
             if changed:
                 raise ConfigError(
                     f"cannot resume {self.work_dir} with a different config: {changed} differ from the checkpoint"
@@ -269,6 +299,7 @@ class Trainer:
         except OSError as exc:
             raise RunDirError(f"cannot create work directory {self.work_dir}: {exc.strerror or exc}") from exc
         remove_stale_temporaries(self.work_dir, RUN_FILES)
+        remove_stale_temporaries(self.work_dir / VIDEO_DIR, (VIDEO_FILES,))
         self.cfg = cfg
         self.device = device
         self.episode_length = T
@@ -449,12 +480,18 @@ class Trainer:
         seed = self.cfg.seed + EVAL_SEED_OFFSET
         self._rng_before_eval = copy.deepcopy(rng_state(self.rng))
         stop = getattr(self, "_signals", None)
+        video = self.video_path(self.step) if self.cfg.save_video else None
         with stop.immediate() if stop is not None else contextlib.nullcontext():
-            result = evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=seed)
+            result = evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=seed, video=video)
         self.logger.log_eval(self.step, result)
         self._rng_before_eval = None
         self._evals_since_save += 1
         return result
+
+    def video_path(self, step: int) -> Path:
+        """Where the evaluation at ``step`` writes its video (``cfg.save_video``):
+        ``work_dir/videos/eval_<step>.gif``, the step zero-padded to 8 digits."""
+        return self.work_dir / VIDEO_DIR / f"eval_{int(step):08d}.gif"
 
     def _update(self) -> dict[str, float]:
         cfg = self.cfg
@@ -597,7 +634,9 @@ class Trainer:
 
 __all__ = [
     "COLLECT_SEED_OFFSET",
+    "RESUME_MAY_CHANGE",
     "RUN_FILES",
+    "VIDEO_DIR",
     "check_episode_fit",
     "EVAL_SEED_OFFSET",
     "Trainer",

@@ -70,6 +70,7 @@ def test_defaults_are_the_released_values():
         method="cdred",
         kernels="fused",
         capture_graph=False,
+        save_video=False,
     )
     for name, value in expected.items():
         assert getattr(c, name) == value, name
@@ -135,6 +136,8 @@ def test_derived_quantities():
         ("mpc", "yes"),
         ("capture_graph", 1),
         ("capture_graph", "true"),
+        ("save_video", 1),
+        ("save_video", "true"),
         ("rnd_target_hidden", (0, 4)),
         ("rnd_predictor_hidden", "wide"),
         ("discount", 1.0),
