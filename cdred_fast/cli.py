@@ -3,6 +3,7 @@
     cdred-fast train [--preset demo] [--demos FILE] [--work-dir DIR] [--resume] [key=value ...]
     cdred-fast expert train TASK [--work-dir DIR] [--resume] [key=value ...]
     cdred-fast eval CHECKPOINT [--episodes N] [--trembling-hand P]
+    cdred-fast video RUN_DIR [--out FILE.gif] [--seed N] [--episodes N] [--size PX] [--no-expert]
     cdred-fast collect TASK --out FILE [--policy scripted|CHECKPOINT] [--episodes N] [--successful-only]
     cdred-fast data info FILE [--json]
     cdred-fast data convert RELEASED.pkl --task TASK --out FILE.npz
@@ -292,6 +293,91 @@ def eval_cmd(checkpoint, episodes, seed, trembling_hand, device) -> None:
             {"checkpoint": str(checkpoint), "step": state["step"], "episodes": episodes, "trembling_hand": p, **result}
         )
     )
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Output GIF (default RUN_DIR/final_vs_expert.gif, or RUN_DIR/final.gif without an expert).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Reset seed of the first episode; episode i uses seed + i (default: the run's first evaluation seed).",
+)
+@click.option(
+    "--episodes", type=click.IntRange(min=1), default=1, show_default=True, help="Episodes, one after another."
+)
+@click.option("--size", type=click.IntRange(32, 1024), default=160, show_default=True, help="Panel side in pixels.")
+@click.option("--no-expert", is_flag=True, help="The agent alone, without the scripted expert.")
+@click.option("--device", default="cpu", show_default=True)
+def video(run_dir, out, seed, episodes, size, no_expert, device) -> None:
+    """A GIF of the run's final agent (RUN_DIR/checkpoint.pt) beside the task's scripted expert.
+
+    Both play the same episodes in the run's evaluation environment (episode i reset with
+    seed + i): the agent as `cdred-fast eval` plays them (eval_mode, the same random draws), the
+    expert as when it collects demonstrations. Tasks without a scripted expert (DMControl) show
+    the agent alone.
+    """
+    import torch
+
+    from .checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
+    from .collect import AgentPolicy
+    from .envs import has_scripted_policy, scripted_policy
+    from .trainer import EVAL_SEED_OFFSET, make_env
+    from .video import record_episode, save_gif, side_by_side, video_unsupported_reason
+
+    try:
+        state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+        cfg = config_from_checkpoint(state)
+    except _SETUP_ERRORS as exc:
+        raise _user_error(exc) from exc
+    reason = video_unsupported_reason(cfg.task)
+    if reason:
+        raise UserError(f"cannot make a video of {run_dir}: {reason}")
+    expert = not no_expert and has_scripted_policy(cfg.task)
+    out = out or str(Path(run_dir) / ("final_vs_expert.gif" if expert else "final.gif"))
+    _check_out(out)
+    seed = cfg.seed + EVAL_SEED_OFFSET if seed is None else seed
+    try:
+        env = make_env(cfg, seed=seed)
+    except _SETUP_ERRORS as exc:
+        raise _user_error(exc) from exc
+    frames, has_success = [], env.get_wrapper_attr("suite") != "dmcontrol"
+    try:
+        try:
+            policy = AgentPolicy(agent_from_checkpoint(state, env, device=device), eval_mode=True)
+        except _SETUP_ERRORS as exc:
+            raise _user_error(exc) from exc
+        torch.manual_seed(cfg.seed)  # as `cdred-fast eval`: the first episode is the first one it evaluates
+        for i in range(episodes):
+            played = [("agent", f"step {state['step']}", record_episode(env, policy, seed + i, size=size))]
+            if expert:
+                played.append(
+                    ("expert", "scripted", record_episode(env, scripted_policy(cfg.task), seed + i, size=size))
+                )
+            labels = []
+            for name, what, ep in played:
+                success = f", success at the last step: {'yes' if ep.success else 'no'}" if has_success else ""
+                click.echo(f"{name:<6} ({what}) episode {i} (seed {seed + i}): return {ep.episode_return:.1f}{success}")
+                label = f"{name}: return {ep.episode_return:.1f}"
+                labels.append(label + (f"\nlast-step success: {'yes' if ep.success else 'no'}" if has_success else ""))
+            if expert:
+                frames += side_by_side(played[0][2].frames, played[1][2].frames, labels=labels)
+            else:
+                frames += played[0][2].frames
+    finally:
+        env.close()
+    try:
+        path = save_gif(frames, out)
+    except OSError as exc:
+        raise _user_error(exc, f"cannot write --out {out}: ") from exc
+    height, width = frames[0].shape[:2]
+    click.echo(f"wrote {path} ({len(frames)} frames of {width}x{height})")
 
 
 @main.command()
