@@ -61,8 +61,8 @@ CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 CURVE_RESAMPLES = 2_000
 BOOTSTRAP_SEED = 0
-# config keys that do not make two runs different experiments
-BOOKKEEPING_KEYS = frozenset({"seed", "work_dir", "device", "episode_length"})
+# config keys that do not make two runs different experiments (save_video: recording changes no result)
+BOOKKEEPING_KEYS = frozenset({"seed", "work_dir", "device", "episode_length", "save_video"})
 # the order of methods in tables: the paper's two, then the others alphabetically
 METHOD_ORDER = ("iqmpc", "cdred", "bc", "tdmpc2")
 
