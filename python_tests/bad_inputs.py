@@ -83,6 +83,20 @@ def _other_demos(tmp):
     return ["train", "--resume", "--work-dir", str(tmp / "run"), "--demos", str(tmp / "other.npz"), "steps=200"]
 
 
+def _maniskill2_run(tmp):
+    """A run directory whose checkpoint says its task is ms2-pick-cube (ManiSkill2: no renderer)."""
+    state = torch.load(tmp / "run" / "checkpoint.pt", weights_only=True)
+    state["config"]["task"] = "ms2-pick-cube"
+    (tmp / "ms2run").mkdir(exist_ok=True)
+    torch.save(state, tmp / "ms2run" / "checkpoint.pt")
+    return ["video", str(tmp / "ms2run")]
+
+
+def _empty_dir(tmp, name):
+    (tmp / name).mkdir(exist_ok=True)
+    return tmp / name
+
+
 def _config(tmp, text):
     path = _write(tmp, "config.yaml", text)
     return ["train", "--config", str(path), "--work-dir", str(tmp / "new")]
@@ -189,6 +203,11 @@ CASES = {
         "buffer_size=50",
     ),
     "unknown-task": ("`task=mw-rech` (unknown)", _train("task=mw-rech"), "mw-reach"),
+    "config-save-video-maniskill2": (
+        "`save_video=true` on a ManiSkill2 task",
+        _train("task=ms2-pick-cube", "save_video=true"),
+        "'ms2-pick-cube' cannot be rendered",
+    ),
     "work-dir-through-file": (
         "`--work-dir` below a regular file",
         lambda tmp: ["train", "--work-dir", str(_write(tmp, "afile", "x") / "run"), "task=mw-reach"],
@@ -213,6 +232,17 @@ CASES = {
         "`collect --out` in a folder where nothing can be written",
         lambda tmp: ["collect", "mw-reach", "--episodes", "1", "--out", "/sys/d.npz"],
         "not writable",
+    ),
+    "video-no-checkpoint": (
+        "`video` of a folder without a run",
+        lambda tmp: ["video", str(_empty_dir(tmp, "norun"))],
+        "no checkpoint",
+    ),
+    "video-maniskill2-run": ("`video` of a ManiSkill2 run", _maniskill2_run, "cannot be rendered"),
+    "video-out-is-dir": (
+        "`video --out` naming a folder",
+        lambda tmp: ["video", str(tmp / "run"), "--out", str(tmp)],
+        "is a directory",
     ),
 }
 
