@@ -319,9 +319,8 @@ def video(run_dir, out, seed, episodes, size, no_expert, device) -> None:
     """A GIF of the run's final agent (RUN_DIR/checkpoint.pt) beside the task's scripted expert.
 
     Both play the same episodes in the run's evaluation environment (episode i reset with
-    seed + i): the agent as `cdred-fast eval` plays them (eval_mode, the same random draws), the
-    expert as when it collects demonstrations. Tasks without a scripted expert (DMControl) show
-    the agent alone.
+    seed + i): the agent as `cdred-fast eval` plays them (eval_mode, the same random draws), then
+    the scripted expert. Tasks without a scripted expert (DMControl) show the agent alone.
     """
     import torch
 
