@@ -386,8 +386,8 @@ def video(run_dir, out, seed, episodes, size, no_expert, device) -> None:
     "--policy",
     default="scripted",
     show_default=True,
-    help="'scripted' (Meta-World's scripted expert) or a checkpoint.pt (e.g. from `cdred-fast expert train`), "
-    "acting in evaluation mode.",
+    help="'scripted' (the task's scripted expert, `cdred_fast.envs.scripted_policy`) or a checkpoint.pt "
+    "(e.g. from `cdred-fast expert train`), acting in evaluation mode.",
 )
 @click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--successful-only", is_flag=True, help="Keep only episodes that succeed at some step.")

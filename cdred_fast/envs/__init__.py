@@ -13,6 +13,7 @@
 * :mod:`.dmcontrol` - DeepMind Control Suite (500 agent steps per episode); headless
   rendering for pixel observations (sets ``MUJOCO_GL=egl`` unless already set).
 * :mod:`.metaworld` - Meta-World v3 (100 agent steps) and :func:`scripted_policy`.
+* :mod:`.stick_pull` - our scripted expert for ``mw-stick-pull`` (Meta-World's rarely ends solved).
 * :mod:`.maniskill2` - ManiSkill2 0.5.3 (100 agent steps), run in a worker process in its
   own Python environment (it needs numpy<1.24); state-only mode without a renderer.
 * :mod:`.wrappers` - action repeat, time limit, float32 cast, pixel observations and

@@ -54,7 +54,8 @@ class TaskSpec:
         episode_length: agent steps per episode (after the repeat).
         paper: whether the CDRED paper reports this task.
         expert: the module of this package whose ``scripted_policy(task)`` is the task's
-            scripted expert (``"metaworld"``, ``"maniskill2"``), or None when it has none.
+            scripted expert (``"metaworld"``: Meta-World's own; ``"stick_pull"``: ours for
+            stick-pull; ``"maniskill2"``), or None when it has none.
         expert_holds: the expert stops moving once the task reports success (:class:`HoldOnSuccess`),
             for tasks whose scripted expert succeeds and then pushes past the goal.
     """
@@ -78,7 +79,7 @@ def _dmc(name: str, domain: str, task: str, paper: bool = False) -> TaskSpec:
     return TaskSpec(name, "dmcontrol", (domain, task), action_repeat=2, episode_length=500, paper=paper)
 
 
-def _mw(name: str, paper: bool = False, expert_holds: bool = False) -> TaskSpec:
+def _mw(name: str, paper: bool = False, expert_holds: bool = False, expert: str = "metaworld") -> TaskSpec:
     return TaskSpec(
         f"mw-{name}",
         "metaworld",
@@ -86,7 +87,7 @@ def _mw(name: str, paper: bool = False, expert_holds: bool = False) -> TaskSpec:
         action_repeat=2,
         episode_length=100,
         paper=paper,
-        expert="metaworld",
+        expert=expert,
         expert_holds=expert_holds,
     )
 
@@ -122,7 +123,7 @@ _SPECS = [
     _mw("box-close", paper=True, expert_holds=True),
     _mw("bin-picking", paper=True),
     _mw("reach-wall", paper=True),
-    _mw("stick-pull", paper=True),
+    _mw("stick-pull", paper=True, expert="stick_pull"),  # Meta-World's succeeds at the last step in 0.32
     _mw("stick-push", paper=True, expert_holds=True),
     _mw("soccer", paper=True),
     # Meta-World v3, easy tasks with reliable scripted experts
@@ -164,7 +165,9 @@ def has_scripted_policy(task: str) -> bool:
 
 def scripted_policy(task: str):
     """The scripted expert the registry names for ``task``, an ``obs -> action`` callable:
-    Meta-World's (:func:`.metaworld.scripted_policy`) or, for ``ms2-pick-cube`` /
+    Meta-World's (:func:`.metaworld.scripted_policy`), except for ``mw-stick-pull``, whose
+    expert is ours (:class:`.stick_pull.StickPullExpert`, with a ``reset()`` to call at every
+    episode start, as :func:`cdred_fast.collect.collect` does) or, for ``ms2-pick-cube`` /
     ``ms2-lift-cube``, a grasp-and-carry rule (:func:`.maniskill2.scripted_policy`).
 
     Raises:
