@@ -208,15 +208,29 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
         result = trainer.train()
     except KeyboardInterrupt:
         sys.exit(128 + (getattr(trainer, "stopped_by", None) or 2))  # 130 after SIGINT, 143 after SIGTERM
-    before, after = result["before"], result["after"]
-    click.echo(
-        f"\nevaluation over {cfg.eval_episodes} episodes (success: at the last step / at any step)\n"
-        f"  before training (step {before['step']:.0f}): success {before['success']:.2f} / "
-        f"{before.get('success_any', 0.0):.2f}  return {before['episode_return']:.1f}\n"
-        f"  after training  (step {after['step']:.0f}): success {after['success']:.2f} / "
-        f"{after.get('success_any', 0.0):.2f}  return {after['episode_return']:.1f}\n"
-        f"learning curve: {result['learning_curve']}\ncheckpoint: {Path(work_dir) / 'checkpoint.pt'}"
-    )
+    click.echo(_before_after(cfg, result, trainer.demos))
+    click.echo(f"learning curve: {result['learning_curve']}\ncheckpoint: {Path(work_dir) / 'checkpoint.pt'}")
+
+
+def _before_after(cfg: CDREDConfig, result: dict, demos) -> str:
+    """The end-of-training table: the first and last evaluation beside the demonstrations (the
+    expert's own episodes, when the run has any): success at the last / at any step, return."""
+    from .data import summary
+
+    rows = [
+        (f"{when} training (step {ev['step']:.0f})", ev["success"], ev.get("success_any", 0.0), ev["episode_return"])
+        for when, ev in (("before", result["before"]), ("after", result["after"]))
+    ]
+    if demos is not None:
+        info = summary(demos)
+        last = info["success_last"]
+        rows.append((f"expert ({info['episodes']} demonstrations)", last, info["success_any"], info["return_mean"]))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"\nevaluation over {cfg.eval_episodes} episodes", f"  {'':<{width}}success last / any     return"]
+    for label, last, anywhere, ret in rows:
+        last_s = "  -  " if last is None else f"{last:.2f}"
+        lines.append(f"  {label:<{width}}{last_s} / {anywhere:.2f}     {ret:>9,.1f}")
+    return "\n".join(lines)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -152,7 +152,7 @@ def test_cli_reward_input_obs_and_num_demos(tmp_path):
     args = ["steps=200", "seed_steps=100", "eval_freq=200", "eval_episodes=1", "num_demos=1"]
     proc = run_cli("train", *common, "--work-dir", str(run), "reward_input=obs", "mpc=false", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "1 expert episodes" in proc.stdout and "after training  (step 200)" in proc.stdout
+    assert "1 expert episodes" in proc.stdout and "after training (step 200)" in proc.stdout
     assert Demonstrations.load(run / "demos.npz").num_episodes == 1
     assert np.isfinite(float(csv_rows(run / "train.csv")[-1]["reward_expert"]))
     proc = run_cli("eval", str(run / "checkpoint.pt"), "--episodes", "1", cwd=tmp_path)

@@ -134,10 +134,10 @@ def test_cli_train_resume_eval(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "BC on mw-reach (state): 30 updates (no environment interaction), 2 expert episodes" in proc.stdout
-    assert "after training  (step 30)" in proc.stdout
+    assert "after training (step 30)" in proc.stdout
     proc = run_cli("train", "--no-progress", "--resume", "--work-dir", run, "steps=60", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "resumed at step 30" in proc.stdout and "after training  (step 60)" in proc.stdout
+    assert "resumed at step 30" in proc.stdout and "after training (step 60)" in proc.stdout
     proc = run_cli("eval", str(tmp_path / "run" / "checkpoint.pt"), "--episodes", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

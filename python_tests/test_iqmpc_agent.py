@@ -332,7 +332,7 @@ def test_cli_train_resume_eval(tmp_path):
     args += ["steps=200", "seed_steps=100", "eval_freq=200", "eval_episodes=1", "grad_pen=true", *overrides]
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "IQ-MPC on mw-reach" in proc.stdout and "after training  (step 200)" in proc.stdout
+    assert "IQ-MPC on mw-reach" in proc.stdout and "after training (step 200)" in proc.stdout
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["config"]["method"] == "iqmpc" and state["config"]["buffer_size"] is None
     assert any(k.startswith("scalar_q.target_Qs.") for k in state["agent"]["model"])
@@ -340,7 +340,7 @@ def test_cli_train_resume_eval(tmp_path):
 
     proc = _cli("train", "--no-progress", "--resume", "--work-dir", str(run), "steps=300", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "resumed at step 200" in proc.stdout and "after training  (step 300)" in proc.stdout
+    assert "resumed at step 200" in proc.stdout and "after training (step 300)" in proc.stdout
     train = rows(run / "train.csv")
     last = train[-1]
     for key in ("q_diff", "decoded_reward_expert", "reward_behavioral", "grad_pen", "grad_norm_release", "v0"):

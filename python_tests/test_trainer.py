@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -136,12 +137,17 @@ def test_cli_collect_train_eval(tmp_path):
     ]
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "before training (step 0)" in proc.stdout and "after training  (step 200)" in proc.stdout
+    assert "before training (step 0)" in proc.stdout and "after training (step 200)" in proc.stdout
+    # the expert's own episodes beside them: success at the last / any step and return
+    expert_row = [line for line in proc.stdout.splitlines() if "demonstrations)" in line]
+    assert len(expert_row) == 1 and re.search(
+        r"expert \(\d+ demonstrations\)\s+1\.00 / 1\.00\s+[\d,]+\.\d", expert_row[0]
+    )
 
     # --resume starts from the run's saved config: only what changes is given again
     proc = _cli("train", "--no-progress", "--resume", "--work-dir", str(tmp_path / "run"), "steps=300", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "resumed at step 200" in proc.stdout and "after training  (step 300)" in proc.stdout
+    assert "resumed at step 200" in proc.stdout and "after training (step 300)" in proc.stdout
     proc = _cli(
         "train", "--no-progress", "--resume", "--work-dir", str(tmp_path / "run"), "steps=400", "zeta=0.5", cwd=tmp_path
     )
