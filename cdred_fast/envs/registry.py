@@ -54,8 +54,8 @@ class TaskSpec:
         episode_length: agent steps per episode (after the repeat).
         paper: whether the CDRED paper reports this task.
         expert: the module of this package whose ``scripted_policy(task)`` is the task's
-            scripted expert (``"metaworld"``: Meta-World's own; ``"stick_pull"``: ours for
-            stick-pull; ``"maniskill2"``), or None when it has none.
+            scripted expert (``"metaworld"``: Meta-World's own; ``"stick_pull"`` /
+            ``"door_open"``: ours for stick-pull / door-open; ``"maniskill2"``), or None when it has none.
         expert_holds: the expert stops moving once the task reports success (:class:`HoldOnSuccess`),
             for tasks whose scripted expert succeeds and then pushes past the goal.
     """
@@ -131,7 +131,7 @@ _SPECS = [
     _mw("push"),
     _mw("button-press"),
     _mw("drawer-open"),
-    _mw("door-open"),
+    _mw("door-open", expert="door_open"),  # Meta-World's pushes the door past the goal (0.0 at the last step)
     # ManiSkill2 0.5.3, the paper's tasks (TD-MPC2's controllers)
     _ms2("pick-cube", "PickCube-v0", "pd_ee_delta_pos", paper=True, expert="maniskill2"),
     _ms2("lift-cube", "LiftCube-v0", "pd_ee_delta_pos", paper=True, expert="maniskill2"),
@@ -165,9 +165,10 @@ def has_scripted_policy(task: str) -> bool:
 
 def scripted_policy(task: str):
     """The scripted expert the registry names for ``task``, an ``obs -> action`` callable:
-    Meta-World's (:func:`.metaworld.scripted_policy`), except for ``mw-stick-pull``, whose
-    expert is ours (:class:`.stick_pull.StickPullExpert`, with a ``reset()`` to call at every
-    episode start, as :func:`cdred_fast.collect.collect` does) or, for ``ms2-pick-cube`` /
+    Meta-World's (:func:`.metaworld.scripted_policy`), except for ``mw-stick-pull`` and
+    ``mw-door-open``, whose experts are ours (:class:`.stick_pull.StickPullExpert`,
+    :class:`.door_open.DoorOpenExpert`, each with a ``reset()`` to call at every episode start,
+    as :func:`cdred_fast.collect.collect` does) or, for ``ms2-pick-cube`` /
     ``ms2-lift-cube``, a grasp-and-carry rule (:func:`.maniskill2.scripted_policy`).
 
     Raises:
