@@ -1,0 +1,157 @@
+"""What ``matmul_precision="medium"`` does to what a trained agent *does*, against ``"highest"``.
+
+Run from the repository root on trained runs (checkpoints of ``cdred-fast train``):
+
+    python bench/precision_outcome.py RUN/checkpoint.pt [RUN2/checkpoint.pt ...] \
+        [--states 200] [--episodes 20] [--seeds 1 2 3]
+
+For each checkpoint:
+
+* **open loop**: the states of evaluation episodes (acting at ``"highest"``), each planned
+  from a fresh warm start with both settings from the same generator state: how far apart
+  the two chosen actions are (max over action dimensions), and how many of the first MPPI
+  iteration's elites are the same candidates (the candidates of that iteration are the same
+  draws for both; the overlap is ``|E_highest & E_medium| / k``);
+* **closed loop**: evaluation return and success at the last / any step over ``--episodes``
+  episodes for each evaluation seed, with each setting (the agent's own ``evaluate``).
+
+It prints one table per checkpoint, with this CPU's capabilities (``build_info()``'s
+``cpu_capability``, AVX512-BF16 and AMX). bench/RESULTS.md quotes its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import platform
+
+import numpy as np
+import torch
+
+import cdred_fast.planner as planner_module
+from cdred_fast import build_info
+from cdred_fast.checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
+from cdred_fast.precision import matmul_precision
+from cdred_fast.trainer import EVAL_SEED_OFFSET, evaluate, make_env
+
+SETTINGS = ("highest", "medium")
+
+
+def _cpuinfo(key: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_bf16_flags() -> str:
+    """The native-bf16 instruction sets this CPU reports (Linux /proc/cpuinfo flags)."""
+    flags = set(_cpuinfo("flags").split())
+    return ",".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+
+
+@contextlib.contextmanager
+def first_elites(record: list):
+    """Record the elite values of every MPPI elite update made inside the block."""
+    original = planner_module.ops.mppi_elite_update
+
+    def wrapped(*args, **kwargs):
+        out = original(*args, **kwargs)
+        record.append(out[2].detach().clone())  # elite_actions [B, H, k, A]
+        return out
+
+    planner_module.ops.mppi_elite_update = wrapped
+    try:
+        yield
+    finally:
+        planner_module.ops.mppi_elite_update = original
+
+
+def plan_once(agent, obs, precision: str, seed: int):
+    """(action, first-iteration elite actions) of one eval-mode plan from a fresh warm start."""
+    record: list = []
+    obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
+    with agent.preserve_plan_state(), torch.no_grad(), agent.model.planning(), matmul_precision(precision):
+        with first_elites(record):
+            z = agent.model.encode(obs_t)
+            action = agent.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(seed))
+    return action.reshape(-1), record[0].reshape(-1, record[0].shape[-2], record[0].shape[-1])
+
+
+def elite_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of the elites ``[H, k, A]`` of ``a`` that are also elites of ``b`` (same sequences)."""
+    seq_a = a.permute(1, 0, 2).reshape(a.shape[1], -1)
+    seq_b = b.permute(1, 0, 2).reshape(b.shape[1], -1)
+    same = torch.cdist(seq_a, seq_b) <= 1e-6
+    return float(same.any(dim=1).float().mean())
+
+
+def states_of(agent, env, episodes: int, seed: int) -> list:
+    out = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, t = False, 0
+        while not done:
+            out.append(np.asarray(obs, dtype=np.float32))
+            obs, _, terminated, truncated, _ = env.step(agent.act(obs, t0=t == 0, eval_mode=True).numpy())
+            done, t = terminated or truncated, t + 1
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--states", type=int, default=200, help="open-loop states (from whole episodes)")
+    parser.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per seed and setting")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="closed-loop evaluation seeds")
+    args = parser.parse_args()
+    info = build_info()
+    print(
+        f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"cpu_capability {torch.backends.cpu.get_cpu_capability()}, bf16 flags {cpu_bf16_flags() or 'none'}, "
+        f"kernels {'fused' if info['cpu_kernels'] else 'reference'}"
+    )
+    for path in args.checkpoints:
+        state = load_checkpoint(path)
+        cfg = config_from_checkpoint(state)
+        env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET)
+        agent = agent_from_checkpoint(state, env)
+        agent.cfg = dataclasses.replace(cfg, matmul_precision="highest")
+        per_episode = max(1, -(-args.states // cfg.episode_length))
+        states = states_of(agent, env, per_episode, seed=cfg.seed + EVAL_SEED_OFFSET + 500)[: args.states]
+        diffs, overlaps = [], []
+        for i, obs in enumerate(states):
+            a_hi, e_hi = plan_once(agent, obs, "highest", seed=i)
+            a_md, e_md = plan_once(agent, obs, "medium", seed=i)
+            diffs.append(float((a_hi - a_md).abs().max()))
+            overlaps.append(elite_overlap(e_hi, e_md))
+        diffs_np = np.asarray(diffs)
+        print(f"\n{path} ({cfg.task}, step {state['step']}): open loop over {len(states)} states")
+        print(
+            f"  chosen action, max |highest - medium|: median {np.median(diffs_np):.2e}, "
+            f"95th pct {np.percentile(diffs_np, 95):.2e}, max {diffs_np.max():.2e}; "
+            f"identical in {np.mean(diffs_np == 0):.0%}"
+        )
+        print(f"  first-iteration elites shared: mean {np.mean(overlaps):.3f}, min {np.min(overlaps):.3f}")
+        print(f"  closed loop, {args.episodes} episodes per seed: return / success last / success any")
+        for setting in SETTINGS:
+            agent.cfg = dataclasses.replace(cfg, matmul_precision=setting)
+            rows = [evaluate(agent, env, args.episodes, seed=1000 * s) for s in args.seeds]
+            cells = "  ".join(
+                f"seed {s}: {r['episode_return']:.1f} / {r['success']:.2f} / {r['success_any']:.2f}"
+                for s, r in zip(args.seeds, rows)
+            )
+            print(f"  {setting:>8}: {cells}")
+
+
+if __name__ == "__main__":
+    main()
