@@ -462,11 +462,18 @@ class CDREDConfig:
 # a Meta-World task from scripted demonstrations in about 10 minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
-        task="mw-reach",
-        steps=12_000,
+        # Meta-World door-open: the door stays where the arm leaves it, so success at the last
+        # step follows from opening it (reach needs the gripper within 5 cm at the very last
+        # step, a precision this small model's MPPI rarely holds); scripted expert: ours, which
+        # stops with the door at the goal (envs.door_open). results/main-job.md has the tasks,
+        # budgets and seeds that were measured before this choice.
+        task="mw-door-open",
+        # 6,000 steps: longer runs of this small model were not stable (seed 1, 128 x 4 search:
+        # last-step success 0.95 at 6k, 0.10 at 9k, 0.25 at 12k; results/main-job.md).
+        steps=6_000,
         seed_steps=1_000,
-        eval_freq=3_000,
-        eval_episodes=10,
+        eval_freq=2_000,
+        eval_episodes=20,
         num_demos=20,
         # a small model: latent 64, MLPs of 128, RND outputs of 32 (SPEC sizes are 512/512/256)
         latent_dim=64,
@@ -477,13 +484,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         rnd_target_hidden=(64, 64),
         rnd_predictor_hidden=(128, 128),
         batch_size=64,
-        # MPPI as in the paper, with a smaller search than SPEC's 512 x 6
+        # MPPI as in the paper with SPEC's 6 iterations and half its 512 samples (seed 3: 0.75 at
+        # the last step at 6k steps, against 0.55 with 128 samples x 4 iterations)
         mpc=True,
-        num_samples=128,
-        num_elites=16,
+        num_samples=256,
+        num_elites=32,
         num_pi_trajs=8,
-        iterations=4,
-        save_freq=3_000,
+        iterations=6,
+        save_freq=2_000,
         # one thread: as fast as two on this model, and unaffected by another busy process
         num_threads=1,
     ),

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from testing_utils import TINY
 
 from cdred_fast.cli import main
+from cdred_fast.config import PRESETS
 from cdred_fast.sweep import SweepError, is_finished, plan_trials, trial_name
 
 # A few hundred steps of the tiny model on mw-reach, with checkpoints every 100 steps.
@@ -73,7 +74,7 @@ def test_cli_refuses_an_invalid_sweep_before_starting_anything(tmp_path):
 
 
 def test_plan_merges_preset_base_and_grid(tmp_path):
-    demos = tmp_path / "mw-reach.npz"
+    demos = tmp_path / f"{PRESETS['demo']['task']}.npz"  # {task} is the preset's task
     demos.write_bytes(b"")
     spec = {"base": {"preset": "demo", "steps": 500, "demos": "{task}.npz"}, "grid": {"seed": [1, 2], "zeta": [1.0]}}
     trials = plan_trials(spec, root=tmp_path)
