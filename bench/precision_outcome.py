@@ -38,25 +38,15 @@ from cdred_fast.trainer import EVAL_SEED_OFFSET, evaluate, make_env
 SETTINGS = ("highest", "medium")
 
 
-def _cpuinfo(key: str) -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(key):
+                if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return ""
-
-
-def cpu_name() -> str:
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-def cpu_bf16_flags() -> str:
-    """The native-bf16 instruction sets this CPU reports (Linux /proc/cpuinfo flags)."""
-    flags = set(_cpuinfo("flags").split())
-    return ",".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+    return platform.processor() or platform.machine()
 
 
 @contextlib.contextmanager
@@ -117,7 +107,7 @@ def main() -> None:
     info = build_info()
     print(
         f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"cpu_capability {torch.backends.cpu.get_cpu_capability()}, bf16 flags {cpu_bf16_flags() or 'none'}, "
+        f"cpu_capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {','.join(info['cpu_native_bf16']) or 'none'}, "
         f"kernels {'fused' if info['cpu_kernels'] else 'reference'}"
     )
     for path in args.checkpoints:

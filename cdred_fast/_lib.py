@@ -72,8 +72,11 @@ def build_info() -> dict:
     ``cpu_kernels`` and ``cuda_kernels`` (bools), ``cuda_arch_list`` (list of str),
     ``cuda_version`` (torch's CUDA version the kernels were built for, or None),
     ``nvcc_version`` (the CUDA version of the nvcc that compiled them, or None),
-    ``extension_loaded`` and ``load_error``.
+    ``extension_loaded`` and ``load_error``; and ``cpu_native_bf16``, this CPU's native bfloat16
+    instruction sets (:func:`cdred_fast.precision.cpu_native_bf16`).
     """
+    from .precision import cpu_native_bf16
+
     info = {
         "torch_version": None,
         "torch_version_runtime": torch.__version__,
@@ -84,6 +87,7 @@ def build_info() -> dict:
         "nvcc_version": None,
         "extension_loaded": load(),
         "load_error": _load_error,
+        "cpu_native_bf16": cpu_native_bf16(),
     }
     if info["extension_loaded"]:
         compiled = json.loads(torch.ops.cdred_fast._build_info())

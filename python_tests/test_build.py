@@ -151,3 +151,16 @@ def test_cuda_skip_reason_names_what_is_missing(monkeypatch):
     monkeypatch.setattr(_dispatch._lib, "available", lambda: False)
     monkeypatch.setattr(_dispatch._lib, "load_error", lambda: "not built")
     assert "not loaded (not built)" in testing_utils.cuda_skip_reason()
+
+
+def test_build_info_reports_the_cpus_native_bf16_instructions():
+    """build_info()["cpu_native_bf16"]: the native-bf16 instruction sets of the CPU's flags line,
+    in a fixed order, and nothing else."""
+    import cdred_fast
+    from cdred_fast.precision import BF16_CPU_FLAGS, bf16_flags_of
+
+    assert bf16_flags_of("fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16") == ["avx512_bf16", "amx_bf16"]
+    assert bf16_flags_of("fpu amx_bf16 avx2") == ["amx_bf16"]
+    assert bf16_flags_of("fpu avx512f avx512_bf16x") == []  # whole names only
+    found = cdred_fast.build_info()["cpu_native_bf16"]
+    assert isinstance(found, list) and set(found) <= set(BF16_CPU_FLAGS)
