@@ -210,3 +210,23 @@ def test_crashing_trial_is_reported_with_its_log_while_the_others_finish(tmp_pat
     assert f"trial num_demos=5 failed (exit {bad['returncode']}); log {log}" in text
     assert "num_demos=5 asks for more episodes" in text  # the end of the log, shown
     assert "sweep: 1/2 finished, 0 running, 1 failed" in text
+
+
+def test_the_committed_paper_grid_plans_135_valid_trials(tmp_path):
+    """results/paper-grid.yaml (the full comparison of the paper): 3 methods x 15 paper tasks x 3
+    seeds, every trial's config valid, each reading its task's demonstrations."""
+    from pathlib import Path
+
+    from cdred_fast.envs.registry import TASKS
+
+    source = Path(__file__).resolve().parents[1] / "results" / "paper-grid.yaml"
+    spec = yaml.safe_load(source.read_text())
+    paper = sorted(name for name, s in TASKS.items() if s.paper)
+    assert sorted(spec["grid"]["task"]) == paper
+    (tmp_path / "demos").mkdir()
+    for task in paper:
+        (tmp_path / "demos" / f"{task}.npz").write_bytes(b"")
+    trials = plan_trials(spec, root=tmp_path)
+    assert len(trials) == 3 * 15 * 3 and len({t.name for t in trials}) == len(trials)
+    for t in trials:
+        assert t.steps == 1_000_000 and t.demos == str((tmp_path / "demos" / f"{t.values['task']}.npz").resolve())
