@@ -73,9 +73,8 @@ def build_info() -> dict:
     ``cuda_version`` (torch's CUDA version the kernels were built for, or None),
     ``nvcc_version`` (the CUDA version of the nvcc that compiled them, or None),
     ``extension_loaded`` and ``load_error``; and ``cpu_native_bf16``, this CPU's native bfloat16
-    instruction sets (:func:`cdred_fast.precision.cpu_native_bf16`).
+    instruction sets (:func:`cpu_native_bf16`).
     """
-    from .precision import cpu_native_bf16
 
     info = {
         "torch_version": None,
@@ -93,3 +92,27 @@ def build_info() -> dict:
         compiled = json.loads(torch.ops.cdred_fast._build_info())
         info.update(compiled)
     return info
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux /proc/cpuinfo names of native bf16 instructions
+
+
+def bf16_flags_of(flags: str) -> list[str]:
+    """The native-bf16 instruction sets named in a ``/proc/cpuinfo`` ``flags`` line."""
+    present = set(flags.split())
+    return [f for f in BF16_CPU_FLAGS if f in present]
+
+
+def cpu_native_bf16() -> list[str]:
+    """This CPU's native bfloat16 instruction sets, ``[]`` for none: ``"avx512_bf16"`` (bf16 dot
+    products, e.g. AMD Zen 4, Intel Cooper Lake and later) and ``"amx_bf16"`` (Intel AMX tiles).
+    Read from ``/proc/cpuinfo``, so ``[]`` off Linux. What ``matmul_precision="medium"`` gains
+    and changes depends on these (bench/RESULTS.md, "Reduced precision")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bf16_flags_of(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return []
