@@ -128,7 +128,13 @@ def _sweep_cmd(path, out):
 
 # The sweep in a process of its own, on a local Ray of one core: one trial at a time, so that
 # the second CDRED trial to run is midway while an earlier trial has finished.
-ONE_AT_A_TIME = "import sys; from cdred_fast.sweep import run_sweep; sys.exit(run_sweep(sys.argv[1], sys.argv[2], num_cpus=1, poll_s=0.2))"
+# The sweep as run from a terminal: SIGINT raises KeyboardInterrupt. (A test process started in the
+# background by a non-interactive shell, `cmd &`, has SIGINT ignored, which its children inherit,
+# and Python installs no handler for an ignored SIGINT.)
+ONE_AT_A_TIME = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from cdred_fast.sweep import run_sweep; sys.exit(run_sweep(sys.argv[1], sys.argv[2], num_cpus=1, poll_s=0.2))"
+)
 
 
 @pytest.mark.slow
