@@ -77,7 +77,7 @@ from .checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
-from .collect import collect
+from .collect import AgentPolicy, collect
 from .config import CDREDConfig
 from .data import Demonstrations, first_episodes, same_demonstrations
 from .envs import has_scripted_policy, make, scripted_policy
@@ -85,7 +85,7 @@ from .errors import CheckpointError, ConfigError, NoCheckpointError, RunDirError
 from .interrupts import ForcedStop, StopSignals
 from .logger import RunLogger, write_config
 from .methods import get as get_method
-from .video import FrameRenderer, save_gif, video_unsupported_reason
+from .video import FrameRenderer, record_episode, save_gif, video_unsupported_reason
 
 # The files of a run directory that atomic_write replaces (stale temporaries are removed at start).
 RUN_FILES = ("checkpoint.pt", "config.yaml", "demos.npz", "train.csv", "eval.csv", "learning_curve.png")
@@ -149,33 +149,34 @@ def _evaluate(
 ) -> dict[str, float]:
     returns, final, anywhere = [], [], []
     for i in range(episodes):
-        render = FrameRenderer(env) if video is not None and i == 0 else None
-        try:
-            obs, _ = env.reset(seed=seed + i)
-            frames = [render()] if render is not None else None
-            done, t, ep_return, succeeded, info = False, 0, 0.0, False, {}
-            while not done:
-                action = agent.act(obs, t0=t == 0, eval_mode=True)
-                obs, reward, terminated, truncated, info = env.step(action.numpy())
-                if render is not None:
-                    frames.append(render())
-                ep_return += float(reward)
-                succeeded = succeeded or bool(info.get("success", False))
-                done = terminated or truncated
-                t += 1
-        finally:
-            if render is not None:
-                render.close()
-        if frames is not None:
-            save_gif(frames, video)
+        if video is not None and i == 0:  # recorded: the same actions, the simulator only read
+            episode = record_episode(env, AgentPolicy(agent, eval_mode=True), seed + i)
+            save_gif(episode.frames, video)
+            ep_return, last, succeeded = episode.episode_return, episode.success, episode.success_any
+        else:
+            ep_return, last, succeeded = _play(agent, env, seed + i)
         returns.append(ep_return)
-        final.append(float(bool(info.get("success", False))))
+        final.append(float(last))
         anywhere.append(float(succeeded))
     return {
         "episode_return": float(np.mean(returns)),
         "success": float(np.mean(final)),
         "success_any": float(np.mean(anywhere)),
     }
+
+
+def _play(agent: CDREDAgent, env, seed: int) -> tuple[float, bool, bool]:
+    """One evaluation episode reset with ``seed``: (return, success at the last step, at any step)."""
+    obs, _ = env.reset(seed=seed)
+    done, t, ep_return, succeeded, info = False, 0, 0.0, False, {}
+    while not done:
+        action = agent.act(obs, t0=t == 0, eval_mode=True)
+        obs, reward, terminated, truncated, info = env.step(action.numpy())
+        ep_return += float(reward)
+        succeeded = succeeded or bool(info.get("success", False))
+        done = terminated or truncated
+        t += 1
+    return ep_return, bool(info.get("success", False)), succeeded
 
 
 # --------------------------------------------------------------------------- demonstrations
