@@ -31,22 +31,12 @@ import torch
 
 import cdred_fast.planner as planner_module
 from cdred_fast import build_info
+from cdred_fast._lib import cpuinfo_value
 from cdred_fast.checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
 from cdred_fast.precision import matmul_precision
 from cdred_fast.trainer import EVAL_SEED_OFFSET, evaluate, make_env
 
 SETTINGS = ("highest", "medium")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @contextlib.contextmanager
@@ -106,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     info = build_info()
     print(
-        f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"machine: {cpuinfo_value('model name') or platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"cpu_capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {','.join(info['cpu_native_bf16']) or 'none'}, "
         f"kernels {'fused' if info['cpu_kernels'] else 'reference'}"
     )

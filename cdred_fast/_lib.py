@@ -97,6 +97,19 @@ def build_info() -> dict:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux /proc/cpuinfo names of native bf16 instructions
 
 
+def cpuinfo_value(key: str) -> str:
+    """The value of the first ``key : value`` line of ``/proc/cpuinfo`` (e.g. ``"flags"``,
+    ``"model name"``), ``""`` when there is none (or off Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def bf16_flags_of(flags: str) -> list[str]:
     """The native-bf16 instruction sets named in a ``/proc/cpuinfo`` ``flags`` line."""
     present = set(flags.split())
@@ -108,11 +121,4 @@ def cpu_native_bf16() -> list[str]:
     products, e.g. AMD Zen 4, Intel Cooper Lake and later) and ``"amx_bf16"`` (Intel AMX tiles).
     Read from ``/proc/cpuinfo``, so ``[]`` off Linux. What ``matmul_precision="medium"`` gains
     and changes depends on these (bench/RESULTS.md, "Reduced precision")."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return bf16_flags_of(line.split(":", 1)[1])
-    except OSError:
-        pass
-    return []
+    return bf16_flags_of(cpuinfo_value("flags"))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cdred_fast import ops
+from cdred_fast._lib import cpuinfo_value
 from cdred_fast.precision import matmul_precision
 
 
@@ -101,15 +102,7 @@ BF16_UNIT_ROUNDOFF = 2.0**-8  # bfloat16 keeps 8 significant bits: |round(x) - x
 def cpu_bf16_features() -> str:
     """What this CPU offers for bf16 products, for messages: the /proc/cpuinfo flags (Linux), torch's
     AMX probe where this torch has it, and ATen's CPU capability."""
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    flags = set(cpuinfo_value("flags").split())
     found = [name for name in ("avx512_bf16", "amx_bf16", "amx_tile") if name in flags] or ["no bf16 flags"]
     amx = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
     if amx is not None:
