@@ -9,7 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from testing_utils import BF16_PROBE_THRESHOLD, BF16_UNIT_ROUNDOFF, cpu_bf16_features, medium_matmul_error
+from testing_utils import (
+    BF16_PROBE_THRESHOLD,
+    BF16_UNIT_ROUNDOFF,
+    SMALL_MODEL,
+    cpu_bf16_features,
+    medium_matmul_error,
+)
 
 from cdred_fast.agent import CDREDAgent, RunningScale
 from cdred_fast.config import CDREDConfig
@@ -35,19 +41,12 @@ UPDATE_KEYS = {
 
 def small_cfg(**kw):
     base = dict(
-        latent_dim=16,
-        enc_dim=16,
-        mlp_dim=32,
-        rnd_dim=8,
-        rnd_target_hidden=(16, 16),
-        rnd_predictor_hidden=(32, 32, 32),
-        num_targets=3,
+        SMALL_MODEL,
         batch_size=B,
         horizon=H,
         num_samples=32,
         num_elites=4,
         num_pi_trajs=4,
-        episode_length=100,
         kernels="reference",
         dropout=0.0,
     )
