@@ -40,6 +40,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -435,9 +436,33 @@ def run_sweep(
         except BlockingIOError:
             raise SweepError(f"another sweep is running in {out}") from None
         resources = (address, cpus_per_trial, gpus_per_trial, num_cpus)
-        return _run(sweep_file, spec, trials, out, resources, echo, poll_s)
+        with _stop_signals():
+            return _run(sweep_file, spec, trials, out, resources, echo, poll_s)
     finally:
         os.close(sweep_lock)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+class _stop_signals:
+    """While the sweep runs, SIGINT and SIGTERM raise KeyboardInterrupt (the orderly stop of
+    :func:`_run`): also in a sweep started in the background (``cmd &``, ``nohup``), whose SIGINT
+    the shell leaves ignored, so that ``kill -INT PID`` / ``kill PID`` stop it as Ctrl-C does.
+    The previous handlers come back afterwards. Main thread only (elsewhere nothing changes)."""
+
+    def __enter__(self):
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _run(sweep_file, spec, trials, out, resources, echo, poll_s) -> int:

@@ -128,11 +128,11 @@ def _sweep_cmd(path, out):
 
 # The sweep in a process of its own, on a local Ray of one core: one trial at a time, so that
 # the second CDRED trial to run is midway while an earlier trial has finished.
-# The sweep as run from a terminal: SIGINT raises KeyboardInterrupt. (A test process started in the
-# background by a non-interactive shell, `cmd &`, has SIGINT ignored, which its children inherit,
-# and Python installs no handler for an ignored SIGINT.)
+# It starts as a background job does (`cmd &`, nohup): with SIGINT ignored. Python leaves an
+# ignored SIGINT ignored, so the SIGINT below stops it only because the sweep installs its own
+# handler (sweep._stop_signals).
 ONE_AT_A_TIME = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
     "from cdred_fast.sweep import run_sweep; sys.exit(run_sweep(sys.argv[1], sys.argv[2], num_cpus=1, poll_s=0.2))"
 )
 
