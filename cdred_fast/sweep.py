@@ -436,8 +436,8 @@ def run_sweep(
         except BlockingIOError:
             raise SweepError(f"another sweep is running in {out}") from None
         resources = (address, cpus_per_trial, gpus_per_trial, num_cpus)
-        with _stop_signals():
-            return _run(sweep_file, spec, trials, out, resources, echo, poll_s)
+        with _stop_signals() as stop_signals:
+            return _run(sweep_file, spec, trials, out, resources, echo, poll_s, stop_signals)
     finally:
         os.close(sweep_lock)
 
@@ -450,14 +450,19 @@ class _stop_signals:
     """While the sweep runs, SIGINT and SIGTERM raise KeyboardInterrupt (the orderly stop of
     :func:`_run`): also in a sweep started in the background (``cmd &``, ``nohup``), whose SIGINT
     the shell leaves ignored, so that ``kill -INT PID`` / ``kill PID`` stop it as Ctrl-C does.
-    The previous handlers come back afterwards. Main thread only (elsewhere nothing changes)."""
+    The previous handlers come back afterwards. Main thread only (elsewhere nothing changes).
+    ``ray.init`` installs a SIGTERM handler of its own (exit at once): :meth:`install` again after it."""
 
     def __enter__(self):
         self._previous = {}
+        self.install()
+        return self
+
+    def install(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, _raise_interrupt)
-        return self
+                previous = signal.signal(sig, _raise_interrupt)
+                self._previous.setdefault(sig, previous)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -465,7 +470,7 @@ class _stop_signals:
         return False
 
 
-def _run(sweep_file, spec, trials, out, resources, echo, poll_s) -> int:
+def _run(sweep_file, spec, trials, out, resources, echo, poll_s, stop_signals) -> int:
     address, cpus_per_trial, gpus_per_trial, num_cpus = resources
     status = {}
     for t in trials:
@@ -485,6 +490,7 @@ def _run(sweep_file, spec, trials, out, resources, echo, poll_s) -> int:
         return 0
 
     ray = _init_ray(address, cpus_per_trial, gpus_per_trial, num_cpus, echo)
+    stop_signals.install()  # over ray.init's SIGTERM handler
     attempt = uuid.uuid4().hex
     device = "cuda" if gpus_per_trial > 0 else "cpu"
     task = ray.remote(execute_trial)

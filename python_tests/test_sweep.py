@@ -138,7 +138,8 @@ ONE_AT_A_TIME = (
 
 
 @pytest.mark.slow
-def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])  # Ctrl-C / kill -INT, and kill (over ray.init's handler)
+def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path, stop):
     pytest.importorskip("ray")
     path = _write(tmp_path, {"base": TINY_RUN, "grid": {"method": ["cdred", "bc"], "seed": [1, 2]}})
     out = tmp_path / "out"
@@ -155,7 +156,7 @@ def test_sweep_interrupted_midway_resumes_only_unfinished_trials(tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, stop))
     first, _ = proc.communicate(timeout=240)
     assert proc.returncode == 130, first
     assert "interrupted" in first and "run the same command again" in first
