@@ -267,7 +267,7 @@ def test_door_open_expert_leaves_the_door_open_at_the_goal():
 def test_door_close_expert_ends_episodes_with_the_door_shut():
     """The main job's expert: Meta-World's door-close expert, holding still once the door is shut
     (registry `expert_holds`), through `collect` on 10 fixed reset seeds: solved at the last step
-    in all 10 (1.00 over seeds 1000-1049, docs/environments.md)."""
+    in >= 9 (observed 10/10; 1.00 over seeds 1000-1049, docs/environments.md)."""
     from cdred_fast.collect import collect
     from cdred_fast.envs.registry import HoldOnSuccess
 
@@ -275,7 +275,7 @@ def test_door_close_expert_ends_episodes_with_the_door_shut():
     policy = envs.scripted_policy("mw-door-close")
     assert isinstance(policy, HoldOnSuccess)
     demos = collect(env, policy, episodes=10, seed=1000)
-    assert demos.success_last.sum() == 10, demos.success_last
+    assert demos.success_last.sum() >= 9, demos.success_last
     assert PRESETS["demo"]["task"] == "mw-door-close"
 
 
