@@ -459,7 +459,7 @@ class CDREDConfig:
 
 
 # Named sets of overrides. "demo" is the README's main job: a small model that learns
-# a Meta-World task from scripted demonstrations in about 10 minutes on 2 CPU cores.
+# a Meta-World task from scripted demonstrations in under 17 minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         # Meta-World door-close: push the door shut and hold it there (the door swings open again
