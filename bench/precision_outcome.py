@@ -1,17 +1,22 @@
-"""What ``matmul_precision="medium"`` does to what a trained agent *does*, against ``"highest"``.
+"""What reduced precision does to what a trained agent *does*, against exact float32.
 
 Run from the repository root on trained runs (checkpoints of ``cdred-fast train``):
 
     python bench/precision_outcome.py RUN/checkpoint.pt [RUN2/checkpoint.pt ...] \
-        [--states 200] [--episodes 20] [--seeds 1 2 3]
+        [--states 200] [--episodes 20] [--seeds 1 2 3] [--settings medium bf16]
+
+The settings, each against ``highest`` (``matmul_precision="highest"``, float32 reward networks):
+
+* ``medium``: ``matmul_precision="medium"`` (oneDNN's bf16-based float32 products on the CPU);
+* ``bf16``: ``planning_precision="bfloat16"``, the CDRED reward networks in bfloat16 while planning.
 
 For each checkpoint:
 
-* **open loop**: the states of evaluation episodes (acting at ``"highest"``), each planned
+* **open loop**: the states of evaluation episodes (acting at ``highest``), each planned
   from a fresh warm start with both settings from the same generator state: how far apart
   the two chosen actions are (max over action dimensions), and how many of the first MPPI
   iteration's elites are the same candidates (the candidates of that iteration are the same
-  draws for both; the overlap is ``|E_highest & E_medium| / k``);
+  draws for both; the overlap is ``|E_highest & E_setting| / k``);
 * **closed loop**: evaluation return and success at the last / any step over ``--episodes``
   episodes for each evaluation seed, with each setting (the agent's own ``evaluate``).
 
@@ -36,7 +41,12 @@ from cdred_fast.checkpoint import agent_from_checkpoint, config_from_checkpoint,
 from cdred_fast.precision import matmul_precision
 from cdred_fast.trainer import EVAL_SEED_OFFSET, evaluate, make_env
 
-SETTINGS = ("highest", "medium")
+# setting -> the config fields it changes (every setting also planning_precision / matmul_precision)
+SETTINGS = {
+    "highest": dict(matmul_precision="highest", planning_precision="float32"),
+    "medium": dict(matmul_precision="medium", planning_precision="float32"),
+    "bf16": dict(matmul_precision="highest", planning_precision="bfloat16"),
+}
 
 
 @contextlib.contextmanager
@@ -56,14 +66,19 @@ def first_elites(record: list):
         planner_module.ops.mppi_elite_update = original
 
 
-def plan_once(agent, obs, precision: str, seed: int):
+def plan_once(agent, obs, setting: str, seed: int):
     """(action, first-iteration elite actions) of one eval-mode plan from a fresh warm start."""
     record: list = []
     obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
-    with agent.preserve_plan_state(), torch.no_grad(), agent.model.planning(), matmul_precision(precision):
-        with first_elites(record):
-            z = agent.model.encode(obs_t)
-            action = agent.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(seed))
+    cfg = agent.cfg
+    agent.cfg = agent.model.cfg = dataclasses.replace(cfg, **SETTINGS[setting])
+    try:
+        with agent.preserve_plan_state(), torch.no_grad(), agent.model.planning():
+            with matmul_precision(agent.cfg.matmul_precision), first_elites(record):
+                z = agent.model.encode(obs_t)
+                action = agent.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(seed))
+    finally:
+        agent.cfg = agent.model.cfg = cfg
     return action.reshape(-1), record[0].reshape(-1, record[0].shape[-2], record[0].shape[-1])
 
 
@@ -93,6 +108,9 @@ def main() -> None:
     parser.add_argument("--states", type=int, default=200, help="open-loop states (from whole episodes)")
     parser.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per seed and setting")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="closed-loop evaluation seeds")
+    parser.add_argument(
+        "--settings", nargs="+", default=["medium", "bf16"], choices=[k for k in SETTINGS if k != "highest"]
+    )
     args = parser.parse_args()
     info = build_info()
     print(
@@ -102,35 +120,38 @@ def main() -> None:
     )
     for path in args.checkpoints:
         state = load_checkpoint(path)
-        cfg = config_from_checkpoint(state)
+        cfg = dataclasses.replace(config_from_checkpoint(state), **SETTINGS["highest"])
         env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET)
         agent = agent_from_checkpoint(state, env)
-        agent.cfg = dataclasses.replace(cfg, matmul_precision="highest")
+        agent.cfg = agent.model.cfg = cfg
         per_episode = max(1, -(-args.states // cfg.episode_length))
         states = states_of(agent, env, per_episode, seed=cfg.seed + EVAL_SEED_OFFSET + 500)[: args.states]
-        diffs, overlaps = [], []
-        for i, obs in enumerate(states):
-            a_hi, e_hi = plan_once(agent, obs, "highest", seed=i)
-            a_md, e_md = plan_once(agent, obs, "medium", seed=i)
-            diffs.append(float((a_hi - a_md).abs().max()))
-            overlaps.append(elite_overlap(e_hi, e_md))
-        diffs_np = np.asarray(diffs)
         print(f"\n{path} ({cfg.task}, step {state['step']}): open loop over {len(states)} states")
-        print(
-            f"  chosen action, max |highest - medium|: median {np.median(diffs_np):.2e}, "
-            f"95th pct {np.percentile(diffs_np, 95):.2e}, max {diffs_np.max():.2e}; "
-            f"identical in {np.mean(diffs_np == 0):.0%}"
-        )
-        print(f"  first-iteration elites shared: mean {np.mean(overlaps):.3f}, min {np.min(overlaps):.3f}")
+        for setting in args.settings:
+            diffs, overlaps = [], []
+            for i, obs in enumerate(states):
+                a_hi, e_hi = plan_once(agent, obs, "highest", seed=i)
+                a_lo, e_lo = plan_once(agent, obs, setting, seed=i)
+                diffs.append(float((a_hi - a_lo).abs().max()))
+                overlaps.append(elite_overlap(e_hi, e_lo))
+            diffs_np = np.asarray(diffs)
+            print(
+                f"  {setting}: chosen action, max |highest - {setting}|: median {np.median(diffs_np):.2e}, "
+                f"95th pct {np.percentile(diffs_np, 95):.2e}, max {diffs_np.max():.2e}; "
+                f"identical in {np.mean(diffs_np == 0):.0%}; "
+                f"first-iteration elites shared: mean {np.mean(overlaps):.3f}, min {np.min(overlaps):.3f}",
+                flush=True,
+            )
         print(f"  closed loop, {args.episodes} episodes per seed: return / success last / success any")
-        for setting in SETTINGS:
-            agent.cfg = dataclasses.replace(cfg, matmul_precision=setting)
+        for setting in ["highest", *args.settings]:
+            agent.cfg = agent.model.cfg = dataclasses.replace(cfg, **SETTINGS[setting])
             rows = [evaluate(agent, env, args.episodes, seed=1000 * s) for s in args.seeds]
             cells = "  ".join(
                 f"seed {s}: {r['episode_return']:.1f} / {r['success']:.2f} / {r['success_any']:.2f}"
                 for s, r in zip(args.seeds, rows)
             )
-            print(f"  {setting:>8}: {cells}")
+            print(f"  {setting:>8}: {cells}", flush=True)
+        agent.cfg = agent.model.cfg = cfg
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
   predictors of [1024, 1024, 1024] -> 256), for A = 6 and A = 38;
 * one update at B = 256 sub-trajectories of H + 1 = 4 from each buffer.
 
-`kernels="fused"` against `kernels="reference"` in the same run. The benchmark fixtures
+`kernels="fused"` against `kernels="reference"` in the same run, and on the CPU the fused plan
+with the reward networks in bfloat16 (`planning_precision="bfloat16"`, "fused-bf16"; its effect on
+what the agent does: bench/precision_outcome.py, bench/RESULTS.md). The benchmark fixtures
 run a few rounds only (each plan is seconds on a 2-core CPU).
 Run: pytest bench/test_bench_agent.py --benchmark-only
 """
@@ -19,17 +21,20 @@ from cdred_fast import CDREDAgent, CDREDConfig
 OBS_DIM = 39
 
 
-def _agent(kernels, action_dim, device):
+def _agent(kernels, action_dim, device, planning_precision="float32"):
     torch.manual_seed(0)
-    cfg = CDREDConfig(kernels=kernels, episode_length=500)
+    cfg = CDREDConfig(kernels=kernels, episode_length=500, planning_precision=planning_precision)
     return CDREDAgent(cfg, OBS_DIM, action_dim, device=device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("action_dim", [6, 38])
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", ["fused", "fused-bf16", "reference"])
 def test_bench_plan(benchmark, impl, action_dim, device):
-    agent = _agent(impl, action_dim, device)
+    if impl == "fused-bf16" and device != "cpu":
+        pytest.skip("planning_precision='bfloat16' runs on the CPU only")
+    kernels, precision = ("fused", "bfloat16") if impl == "fused-bf16" else (impl, "float32")
+    agent = _agent(kernels, action_dim, device, precision)
     benchmark.group = f"plan SPEC defaults A={action_dim} {device}"
     benchmark.extra_info["impl"] = impl
     time_plan(benchmark, agent, OBS_DIM, device)

@@ -31,6 +31,7 @@ OBS_CHOICES = ("state", "rgb")
 METHOD_CHOICES = ("cdred", "tdmpc2", "iqmpc", "bc")
 REWARD_INPUT_CHOICES = ("latent", "obs")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+PLANNING_PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 def conv_output_size(image_size: int) -> int:
@@ -217,6 +218,14 @@ class CDREDConfig:
     # AMX through oneDNN). Epilogues, reductions and the MPPI ops stay float32. Measured
     # effect: README, "Reduced-precision matrix products".
     matmul_precision: str = "highest"
+    # Precision of the CDRED reward networks (K targets, two predictors) while the agent PLANS
+    # (MPPI); training, the TD targets and everything else stay float32. "float32" (exact);
+    # "bfloat16": their products in bfloat16 (float32 accumulation), LayerNorm -> Mish and the
+    # reward in float32, on the CPU only (CPUs with AVX512-BF16 or AMX run it natively; others
+    # emulate it slowly); "auto": bfloat16 on a CPU with native bf16, float32 elsewhere.
+    # Measured effect on speed and on what the agent does: bench/RESULTS.md, "bfloat16 reward
+    # networks in planning".
+    planning_precision: str = "float32"
     # CPU threads of a training run (torch.set_num_threads when the Trainer starts); None keeps
     # torch's default (one per core). Small models run as fast on one thread and do not slow
     # down when another process takes a core (bench/threads_check.py, docs/training.md).
@@ -329,6 +338,7 @@ class CDREDConfig:
             ("obs", OBS_CHOICES),
             ("kernels", KERNEL_CHOICES),
             ("matmul_precision", MATMUL_PRECISIONS),
+            ("planning_precision", PLANNING_PRECISIONS),
             ("method", METHOD_CHOICES),
             ("reward_input", REWARD_INPUT_CHOICES),
         ):
@@ -507,6 +517,7 @@ __all__ = [
     "conv_output_size",
     "OBS_CHOICES",
     "KERNEL_CHOICES",
+    "PLANNING_PRECISIONS",
     "METHOD_CHOICES",
     "REWARD_INPUT_CHOICES",
 ]

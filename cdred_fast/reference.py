@@ -249,14 +249,18 @@ def ensemble_mlp(
     if x_shared is not None:
         # "x = [z ; a]": the same z in front of every row.
         x = torch.cat([x_shared.expand(*x.shape[:-1], x_shared.shape[0]), x], dim=-1)
+    # bfloat16 networks (the planning precision): products in bfloat16, each hidden layer's
+    # bias + LayerNorm + Mish in float32, rounded back to bfloat16 once
+    wide = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
     h = x
     for l in range(len(weights)):
-        # Linear (batched over the members): h [N, in] or [E, N, in] -> [E, N, out]
-        h = torch.matmul(h, weights[l].transpose(1, 2)) + biases[l].unsqueeze(1)
         if l == len(weights) - 1:
-            break  # the last layer is a plain Linear
+            # the last layer is a plain Linear (batched over the members): [E, N, out]
+            return torch.matmul(h, weights[l].transpose(1, 2)) + biases[l].unsqueeze(1)
+        # Linear: h [N, in] or [E, N, in] -> [E, N, out]
+        h = torch.matmul(h, weights[l].transpose(1, 2)).to(wide) + biases[l].unsqueeze(1).to(wide)
         # LayerNorm (biased variance, eps) with the member's affine weight and bias
         h = F.layer_norm(h, h.shape[-1:], eps=ln_eps) * ln_weights[l].unsqueeze(1) + ln_biases[l].unsqueeze(1)
         # Mish
-        h = F.mish(h)
+        h = F.mish(h).to(x.dtype)
     return h

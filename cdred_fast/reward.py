@@ -191,23 +191,54 @@ class CDREDReward(nn.Module):
         return (pred - chosen).pow(2).mean(dim=-1)
 
     # ------------------------------------------------------------------ Eq. 7
+    def params_in(self, dtype: torch.dtype) -> tuple[ops.EnsembleParams, tuple[ops.EnsembleParams, ops.EnsembleParams]]:
+        """``(targets, (expert, behavioural))`` parameters in ``dtype``: the parameters themselves
+        in their own dtype, otherwise rounded copies (bfloat16 planning), made once and kept until
+        a parameter changes (an optimiser step or ``load_state_dict`` bumps its version) or moves."""
+        targets, predictors = self.target_params(), self.predictor_params()
+        if dtype == targets.weights[0].dtype:
+            return targets, predictors
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        cached = getattr(self, "_params_cache", None)
+        if cached is None or cached[0] != key:
+
+            def cast(p: ops.EnsembleParams) -> ops.EnsembleParams:
+                return ops.EnsembleParams(*([t.detach().to(dtype) for t in group] for group in p[:4]), p.ln_eps)
+
+            cached = (key, (cast(targets), (cast(predictors[0]), cast(predictors[1]))))
+            self._params_cache = cached
+        return cached[1]
+
     @torch.no_grad()
-    def forward(self, x: Tensor, impl: Optional[str] = None, x_shared: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        impl: Optional[str] = None,
+        x_shared: Optional[Tensor] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> Tensor:
         """CDRED reward ``R(x)`` of SPEC Eq. 7 (no gradient): ``x [..., in] -> [...]``.
 
         Targets, predictors and the reward run through ``ops.rnd_reward``. ``x_shared [I_s]``,
         when given, is the first ``I_s`` input features of every row (``x`` then holds the
         remaining ones): the planning case ``x = [z ; a]`` with one ``z`` for all rows, where
         the ``z`` part of every first layer is computed once. ``impl`` overrides the config's
-        kernel choice (``"fused"`` / ``"reference"``).
+        kernel choice (``"fused"`` / ``"reference"``). ``dtype=torch.bfloat16`` runs the
+        networks in bfloat16 (``CDREDConfig.planning_precision``; weights rounded once per
+        change, :meth:`params_in`) and returns the reward in float32; None: the parameters' dtype.
         """
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         cfg = self.cfg
+        targets, predictors = self.params_in(dtype if dtype is not None else self.target_nets.layers[0].weight.dtype)
+        wdtype = targets.weights[0].dtype
+        if flat.dtype != wdtype and wdtype == torch.bfloat16:
+            flat = flat.to(wdtype)
+            x_shared = x_shared.to(wdtype) if x_shared is not None else None
         r = ops.rnd_reward(
             flat,
-            self.target_params(),
-            self.predictor_params(),
+            targets,
+            predictors,
             cfg.alpha,
             cfg.zeta,
             cfg.sigma,

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..precision import planning_dtype
 from .common import Method, latent_rollout, rho_weights, td_targets, value_loss, with_total, world_model_rollout
 
 
@@ -75,11 +76,15 @@ class CDRED(Method):
         if model.cfg.reward_input == "obs":
             raise ValueError("reward_input='obs' has no reward at imagined latents: it cannot plan (use mpc=False)")
         reward_model = model.reward_model
+        # bfloat16 reward networks in planning (CDREDConfig.planning_precision; the reward stays
+        # float32), or None: the parameters' own dtype
+        bf16 = planning_dtype(model.cfg.planning_precision, next(reward_model.parameters()).device) == torch.bfloat16
+        dtype = torch.bfloat16 if bf16 else None
         return world_model_rollout(
             model,
             generator,
-            reward=lambda z, a: reward_model(torch.cat([z, a], dim=-1)),
-            shared_reward=lambda z, a: reward_model(a, x_shared=z),
+            reward=lambda z, a: reward_model(torch.cat([z, a], dim=-1), dtype=dtype),
+            shared_reward=lambda z, a: reward_model(a, x_shared=z, dtype=dtype),
         )
 
     def stats(self, losses, n_behavioral, q):

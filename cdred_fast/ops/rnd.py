@@ -72,7 +72,8 @@ def _is_tensor_seq(seq) -> bool:
 
 def _check_rnd_tensor(name: str, t, ref: Tensor, shape: tuple, layout: str) -> None:
     check_is_tensor(name, t)
-    check_float(name, t)
+    if ref.dtype != torch.bfloat16:  # bfloat16 x: every tensor must be bfloat16 too (check_match)
+        check_float(name, t)
     check_match(name, t, "x", ref)
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {layout} = {list(shape)}, got shape {tuple(t.shape)}")
@@ -85,7 +86,8 @@ def _check_ensemble_mlp_inputs(x, weights, biases, ln_weights, ln_biases, ln_eps
             "x must have shape [N, I] (2-D, rows shared by every member) or [E, N, I] (3-D, rows per member), "
             f"got shape {tuple(x.shape)}"
         )
-    check_float("x", x)
+    if x.dtype != torch.bfloat16:
+        check_float("x", x)
     for name, seq in (("weights", weights), ("biases", biases), ("ln_weights", ln_weights), ("ln_biases", ln_biases)):
         if not _is_tensor_seq(seq):
             raise TypeError(f"{name} must be a list or tuple of torch.Tensor, got {type(seq).__name__}")
@@ -183,6 +185,11 @@ def ensemble_mlp(
             the ``z``-part of the first layer once per call, not once per row.
         impl: ``"fused"`` or ``"reference"``.
 
+    dtype: float32 or float64; or bfloat16 for ``x`` and every parameter, the no-gradient
+    planning form (``CDREDConfig.planning_precision``; the fused kernels take it on the CPU):
+    GEMMs in bfloat16 with float32 accumulation (oneDNN), each hidden layer's bias +
+    LayerNorm + Mish in float32, rounded to bfloat16 once.
+
     Returns: ``[E, N, out]``. Differentiable w.r.t. ``x``, ``x_shared`` and every
     parameter tensor. When grad mode is on and an input requires grad (training
     the predictors), the fused path runs in its trainable form: ATen GEMMs with
@@ -195,9 +202,24 @@ def ensemble_mlp(
     check_impl(impl)
     _check_ensemble_mlp_inputs(x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared)
     params = EnsembleParams(list(weights), list(biases), list(ln_weights), list(ln_biases), float(ln_eps))
+    _check_bfloat16(x, x_shared, params, impl)
     # training: the trainable form keeps what the backward needs
     trainable = impl == "fused" and _needs_grad(x, x_shared, *params.tensors())
     return run(impl, "ensemble_mlp", x, *params, x_shared, fused=_ensemble_mlp_trainable if trainable else None)
+
+
+def _check_bfloat16(x: Tensor, x_shared, params: EnsembleParams, impl: str) -> None:
+    """bfloat16 networks are the forward-only planning form (``CDREDConfig.planning_precision``):
+    no gradient, and the fused kernels take them on the CPU only."""
+    if x.dtype != torch.bfloat16:
+        return
+    if _needs_grad(x, x_shared, *params.tensors()):
+        raise TypeError(
+            "bfloat16 ensemble inputs are the no-gradient planning form; train in float32 "
+            "(an input or parameter requires grad while grad mode is on)"
+        )
+    if impl == "fused" and x.device.type != "cpu":
+        raise TypeError(f"the fused ops take bfloat16 on the CPU only; x is bfloat16 on {x.device} (use float32)")
 
 
 def _needs_grad(*tensors) -> bool:
@@ -256,7 +278,10 @@ def rnd_reward(
         x_shared: optional ``[I_s]`` shared first input features (see :func:`ensemble_mlp`).
         impl: ``"fused"`` or ``"reference"``.
 
-    Returns: ``[N]`` reward per row.
+    Returns: ``[N]`` reward per row, in ``x``'s dtype; bfloat16 networks (``x`` and every
+    parameter bfloat16: the planning precision of ``CDREDConfig.planning_precision``, no
+    gradient) return it in float32: their outputs are widened to float32 before the
+    reward (SPEC Eq. 7-8), which is computed in float32.
 
     Fused path without gradients (planning): the predictors run through
     ``ensemble_mlp``; the targets through ``ensemble_reward``, which runs their
@@ -292,6 +317,7 @@ def rnd_reward(
             )
         preds = ensemble_mlp(x, *predictors, x_shared, impl=impl)  # [2, N, D]
         pred_expert, pred_behavioral = preds[0], preds[1]
+    bf16 = x.dtype == torch.bfloat16
     if impl == "fused" and not _needs_grad(x, x_shared, pred_expert, pred_behavioral, *targets.tensors()):
         # planning: the targets' last layer and the reward per tile of rows, no [K, N, D] tensor
         _check_ensemble_mlp_inputs(x, *targets, x_shared)
@@ -301,6 +327,8 @@ def rnd_reward(
         rest = (float(alpha), float(zeta), float(sigma), g, float(eps), x_shared)
         return run(impl, "ensemble_reward", x, *targets, pred_expert, pred_behavioral, *rest)
     targets = ensemble_mlp(x, *targets, x_shared, impl=impl)  # [K, N, D]
+    if bf16:  # the reward of bfloat16 networks is computed in float32
+        pred_expert, pred_behavioral, targets = pred_expert.float(), pred_behavioral.float(), targets.float()
     return cdred_reward(pred_expert, pred_behavioral, targets, alpha, zeta, sigma, g, eps, impl=impl)
 
 
@@ -329,7 +357,8 @@ def _register() -> None:
         x_shared=None,
     ):
         torch._check(x.dim() == 2 or x.dim() == 3)
-        return x.new_empty((x.shape[-2],))
+        # bfloat16 networks: the reward is float32
+        return x.new_empty((x.shape[-2],), dtype=torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
 
     def _no_gradient(ctx, grad):
         raise RuntimeError(

@@ -7,11 +7,14 @@
 //           is not finite gets its statistics from scaled values instead;
 //   pass 2: dst <- Mish((v - mean) * rstd * gamma + beta), Mish with the
 //           polynomial exp of ln_mish_math.h, so the loop vectorises.
+// bfloat16 rows (forward only) are widened to float32, run through the same row
+// code, and rounded once on the way out.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "common/ln_mish.h"
 #include "common/ln_mish_math.h"
@@ -113,6 +116,30 @@ CDRED_DEFINE_LN_MISH_ROWS(ln_mish_rows_f, float)
 CDRED_DEFINE_LN_MISH_ROWS(ln_mish_rows_d, double)
 #undef CDRED_DEFINE_LN_MISH_ROWS
 
+// bfloat16 rows (the forward-only planning form of the rnd ops): each row is widened to
+// float32 in a per-task scratch row, normalised by the float32 row code above with the
+// float32 copies of bias / gamma / beta, and rounded to bfloat16 once on the way out (in
+// place is safe: a row is read whole before it is written). No row statistics.
+CDRED_CPU_CLONES void ln_mish_rows_bf16(const c10::BFloat16* src, int64_t se, int64_t sn, c10::BFloat16* dst,
+                                        const float* bias, const float* gamma, const float* beta, int64_t N, int64_t D,
+                                        float eps, int64_t begin, int64_t end) {
+  std::vector<float> v(D), y(D);
+  for (int64_t s = begin; s < end; ++s) {
+    const int64_t e = s / N, n = s % N;
+    const c10::BFloat16* in = src + e * se + n * sn;
+    for (int64_t j = 0; j < D; ++j) v[j] = static_cast<float>(in[j]);
+    if (bias != nullptr) {
+      ln_mish_rows<float, true, false>(v.data(), 0, 0, y.data(), bias + e * D, gamma + e * D, beta + e * D, nullptr,
+                                       nullptr, 1, D, eps, 0, 1);
+    } else {
+      ln_mish_rows<float, false, false>(v.data(), 0, 0, y.data(), nullptr, gamma + e * D, beta + e * D, nullptr,
+                                        nullptr, 1, D, eps, 0, 1);
+    }
+    c10::BFloat16* out = dst + s * D;
+    for (int64_t j = 0; j < D; ++j) out[j] = c10::BFloat16(y[j]);
+  }
+}
+
 template <typename T>
 T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -125,6 +152,23 @@ void launch_ln_mish_cpu(const at::Tensor& src, const at::Tensor& dst, const at::
   const int64_t E = dst.size(0), N = dst.size(1), D = dst.size(2);
   // ~32k elements per task: small batches stay on one thread.
   const int64_t grain = std::max<int64_t>(1, 32768 / D);
+  if (dst.scalar_type() == at::kBFloat16) {
+    TORCH_CHECK(!mean_out.defined() && !rstd_out.defined(),
+                "cdred_fast: the bfloat16 LayerNorm -> Mish rows keep no statistics (forward-only planning form)");
+    const at::Tensor cf = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+    const at::Tensor gf = gamma.to(at::kFloat).contiguous(), bf = beta.to(at::kFloat).contiguous();
+    const c10::BFloat16* in = src.data_ptr<c10::BFloat16>();
+    const int64_t se = src.stride(0), sn = src.stride(1);
+    c10::BFloat16* out = dst.data_ptr<c10::BFloat16>();
+    const float* cp = data_or_null<float>(cf);
+    const float* gp = gf.data_ptr<float>();
+    const float* bp = bf.data_ptr<float>();
+    const float e = static_cast<float>(eps);
+    at::parallel_for(0, E * N, grain, [&](int64_t begin, int64_t end) {
+      ln_mish_rows_bf16(in, se, sn, out, cp, gp, bp, N, D, e, begin, end);
+    });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES(dst.scalar_type(), "cdred_fast_ln_mish_cpu", [&] {
     const scalar_t* in = src.data_ptr<scalar_t>();
     const int64_t se = src.stride(0), sn = src.stride(1);

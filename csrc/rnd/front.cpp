@@ -7,6 +7,11 @@
 // device (common/ln_mish.h) is the fused epilogue. Registered for CPU and CUDA
 // in registration.cpp. The pure-PyTorch twin is
 // cdred_fast/reference.py:ensemble_mlp.
+//
+// Both ops also take bfloat16 networks on the CPU (no gradient: the planning
+// precision of docs/kernels.md): the GEMMs run in bfloat16 (oneDNN, float32
+// accumulation), the epilogue in float32 rounded once per value, and
+// ensemble_reward widens the outputs and returns the reward in float32.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
@@ -58,6 +63,17 @@ struct EnsembleShape {
   std::vector<int64_t> out;   // out_l per layer
 };
 
+// A parameter (or predictor output) of the ensemble ops: the dtype and the device of x, which
+// may be bfloat16 on the CPU (the forward-only planning form) besides float32 / float64.
+void check_like_x(const char* op, const std::string& name, const at::Tensor& t, const at::Tensor& x) {
+  if (x.scalar_type() == at::kBFloat16) {
+    TORCH_CHECK_VALUE(t.defined(), op, ": argument '", name, "' is an undefined tensor");
+    check_same_dtype_device(op, name, t, "x", x);
+  } else {
+    check_float_like(op, name, t, x, "x");
+  }
+}
+
 std::string indexed(const char* name, size_t l) {
   return std::string(name) + "[" + std::to_string(l) + "]";
 }
@@ -71,8 +87,12 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
                     ": argument 'x' must have shape [N, I] (2-D, rows shared by every member) or [E, N, I] "
                     "(3-D, rows per member), got shape ",
                     x.sizes());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-                   ": argument 'x' must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble || x.scalar_type() == at::kBFloat16,
+                   op, ": argument 'x' must be float32, float64 or (on the CPU) bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(x.scalar_type() != at::kBFloat16 || x.device().is_cpu(), op,
+                   ": bfloat16 runs on the CPU only (the planning precision of docs/kernels.md); argument 'x' is "
+                   "bfloat16 on ",
+                   x.device());
   const size_t L = weights.size();
   TORCH_CHECK_VALUE(L >= 1, op, ": argument 'weights' must hold at least one layer, got an empty list");
   TORCH_CHECK_VALUE(biases.size() == L, op, ": argument 'biases' must hold one tensor per layer (", L, "), got ",
@@ -88,7 +108,7 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
   for (size_t l = 0; l < L; ++l) {
     const std::string wn = indexed("weights", l);
     const at::Tensor& w = weights[l];
-    check_float_like(op, wn, w, x, "x");
+    check_like_x(op, wn, w, x);
     TORCH_CHECK_VALUE(w.dim() == 3, op, ": argument '", wn, "' must have shape [E, out, in] (3-D), got shape ",
                       w.sizes());
     if (l == 0) {
@@ -107,14 +127,14 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
                       "' must have at least one output and one input feature, got shape ", w.sizes());
     s.out.push_back(out);
     const std::string bn = indexed("biases", l);
-    check_float_like(op, bn, biases[l], x, "x");
+    check_like_x(op, bn, biases[l], x);
     TORCH_CHECK_VALUE(biases[l].dim() == 2 && biases[l].size(0) == s.E && biases[l].size(1) == out, op, ": argument '",
                       bn, "' must have shape [E, out] = [", s.E, ", ", out, "], got shape ", biases[l].sizes());
     if (l + 1 < L) {
       for (const auto& [name, list] : {std::pair<const char*, at::TensorList>{"ln_weights", ln_weights},
                                        std::pair<const char*, at::TensorList>{"ln_biases", ln_biases}}) {
         const std::string n = indexed(name, l);
-        check_float_like(op, n, list[l], x, "x");
+        check_like_x(op, n, list[l], x);
         TORCH_CHECK_VALUE(list[l].dim() == 2 && list[l].size(0) == s.E && list[l].size(1) == out, op, ": argument '", n,
                           "' must have shape [E, out] = [", s.E, ", ", out, "], got shape ", list[l].sizes());
       }
@@ -123,7 +143,7 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
   }
   if (x_shared.has_value() && x_shared->defined()) {
     const at::Tensor& z = *x_shared;
-    check_float_like(op, "x_shared", z, x, "x");
+    check_like_x(op, "x_shared", z, x);
     TORCH_CHECK_VALUE(z.dim() == 1, op, ": argument 'x_shared' must have shape [I_s] (1-D), got shape ", z.sizes());
     s.shared = z.size(0);
     TORCH_CHECK_VALUE(s.shared < s.in0, op, ": argument 'x_shared' has ", s.shared,
@@ -149,7 +169,7 @@ void check_ensemble_reward_preds(const char* op, const EnsembleShape& s, const a
   const int64_t D = s.out[s.layers - 1];
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"pred_expert", &pred_expert},
                                 std::pair<const char*, const at::Tensor*>{"pred_behavioral", &pred_behavioral}}) {
-    check_float_like(op, name, *t, x, "x");
+    check_like_x(op, name, *t, x);
     TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == s.N && t->size(1) == D, op, ": argument '", name,
                       "' must have shape [N, D] = [", s.N, ", ", D,
                       "] (N rows of x, D outputs of the targets' "
@@ -296,9 +316,13 @@ at::Tensor ensemble_reward(const at::Tensor& x_in, at::TensorList weights, at::T
   parse_g(op, std::string(g));
   const c10::OptionalDeviceGuard guard(cuda_device_of(x_in));
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const at::Tensor x = x_in.contiguous(), pe = pred_expert.contiguous(), pb = pred_behavioral.contiguous();
+  // bfloat16 networks (planning on the CPU): the predictor outputs and each tile of target
+  // outputs are widened to float32, and the reward is computed and returned in float32.
+  const bool bf16 = x_in.scalar_type() == at::kBFloat16;
+  const auto widen = [bf16](const at::Tensor& t) { return bf16 ? t.to(at::kFloat).contiguous() : t.contiguous(); };
+  const at::Tensor x = x_in.contiguous(), pe = widen(pred_expert), pb = widen(pred_behavioral);
   const int64_t K = s.E, N = s.N, D = s.out[s.layers - 1];
-  at::Tensor out = at::empty({N}, x.options());
+  at::Tensor out = at::empty({N}, pe.options());
   if (N == 0) return out;
   const int64_t tile_bytes = x.is_cuda() ? kCudaRewardTileBytes : kCpuRewardTileBytes;
   const int64_t per_row = K * D * static_cast<int64_t>(x.element_size());
@@ -311,8 +335,8 @@ at::Tensor ensemble_reward(const at::Tensor& x_in, at::TensorList weights, at::T
                           const int64_t n = std::min(T, N - r0);
                           at::Tensor targets = buffer.narrow(0, 0, K * n * D).view({K, n, D});  // contiguous
                           last_linear_rows(targets, in, bias, wt, rows_2d, r0, n);
-                          out.narrow(0, r0, n).copy_(cdred_reward(pe.narrow(0, r0, n), pb.narrow(0, r0, n), targets,
-                                                                  alpha, zeta, sigma, g, eps));
+                          out.narrow(0, r0, n).copy_(cdred_reward(pe.narrow(0, r0, n), pb.narrow(0, r0, n),
+                                                                  widen(targets), alpha, zeta, sigma, g, eps));
                         }
                       });
   return out;
