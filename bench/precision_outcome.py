@@ -16,9 +16,12 @@ For each checkpoint:
   from a fresh warm start with both settings from the same generator state: how far apart
   the two chosen actions are (max over action dimensions), and how many of the first MPPI
   iteration's elites are the same candidates (the candidates of that iteration are the same
-  draws for both; the overlap is ``|E_highest & E_setting| / k``);
+  draws for both; the overlap is ``|E_highest & E_setting| / k``). The row ``seed`` is the
+  scale to read them on: ``highest`` against itself from another generator state;
 * **closed loop**: evaluation return and success at the last / any step over ``--episodes``
-  episodes for each evaluation seed, with each setting (the agent's own ``evaluate``).
+  episodes for each evaluation seed, with each setting (the agent's own ``evaluate``). A
+  checkpoint trained with ``mpc=False`` acts with its policy prior, which no setting changes;
+  ``--plan`` evaluates it with MPPI instead.
 
 It prints one table per checkpoint, with this CPU's capabilities (``build_info()``'s
 ``cpu_capability``, AVX512-BF16 and AMX). bench/RESULTS.md quotes its output.
@@ -109,6 +112,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per seed and setting")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="closed-loop evaluation seeds")
     parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="evaluate with MPPI planning (mpc=True) even when the checkpoint acts with its policy prior",
+    )
+    parser.add_argument(
         "--settings", nargs="+", default=["medium", "bf16"], choices=[k for k in SETTINGS if k != "highest"]
     )
     args = parser.parse_args()
@@ -121,17 +129,24 @@ def main() -> None:
     for path in args.checkpoints:
         state = load_checkpoint(path)
         cfg = dataclasses.replace(config_from_checkpoint(state), **SETTINGS["highest"])
+        if args.plan:
+            cfg = dataclasses.replace(cfg, mpc=True)
         env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET)
         agent = agent_from_checkpoint(state, env)
         agent.cfg = agent.model.cfg = cfg
         per_episode = max(1, -(-args.states // cfg.episode_length))
         states = states_of(agent, env, per_episode, seed=cfg.seed + EVAL_SEED_OFFSET + 500)[: args.states]
         print(f"\n{path} ({cfg.task}, step {state['step']}): open loop over {len(states)} states")
-        for setting in args.settings:
+        # "seed": highest precision with another generator state, the planner's own spread to
+        # compare the settings with (MPPI's first iteration then starts from other candidates)
+        for setting in ["seed", *args.settings]:
             diffs, overlaps = [], []
             for i, obs in enumerate(states):
                 a_hi, e_hi = plan_once(agent, obs, "highest", seed=i)
-                a_lo, e_lo = plan_once(agent, obs, setting, seed=i)
+                if setting == "seed":
+                    a_lo, e_lo = plan_once(agent, obs, "highest", seed=i + 10**6)
+                else:
+                    a_lo, e_lo = plan_once(agent, obs, setting, seed=i)
                 diffs.append(float((a_hi - a_lo).abs().max()))
                 overlaps.append(elite_overlap(e_hi, e_lo))
             diffs_np = np.asarray(diffs)
@@ -139,7 +154,11 @@ def main() -> None:
                 f"  {setting}: chosen action, max |highest - {setting}|: median {np.median(diffs_np):.2e}, "
                 f"95th pct {np.percentile(diffs_np, 95):.2e}, max {diffs_np.max():.2e}; "
                 f"identical in {np.mean(diffs_np == 0):.0%}; "
-                f"first-iteration elites shared: mean {np.mean(overlaps):.3f}, min {np.min(overlaps):.3f}",
+                + (
+                    "(other generator state: MPPI's own spread)"
+                    if setting == "seed"
+                    else f"first-iteration elites shared: mean {np.mean(overlaps):.3f}, min {np.min(overlaps):.3f}"
+                ),
                 flush=True,
             )
         print(f"  closed loop, {args.episodes} episodes per seed: return / success last / success any")

@@ -198,13 +198,15 @@ class CDREDReward(nn.Module):
         targets, predictors = self.target_params(), self.predictor_params()
         if dtype == targets.weights[0].dtype:
             return targets, predictors
+
+        def cast(p: ops.EnsembleParams) -> ops.EnsembleParams:
+            return ops.EnsembleParams(*([t.detach().to(dtype) for t in group] for group in p[:4]), p.ln_eps)
+
+        if torch.compiler.is_compiling():  # traced: the casts become part of the compiled graph
+            return cast(targets), (cast(predictors[0]), cast(predictors[1]))
         key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
         cached = getattr(self, "_params_cache", None)
         if cached is None or cached[0] != key:
-
-            def cast(p: ops.EnsembleParams) -> ops.EnsembleParams:
-                return ops.EnsembleParams(*([t.detach().to(dtype) for t in group] for group in p[:4]), p.ln_eps)
-
             cached = (key, (cast(targets), (cast(predictors[0]), cast(predictors[1]))))
             self._params_cache = cached
         return cached[1]

@@ -378,8 +378,9 @@ def test_one_target_evaluation_equals_separate_reward_and_loss(kernels):
 @pytest.mark.parametrize("kernels", ["fused", "reference"])
 def test_planning_reward_with_a_shared_latent_equals_the_full_input(kernels):
     """The planning reward of rows that all start from one latent (the first planning step) takes the
-    x_shared path (shared_reward(z [L], a)); it must equal the reward on the materialised [z ; a] rows."""
-    agent = make_agent(kernels=kernels)
+    x_shared path (shared_reward(z [L], a)); it must equal the reward on the materialised [z ; a] rows.
+    float32 planning (bfloat16 reward networks: test_bf16_planning.py)."""
+    agent = make_agent(kernels=kernels, planning_precision="float32")
     m, fns = agent.model, agent.rollout_functions()
     g = torch.Generator().manual_seed(4)
     z = torch.randn(agent.cfg.latent_dim, generator=g)
