@@ -232,11 +232,12 @@ class CDREDReward(nn.Module):
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         cfg = self.cfg
-        targets, predictors = self.params_in(dtype if dtype is not None else self.target_nets.layers[0].weight.dtype)
-        wdtype = targets.weights[0].dtype
-        if flat.dtype != wdtype and wdtype == torch.bfloat16:
-            flat = flat.to(wdtype)
-            x_shared = x_shared.to(wdtype) if x_shared is not None else None
+        if dtype is None:
+            targets, predictors = self.target_params(), self.predictor_params()
+        else:
+            targets, predictors = self.params_in(dtype)
+            flat = flat.to(dtype)
+            x_shared = None if x_shared is None else x_shared.to(dtype)
         r = ops.rnd_reward(
             flat,
             targets,

@@ -317,7 +317,6 @@ def rnd_reward(
             )
         preds = ensemble_mlp(x, *predictors, x_shared, impl=impl)  # [2, N, D]
         pred_expert, pred_behavioral = preds[0], preds[1]
-    bf16 = x.dtype == torch.bfloat16
     if impl == "fused" and not _needs_grad(x, x_shared, pred_expert, pred_behavioral, *targets.tensors()):
         # planning: the targets' last layer and the reward per tile of rows, no [K, N, D] tensor
         _check_ensemble_mlp_inputs(x, *targets, x_shared)
@@ -327,7 +326,7 @@ def rnd_reward(
         rest = (float(alpha), float(zeta), float(sigma), g, float(eps), x_shared)
         return run(impl, "ensemble_reward", x, *targets, pred_expert, pred_behavioral, *rest)
     targets = ensemble_mlp(x, *targets, x_shared, impl=impl)  # [K, N, D]
-    if bf16:  # the reward of bfloat16 networks is computed in float32
+    if x.dtype == torch.bfloat16:  # the reward of bfloat16 networks is computed in float32
         pred_expert, pred_behavioral, targets = pred_expert.float(), pred_behavioral.float(), targets.float()
     return cdred_reward(pred_expert, pred_behavioral, targets, alpha, zeta, sigma, g, eps, impl=impl)
 
