@@ -7,7 +7,8 @@
 
 `kernels="fused"` against `kernels="reference"` in the same run, and on the CPU the fused plan
 with the reward networks in bfloat16 (`planning_precision="bfloat16"`, "fused-bf16"; its effect on
-what the agent does: bench/precision_outcome.py, bench/RESULTS.md). The benchmark fixtures
+what the agent does: bench/precision_outcome.py, bench/RESULTS.md), and the fused update with its
+matrix products in bfloat16 (`update_precision="bfloat16"`, "fused-bf16"). The benchmark fixtures
 run a few rounds only (each plan is seconds on a 2-core CPU).
 Run: pytest bench/test_bench_agent.py --benchmark-only
 """
@@ -21,9 +22,14 @@ from cdred_fast import CDREDAgent, CDREDConfig
 OBS_DIM = 39
 
 
-def _agent(kernels, action_dim, device, planning_precision="float32"):
+def _agent(kernels, action_dim, device, planning_precision="float32", update_precision="float32"):
     torch.manual_seed(0)
-    cfg = CDREDConfig(kernels=kernels, episode_length=500, planning_precision=planning_precision)
+    cfg = CDREDConfig(
+        kernels=kernels,
+        episode_length=500,
+        planning_precision=planning_precision,
+        update_precision=update_precision,
+    )
     return CDREDAgent(cfg, OBS_DIM, action_dim, device=device)
 
 
@@ -41,9 +47,12 @@ def test_bench_plan(benchmark, impl, action_dim, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", ["fused", "fused-bf16", "reference"])
 def test_bench_update(benchmark, impl, device):
-    agent = _agent(impl, 6, device)
+    if impl == "fused-bf16" and device != "cpu":
+        pytest.skip("update_precision='bfloat16' runs on the CPU only")
+    kernels, precision = ("fused", "bfloat16") if impl == "fused-bf16" else (impl, "float32")
+    agent = _agent(kernels, 6, device, update_precision=precision)
     H, B = agent.cfg.horizon, agent.cfg.batch_size
     g = torch.Generator().manual_seed(1)
     batch = lambda: {

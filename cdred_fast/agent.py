@@ -38,7 +38,7 @@ from . import methods
 from .config import CDREDConfig
 from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
-from .precision import matmul_precision
+from .precision import matmul_precision, products_in, update_dtype
 from .world_model import WorldModel
 
 
@@ -130,6 +130,8 @@ class CDREDAgent:
             [p for p in m.parameters() if p.requires_grad] if self.method.clip_all_parameters else self._wm_params
         )
         self.scale = RunningScale(cfg.tau, self.device)
+        # the dtype of the update's matrix products (cfg.update_precision; bfloat16 on the CPU only)
+        self._update_dtype = update_dtype(cfg.update_precision, self.device)
         self.planner = MPPIPlanner(
             MPPISettings.from_config(cfg, self.action_dim),
             self.discount,
@@ -296,7 +298,9 @@ class CDREDAgent:
         noise = self.draw_noise(obs.shape[1], generator)
         m.train(True)  # Q dropout on (and the pixel encoder's random shift) for the losses (as released)
         try:
-            with matmul_precision(cfg.matmul_precision):  # cfg.matmul_precision for every product
+            # cfg.matmul_precision for every product; with update_precision bfloat16 every product's
+            # operands rounded to bfloat16 (precision.bf16_products), float32 everywhere else
+            with matmul_precision(cfg.matmul_precision), products_in(self._update_dtype):
                 # steps 1-7: world model, Q ensemble and the method's reward part
                 losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
                 self.optim.zero_grad(set_to_none=True)

@@ -32,6 +32,7 @@ METHOD_CHOICES = ("cdred", "tdmpc2", "iqmpc", "bc")
 REWARD_INPUT_CHOICES = ("latent", "obs")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 PLANNING_PRECISIONS = ("float32", "bfloat16", "auto")
+UPDATE_PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 def conv_output_size(image_size: int) -> int:
@@ -227,6 +228,13 @@ class CDREDConfig:
     # on an AVX512-BF16 CPU, evaluation of trained agents unchanged; float32 stays the default
     # because a training run's trajectory changes with it (the main job's seed 1 collapsed).
     planning_precision: str = "float32"
+    # Precision of the matrix products of an UPDATE (SPEC section 3, steps 1-8: world model, Q
+    # ensemble, CDRED targets and predictors, policy; forward and backward). "float32" (exact);
+    # "bfloat16": every product's operands rounded to bfloat16, the product accumulated and
+    # returned in float32 (precision.bf16_products); biases, LayerNorm, Mish, losses, gradients'
+    # sums, the optimisers and the parameters stay float32; CPU only; "auto": bfloat16 on a CPU
+    # with native bf16, float32 elsewhere. Measured: bench/RESULTS.md, "bfloat16 products in the update".
+    update_precision: str = "float32"
     # CPU threads of a training run (torch.set_num_threads when the Trainer starts); None keeps
     # torch's default (one per core). Small models run as fast on one thread and do not slow
     # down when another process takes a core (bench/threads_check.py, docs/training.md).
@@ -340,6 +348,7 @@ class CDREDConfig:
             ("kernels", KERNEL_CHOICES),
             ("matmul_precision", MATMUL_PRECISIONS),
             ("planning_precision", PLANNING_PRECISIONS),
+            ("update_precision", UPDATE_PRECISIONS),
             ("method", METHOD_CHOICES),
             ("reward_input", REWARD_INPUT_CHOICES),
         ):
@@ -519,6 +528,7 @@ __all__ = [
     "OBS_CHOICES",
     "KERNEL_CHOICES",
     "PLANNING_PRECISIONS",
+    "UPDATE_PRECISIONS",
     "METHOD_CHOICES",
     "REWARD_INPUT_CHOICES",
 ]

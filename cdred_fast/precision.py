@@ -1,16 +1,44 @@
-"""Reduced precision: the matrix products of ``CDREDConfig.matmul_precision`` as a context, and
-the dtype of the reward networks in planning (``CDREDConfig.planning_precision``)."""
+"""Reduced precision: the matrix products of ``CDREDConfig.matmul_precision`` as a context, the
+dtype of the reward networks in planning (``CDREDConfig.planning_precision``), and bfloat16
+matrix products in the update (``CDREDConfig.update_precision``, :func:`bf16_products`)."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from ._lib import BF16_CPU_FLAGS, bf16_flags_of, cpu_native_bf16
-from .config import MATMUL_PRECISIONS, PLANNING_PRECISIONS
+from .config import MATMUL_PRECISIONS, PLANNING_PRECISIONS, UPDATE_PRECISIONS
 
-__all__ = ["matmul_precision", "planning_dtype", "cpu_native_bf16", "bf16_flags_of", "BF16_CPU_FLAGS"]
+__all__ = [
+    "matmul_precision",
+    "planning_dtype",
+    "update_dtype",
+    "bf16_products",
+    "products_in",
+    "cpu_native_bf16",
+    "bf16_flags_of",
+    "BF16_CPU_FLAGS",
+]
+
+
+def _reduced_dtype(name: str, choices: tuple, precision: str, device, use: str) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``auto`` -> a dtype on ``device`` (see :func:`planning_dtype`)."""
+    if precision not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {precision!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if precision == "auto":
+        return torch.bfloat16 if on_cpu and cpu_native_bf16() else torch.float32
+    if precision == "bfloat16" and not on_cpu:
+        raise ValueError(
+            f"{name}='bfloat16' runs on the CPU only; the model is on {device} "
+            f"(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA){use}"
+        )
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
 def planning_dtype(precision: str, device) -> torch.dtype:
@@ -18,17 +46,112 @@ def planning_dtype(precision: str, device) -> torch.dtype:
     on ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16 (:func:`cpu_native_bf16`),
     float32 elsewhere; ``"bfloat16"`` on a non-CPU device is an error (the kernels take it on the
     CPU only)."""
-    if precision not in PLANNING_PRECISIONS:
-        raise ValueError(f"planning_precision must be one of {PLANNING_PRECISIONS}, got {precision!r}")
-    on_cpu = torch.device(device).type == "cpu"
-    if precision == "auto":
-        return torch.bfloat16 if on_cpu and cpu_native_bf16() else torch.float32
-    if precision == "bfloat16" and not on_cpu:
-        raise ValueError(
-            f"planning_precision='bfloat16' runs on the CPU only; the model is on {device} "
-            "(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA)"
-        )
-    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+    return _reduced_dtype("planning_precision", PLANNING_PRECISIONS, precision, device, "")
+
+
+def update_dtype(precision: str, device) -> torch.dtype:
+    """The dtype of the update's matrix products for ``CDREDConfig.update_precision`` on
+    ``device``, by the rules of :func:`planning_dtype` (bfloat16: :func:`bf16_products`, tested
+    on the CPU only)."""
+    return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device, "")
+
+
+# ------------------------------------------------------------------ bfloat16 products
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16)
+
+
+def _is_f32_cpu(*tensors) -> bool:
+    return all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
+def _linear(x, weight, bias=None):
+    y = F.linear(_bf16(x), _bf16(weight)).float()
+    return y if bias is None else y + bias
+
+
+def _product(func: Callable) -> Callable:
+    return lambda a, b: func(_bf16(a), _bf16(b)).float()
+
+
+def _with_input(func: Callable) -> Callable:
+    """``addmm`` / ``baddbmm`` with beta = alpha = 1: ``input + product``, the sum in float32."""
+    return lambda input, a, b: input + func(_bf16(a), _bf16(b)).float()
+
+
+def _ensemble_mlp(x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared=None):
+    """The fused no-gradient ensemble forward on rounded copies (the op's bfloat16 planning form)."""
+    out = torch.ops.cdred_fast.ensemble_mlp.default(
+        _bf16(x),
+        [_bf16(w) for w in weights],
+        [_bf16(b) for b in biases],
+        [_bf16(w) for w in ln_weights],
+        [_bf16(b) for b in ln_biases],
+        ln_eps,
+        None if x_shared is None else _bf16(x_shared),
+    )
+    return out.float()
+
+
+class bf16_products(TorchFunctionMode):
+    """Inside this context every float32 CPU matrix product of PyTorch (``F.linear``, ``matmul``,
+    ``mm``, ``bmm``, ``addmm`` / ``baddbmm`` with unit scales, and the fused no-gradient
+    ``cdred_fast::ensemble_mlp``) rounds its two operands to bfloat16, multiplies with float32
+    accumulation (oneDNN) and returns float32; a bias or ``input`` term is added in float32.
+    Autograd records the roundings, so the backward's products are bfloat16 products too, and
+    every gradient arrives in float32. Everything else (biases, LayerNorm, Mish, softmax, the
+    losses, reductions, the optimisers) is untouched, and so is any call with a non-float32 or
+    non-CPU operand, an ``out=`` argument or other scales. Used by ``CDREDAgent.update`` with
+    ``update_precision="bfloat16"``."""
+
+    def __init__(self):
+        super().__init__()
+        # func -> (replacement, whether the call qualifies)
+        two = lambda args, kwargs: not kwargs and len(args) == 2 and _is_f32_cpu(*args)
+        three = lambda args, kwargs: not kwargs and len(args) == 3 and _is_f32_cpu(*args)
+        self._handlers: dict = {
+            F.linear: (_linear, _linear_qualifies),
+            torch.matmul: (_product(torch.matmul), two),
+            torch.Tensor.matmul: (_product(torch.matmul), two),
+            torch.Tensor.__matmul__: (_product(torch.matmul), two),
+            torch.mm: (_product(torch.mm), two),
+            torch.Tensor.mm: (_product(torch.mm), two),
+            torch.bmm: (_product(torch.bmm), two),
+            torch.Tensor.bmm: (_product(torch.bmm), two),
+            torch.addmm: (_with_input(torch.mm), three),
+            torch.baddbmm: (_with_input(torch.bmm), three),
+        }
+        lib = getattr(torch.ops, "cdred_fast", None)
+        if lib is not None and hasattr(lib, "ensemble_mlp"):
+            self._handlers[lib.ensemble_mlp.default] = (_ensemble_mlp, _ensemble_mlp_qualifies)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = self._handlers.get(func)
+        if handler is not None and handler[1](args, kwargs):
+            return handler[0](*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _linear_qualifies(args, kwargs) -> bool:
+    if len(args) not in (2, 3) or kwargs.keys() - {"bias"}:
+        return False
+    bias = args[2] if len(args) == 3 else kwargs.get("bias")
+    return _is_f32_cpu(args[0], args[1]) and (bias is None or _is_f32_cpu(bias))
+
+
+def _ensemble_mlp_qualifies(args, kwargs) -> bool:
+    """The no-gradient call ``(x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared)`` in float32."""
+    if kwargs or len(args) != 7 or not _is_f32_cpu(args[0], *args[1]):
+        return False
+    tensors = [args[0], args[6], *args[1], *args[2], *args[3], *args[4]]
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+def products_in(dtype: torch.dtype):
+    """A context for :func:`update_dtype`'s result: :class:`bf16_products` for bfloat16, nothing
+    for float32."""
+    return bf16_products() if dtype == torch.bfloat16 else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
