@@ -479,7 +479,7 @@ class CDREDConfig:
 
 
 # Named sets of overrides. "demo" is the README's main job: a small model that learns
-# a Meta-World task from scripted demonstrations in under 17 minutes on 2 CPU cores.
+# a Meta-World task from scripted demonstrations in about 15 minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         # Meta-World door-close: push the door shut and hold it there (the door swings open again
@@ -487,22 +487,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         # shut (expert_holds). Door-open, the choice of session 5, ended 0.15 / 0.90 / 0.75 at the
         # last step on seeds 1-3. results/main-job.md has the tasks, sizes and seeds measured.
         task="mw-door-close",
-        # 4,000 steps: every seed measured ends >= 0.8 at the last step there (1.00 / 0.80 / 0.85).
-        # Longer is not better yet: seed 1's Q values collapsed between 5.8k and 6k steps (the TD
-        # target fell from -0.4 to -11.9) and it ended at 0.00 (results/main-job.md).
-        steps=4_000,
+        # 6,000 steps with SPEC's 101 Q bins: seeds 1-3 end at 1.00 / 1.00 / 1.00 at the last step.
+        # With 51 bins seed 1 fell from 1.00 at 4k to 0.00 at 6k; with 101 bins seed 3 is still
+        # at 0.75 at 4k (results/main-job.md, session 8).
+        steps=6_000,
         seed_steps=1_000,
         eval_freq=2_000,
         eval_episodes=20,
         num_demos=20,
-        # a small model: latent 64, MLPs of 128 (SPEC: 512 / 512), but SPEC's D = 256 RND outputs:
+        # a small model: latent 64, MLPs of 128 (SPEC: 512 / 512), but SPEC's 101 Q bins and D = 256 RND outputs:
         # the bonus sums over D and is not normalised, so D sets the reward's scale. With D = 32
         # the rewards and Q values were 5-8 times smaller, within about one Q bin, and door-close
         # seed 3 went from 1.00 at 2k to 0.55 at 4k (results/main-job.md).
         latent_dim=64,
         enc_dim=128,
         mlp_dim=128,
-        num_bins=51,
         rnd_dim=256,
         rnd_target_hidden=(64, 64),
         rnd_predictor_hidden=(128, 128),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install, then a short real CDRED run on the embedded default task
 # (Meta-World door-close, scripted expert demonstrations collected on the fly, a small
-# model; about 17 minutes on 2 CPU cores with three runs at once). Prints the evaluation success before and
+# model; about 15 minutes on 2 CPU cores, two runs at once). Prints the evaluation success before and
 # after training and where the learning curve (PNG) was written, then writes
 # final_vs_expert.gif in the run directory (`cdred-fast video`: the trained agent
 # beside the scripted expert on the first evaluation episode). Each invocation
