@@ -495,10 +495,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_freq=2_000,
         eval_episodes=20,
         num_demos=20,
-        # a small model: latent 64, MLPs of 128 (SPEC: 512 / 512), but SPEC's 101 Q bins and D = 256 RND outputs:
-        # the bonus sums over D and is not normalised, so D sets the reward's scale. With D = 32
-        # the rewards and Q values were 5-8 times smaller, within about one Q bin, and door-close
-        # seed 3 went from 1.00 at 2k to 0.55 at 4k (results/main-job.md).
+        # a small model: latent 64, MLPs of 128 (SPEC: 512 / 512), with SPEC's Q bins (above) and its
+        # D = 256 RND outputs: the bonus sums over D and is not normalised, so D sets the reward's
+        # scale. With D = 32 the rewards and Q values were 5-8 times smaller, within about one Q bin,
+        # and door-close seed 3 went from 1.00 at 2k to 0.55 at 4k (results/main-job.md).
         latent_dim=64,
         enc_dim=128,
         mlp_dim=128,

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-def _reduced_dtype(name: str, choices: tuple, precision: str, device, use: str) -> torch.dtype:
+def _reduced_dtype(name: str, choices: tuple, precision: str, device) -> torch.dtype:
     """``float32`` / ``bfloat16`` / ``auto`` -> a dtype on ``device`` (see :func:`planning_dtype`)."""
     if precision not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {precision!r}")
@@ -36,7 +36,7 @@ def _reduced_dtype(name: str, choices: tuple, precision: str, device, use: str) 
     if precision == "bfloat16" and not on_cpu:
         raise ValueError(
             f"{name}='bfloat16' runs on the CPU only; the model is on {device} "
-            f"(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA){use}"
+            "(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA)"
         )
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
@@ -46,14 +46,14 @@ def planning_dtype(precision: str, device) -> torch.dtype:
     on ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16 (:func:`cpu_native_bf16`),
     float32 elsewhere; ``"bfloat16"`` on a non-CPU device is an error (the kernels take it on the
     CPU only)."""
-    return _reduced_dtype("planning_precision", PLANNING_PRECISIONS, precision, device, "")
+    return _reduced_dtype("planning_precision", PLANNING_PRECISIONS, precision, device)
 
 
 def update_dtype(precision: str, device) -> torch.dtype:
     """The dtype of the update's matrix products for ``CDREDConfig.update_precision`` on
     ``device``, by the rules of :func:`planning_dtype` (bfloat16: :func:`bf16_products`, tested
     on the CPU only)."""
-    return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device, "")
+    return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device)
 
 
 # ------------------------------------------------------------------ bfloat16 products
