@@ -26,17 +26,13 @@ GRAD_BOUND = 2.0**-4
 B16 = torch.bfloat16
 
 
-def _r(t):
-    """Round to bfloat16 and back: what the context does to each operand."""
-    return t.to(B16).float()
-
-
 def _rand(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def _products():
-    """(name, fn, operands, fn on pre-rounded operands computed in float32 from bfloat16 products)."""
+    """(name, fn, operands, the same product written out by hand: operands rounded to bfloat16,
+    the bfloat16 product widened to float32, a bias or input added in float32)."""
     x, w, b = _rand(7, 33, seed=1), _rand(9, 33, seed=2), _rand(9, seed=3)
     a3, b3, c3 = _rand(4, 7, 33, seed=4), _rand(4, 33, 5, seed=5), _rand(4, 7, 5, seed=6)
     m, n, c2 = _rand(7, 33, seed=7), _rand(33, 5, seed=8), _rand(7, 5, seed=9)
