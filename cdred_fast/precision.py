@@ -13,6 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._lib import BF16_CPU_FLAGS, bf16_flags_of, cpu_native_bf16
 from .config import MATMUL_PRECISIONS, PLANNING_PRECISIONS, UPDATE_PRECISIONS
+from .ops.rnd import _needs_grad
 
 __all__ = [
     "matmul_precision",
@@ -145,7 +146,7 @@ def _ensemble_mlp_qualifies(args, kwargs) -> bool:
     if kwargs or len(args) != 7 or not _is_f32_cpu(args[0], *args[1]):
         return False
     tensors = [args[0], args[6], *args[1], *args[2], *args[3], *args[4]]
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    return not _needs_grad(*tensors)
 
 
 def products_in(dtype: torch.dtype):
