@@ -178,6 +178,7 @@ def _train_options(f):
 
 
 def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress, save_minutes) -> None:
+    from .precision import describe
     from .trainer import Trainer
 
     expert = cfg.method == "tdmpc2"
@@ -204,6 +205,7 @@ def _run_training(cfg: CDREDConfig, demos, work_dir, resume, device, no_progress
         f"{name} on {cfg.task} ({cfg.obs}): {cfg.steps} {unit}, {data}, "
         f"work dir {work_dir}{' (resumed at step %d)' % trainer.step if resume else ''}"
     )
+    click.echo(describe(trainer.cfg, trainer.device))
     try:
         result = trainer.train()
     except KeyboardInterrupt:

@@ -229,7 +229,8 @@ class CDREDConfig:
     # because a training run's trajectory changes with it (the main job's seed 1 collapsed).
     planning_precision: str = "float32"
     # Precision of the matrix products of an UPDATE (SPEC section 3, steps 1-8: world model, Q
-    # ensemble, CDRED targets and predictors, policy; forward and backward). "float32" (exact);
+    # ensemble, CDRED targets and predictors, policy; forward and backward; the baselines'
+    # updates alike, BC's included). "float32" (exact);
     # "bfloat16": every product's operands rounded to bfloat16, the product accumulated and
     # returned in float32 (precision.bf16_products); biases, LayerNorm, Mish, losses, gradients'
     # sums, the optimisers and the parameters stay float32; CPU only; "auto": bfloat16 on a CPU

@@ -19,6 +19,7 @@ __all__ = [
     "matmul_precision",
     "planning_dtype",
     "update_dtype",
+    "describe",
     "bf16_products",
     "products_in",
     "cpu_native_bf16",
@@ -55,6 +56,27 @@ def update_dtype(precision: str, device) -> torch.dtype:
     ``device``, by the rules of :func:`planning_dtype` (bfloat16: :func:`bf16_products`, tested
     on the CPU only)."""
     return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device)
+
+
+def describe(cfg, device) -> str:
+    """One line on the precision a run of ``cfg`` on ``device`` computes in, its ``"auto"``
+    settings resolved (the CLI prints it when a run starts): the CDRED reward networks in
+    planning, the update's matrix products, ``matmul_precision``, and this CPU's native bf16."""
+    planning = planning_dtype(cfg.planning_precision, device)
+    update = update_dtype(cfg.update_precision, device)
+
+    def part(what, dtype, setting):
+        name = str(dtype).removeprefix("torch.")
+        return f"{what} {name}" + (" (auto)" if setting == "auto" else "")
+
+    parts = [part("update products", update, cfg.update_precision)]
+    if cfg.method == "cdred":  # the only method with reward networks in its plan
+        parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
+    if cfg.matmul_precision != "highest":
+        parts.append(f"matmul_precision {cfg.matmul_precision}")
+    on_cpu = torch.device(device).type == "cpu"
+    native = ", ".join(cpu_native_bf16()) or "none"
+    return "precision: " + ", ".join(parts) + (f"; native bf16 on this CPU: {native}" if on_cpu else "")
 
 
 # ------------------------------------------------------------------ bfloat16 products

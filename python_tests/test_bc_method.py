@@ -134,6 +134,7 @@ def test_cli_train_resume_eval(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "BC on mw-reach (state): 30 updates (no environment interaction), 2 expert episodes" in proc.stdout
+    assert "\nprecision: update products " in proc.stdout  # BC plans nothing: no planning part
     assert "after training (step 30)" in proc.stdout
     proc = run_cli("train", "--no-progress", "--resume", "--work-dir", run, "steps=60", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,7 @@ from torch.overrides import _get_current_function_mode_stack
 from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
-from cdred_fast.precision import bf16_products, cpu_native_bf16, products_in, update_dtype
+from cdred_fast.precision import bf16_products, cpu_native_bf16, describe, products_in, update_dtype
 
 GRAD_BOUND = 2.0**-4
 B16 = torch.bfloat16
@@ -144,6 +144,25 @@ def test_update_precision_config_and_resolution():
     assert isinstance(products_in(torch.bfloat16), bf16_products)
 
 
+def test_describe_names_the_resolved_precisions():
+    """The line the CLI prints when a run starts: "auto" resolved on this machine, the planning
+    part only for CDRED (the one method with reward networks in its plan)."""
+    native = ", ".join(cpu_native_bf16()) or "none"
+    auto = "bfloat16" if cpu_native_bf16() else "float32"
+    assert describe(CDREDConfig(planning_precision="float32", update_precision="float32"), "cpu") == (
+        f"precision: planning reward networks float32, update products float32; native bf16 on this CPU: {native}"
+    )
+    line = describe(
+        CDREDConfig(planning_precision="auto", update_precision="bfloat16", matmul_precision="medium"), "cpu"
+    )
+    assert line.startswith(
+        f"precision: planning reward networks {auto} (auto), update products bfloat16, matmul_precision medium;"
+    )
+    assert describe(CDREDConfig(method="bc", update_precision="auto"), "cpu").startswith(
+        f"precision: update products {auto} (auto);"
+    )
+
+
 def _batches(obs_dim, action_dim, B=16, H=3):
     g = torch.Generator().manual_seed(5)
 
@@ -189,4 +208,30 @@ def test_agent_update_in_bfloat16_follows_the_float32_update(kernels, size):
     assert all(p.dtype == torch.float32 for p in fast.model.parameters())
     for state in fast.optim.state.values():
         assert all(v.dtype == torch.float32 for v in state.values() if torch.is_tensor(v) and v.dim())
+    assert not any(isinstance(mode, bf16_products) for mode in _get_current_function_mode_stack())
+
+
+@pytest.mark.parametrize("method", ["iqmpc", "tdmpc2", "bc"])
+def test_every_method_updates_in_bfloat16(method):
+    """update_precision reaches the baselines' updates too (IQ-MPC and TD-MPC2 through the agent's
+    update, BC through its own): the same bound against the float32 update as for CDRED, and the
+    update did run with rounded products."""
+    kw = dict(SMALL_MODEL, method=method, dropout=0.0)
+    torch.manual_seed(0)
+    exact = CDREDAgent(CDREDConfig(update_precision="float32", **kw), 9, 3)
+    fast = CDREDAgent(CDREDConfig(update_precision="bfloat16", **kw), 9, 3)
+    fast.model.load_state_dict(exact.model.state_dict())
+    behavioral, expert = _batches(9, 3)
+    if method == "tdmpc2":
+        behavioral["reward"] = torch.randn(3, 16, generator=torch.Generator().manual_seed(6))
+        expert = None
+    if method == "bc":
+        behavioral = None
+    for agent in (exact, fast):
+        agent.update(behavioral, expert, generator=torch.Generator().manual_seed(3))
+    g32, g16 = _grads(exact), _grads(fast)
+    assert g16.shape == g32.shape and torch.isfinite(g16).all()
+    rel = ((g16 - g32).norm() / g32.norm()).item()
+    assert rel <= GRAD_BOUND, f"{method}: relative L2 gradient difference {rel:.3g} > {GRAD_BOUND}"
+    assert not torch.equal(g16, g32)
     assert not any(isinstance(mode, bf16_products) for mode in _get_current_function_mode_stack())

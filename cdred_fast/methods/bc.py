@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..precision import matmul_precision
+from ..precision import matmul_precision, products_in
 from .common import Method
 
 #: Expert actions are clamped to ``[-ACTION_BOUND, ACTION_BOUND]`` before ``atanh`` (SPEC section 7:
@@ -208,7 +208,8 @@ class BC(Method):
         encoder, pi = list(m.encoder.parameters()), list(m.pi_net.parameters())
         m.train(True)  # the pixel encoder's random shift, as in the other methods' updates
         try:
-            with matmul_precision(cfg.matmul_precision):
+            # update_precision as in the other methods' updates (precision.bf16_products)
+            with matmul_precision(cfg.matmul_precision), products_in(agent._update_dtype):
                 loss, stats = bc_loss(m, m.encode(obs), action)
                 agent.optim.zero_grad(set_to_none=True)
                 agent.pi_optim.zero_grad(set_to_none=True)
