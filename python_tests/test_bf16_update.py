@@ -7,8 +7,8 @@ bfloat16 (8 significant bits: a relative move of at most 2**-9 each) and accumul
 the per-op results are compared EXACTLY with the same roundings written out by hand. The update is
 compared with the float32 update by the relative L2 distance of the whole gradient: measured on an
 AMD EPYC (AVX512-BF16) at most 0.0085 over the models and methods below (the losses: 0.0008
-relative); the bound 2**-4 leaves a factor of 7, while a lost bias, a wrong transpose or a gradient that does not
-flow is an O(1) error.
+relative); the bound 2**-4 leaves a factor of 7, while a lost bias, a wrong transpose or a
+gradient that does not flow is an O(1) error.
 """
 
 import pytest
@@ -179,6 +179,24 @@ def _grads(agent):
     return torch.cat([p.grad.flatten() for p in agent.model.parameters() if p.grad is not None])
 
 
+def _update_in_both(kw, behavioral, expert):
+    """Two agents of config ``kw`` (dropout off) with the same weights, update_precision float32
+    and bfloat16, each updated once on the same batches and random draws. Asserts that the
+    bfloat16 gradient is finite, within GRAD_BOUND (relative L2) of the float32 one and not equal
+    to it (the update did run in bfloat16); returns both agents and both updates' statistics."""
+    torch.manual_seed(0)
+    exact = CDREDAgent(CDREDConfig(update_precision="float32", dropout=0.0, **kw), 9, 3)
+    fast = CDREDAgent(CDREDConfig(update_precision="bfloat16", dropout=0.0, **kw), 9, 3)
+    fast.model.load_state_dict(exact.model.state_dict())
+    stats = [agent.update(behavioral, expert, generator=torch.Generator().manual_seed(3)) for agent in (exact, fast)]
+    g32, g16 = _grads(exact), _grads(fast)
+    assert g16.shape == g32.shape and torch.isfinite(g16).all()
+    rel = ((g16 - g32).norm() / g32.norm()).item()
+    assert rel <= GRAD_BOUND, f"relative L2 gradient difference {rel:.3g} > {GRAD_BOUND}"
+    assert not torch.equal(g16, g32)
+    return exact, fast, stats
+
+
 @pytest.mark.parametrize("kernels", ["fused", "reference"])
 @pytest.mark.parametrize(
     "size",
@@ -190,19 +208,8 @@ def test_agent_update_in_bfloat16_follows_the_float32_update(kernels, size):
     bfloat16: the losses agree to bfloat16's precision, the whole gradient within GRAD_BOUND
     (relative L2), the parameters and optimiser states stay float32, and no product is left
     rounded after the update."""
-    kw = dict(size, kernels=kernels, dropout=0.0)
-    torch.manual_seed(0)
-    exact = CDREDAgent(CDREDConfig(update_precision="float32", **kw), 9, 3)
-    fast = CDREDAgent(CDREDConfig(update_precision="bfloat16", **kw), 9, 3)
-    fast.model.load_state_dict(exact.model.state_dict())
     behavioral, expert = _batches(9, 3)
-    s32 = exact.update(behavioral, expert, generator=torch.Generator().manual_seed(3))
-    s16 = fast.update(behavioral, expert, generator=torch.Generator().manual_seed(3))
-    g32, g16 = _grads(exact), _grads(fast)
-    assert g16.shape == g32.shape and torch.isfinite(g16).all()
-    rel = ((g16 - g32).norm() / g32.norm()).item()
-    assert rel <= GRAD_BOUND, f"relative L2 gradient difference {rel:.3g} > {GRAD_BOUND}"
-    assert not torch.equal(g16, g32)  # it did run in bfloat16
+    _, fast, (s32, s16) = _update_in_both(dict(size, kernels=kernels), behavioral, expert)
     for key in ("consistency_loss", "value_loss", "reward_loss", "total_loss"):
         assert abs(s16[key] - s32[key]) <= 2.0**-5 * (abs(s32[key]) + 1e-3), key
     assert all(p.dtype == torch.float32 for p in fast.model.parameters())
@@ -217,22 +224,11 @@ def test_every_method_updates_in_bfloat16(method):
     update, BC through its own): the same bound against the float32 update as for CDRED, and the
     update did run with rounded products. Measured on the AMD EPYC: 0.0075 (IQ-MPC), 0.0085
     (TD-MPC2), 0.0058 (BC)."""
-    kw = dict(SMALL_MODEL, method=method, dropout=0.0)
-    torch.manual_seed(0)
-    exact = CDREDAgent(CDREDConfig(update_precision="float32", **kw), 9, 3)
-    fast = CDREDAgent(CDREDConfig(update_precision="bfloat16", **kw), 9, 3)
-    fast.model.load_state_dict(exact.model.state_dict())
     behavioral, expert = _batches(9, 3)
     if method == "tdmpc2":
         behavioral["reward"] = torch.randn(3, 16, generator=torch.Generator().manual_seed(6))
         expert = None
     if method == "bc":
         behavioral = None
-    for agent in (exact, fast):
-        agent.update(behavioral, expert, generator=torch.Generator().manual_seed(3))
-    g32, g16 = _grads(exact), _grads(fast)
-    assert g16.shape == g32.shape and torch.isfinite(g16).all()
-    rel = ((g16 - g32).norm() / g32.norm()).item()
-    assert rel <= GRAD_BOUND, f"{method}: relative L2 gradient difference {rel:.3g} > {GRAD_BOUND}"
-    assert not torch.equal(g16, g32)
+    _update_in_both(dict(SMALL_MODEL, method=method), behavioral, expert)
     assert not any(isinstance(mode, bf16_products) for mode in _get_current_function_mode_stack())
