@@ -24,6 +24,17 @@ copy of the action to the host), each timed to a synchronised result.
   capture_graph=True)`` (python_tests/test_plan_compile.py checks on CPU that this wrapper
   plans exactly like the agent). Captured before the timing.
 
+* ``fused-graph-tf32``: ``fused-graph`` with ``matmul_precision="high"`` (TF32 tensor-core
+  products for every float32 matrix product of the plan).
+* ``fused-graph-bf16``: ``fused-graph-tf32`` with ``planning_precision="bfloat16"`` (the CDRED
+  reward networks, ~85 % of a plan's multiply-adds, in bfloat16; the rest in TF32).
+
+The first four run in IEEE float32 (``matmul_precision="highest"``, the default). A plan at the
+SPEC defaults is ~185 GFLOP (A = 6; ~250 at A = 38; ``torch.utils.flop_counter`` on the
+reference path), so on an H100/H200 (67 TFLOPS in float32 without tensor cores) no float32
+plan can take under ~2.8 ms: the 1 ms target needs the TF32 or bfloat16 variants, which the
+report (tools/gpu_report.py) lists beside the targets.
+
 The summary (bench/conftest.py) prints reference / fused for every pair of a ``reference*``
 and a ``fused*`` variant of a group: the targets read ``reference / fused-graph`` (or
 ``/ fused``) >= 20 and ``reference-compiled / fused-graph`` >= 3.
@@ -47,9 +58,15 @@ from bench_utils import cuda_skip_reason, sync
 
 from cdred_fast import CDREDAgent, CDREDConfig, Planner
 from cdred_fast.planner import mppi_plan
+from cdred_fast.precision import matmul_precision
 
 OBS_DIM = 39
-VARIANTS = ["fused", "reference", "reference-compiled", "fused-graph"]
+VARIANTS = ["fused", "reference", "reference-compiled", "fused-graph", "fused-graph-tf32", "fused-graph-bf16"]
+# the reduced-precision variants: the fused-graph plan with these config settings
+REDUCED = {
+    "fused-graph-tf32": dict(matmul_precision="high"),
+    "fused-graph-bf16": dict(matmul_precision="high", planning_precision="bfloat16"),
+}
 # TINY sizes of python_tests/testing_utils.py with J = 1, H = 2: the CPU smoke compiles in ~30 s, not minutes
 SMOKE = dict(
     latent_dim=16,
@@ -99,10 +116,25 @@ def _cudagraph_skips() -> int:
 
 
 def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
-    """``(run, info)``: ``run()`` plans once from a fixed latent and returns the action [A] (synchronised)."""
+    """``(run, info)``: ``run()`` plans once from a fixed latent and returns the action [A]
+    (synchronised), under the config's ``matmul_precision`` (as ``agent.act`` plans)."""
+    cfg = {**cfg, **REDUCED.get(impl, {})}
     agent = _agent("reference" if impl.startswith("reference") else "fused", action_dim, device, **cfg)
     z = _latent(agent)
     info = {"impl": impl, "iterations": agent.planner.iterations}
+    info.update({k: getattr(agent.cfg, k) for k in ("matmul_precision", "planning_precision")})
+    precision = agent.cfg.matmul_precision
+    with matmul_precision(precision):  # compiling and capturing too
+        run, info = _runner(impl, agent, z, device, info)
+
+    def run_in_precision():
+        with matmul_precision(precision):
+            return run()
+
+    return run_in_precision, info
+
+
+def _runner(impl: str, agent: CDREDAgent, z: torch.Tensor, device: str, info: dict):
     if impl in ("fused", "reference"):
 
         def run():
@@ -130,7 +162,7 @@ def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
                 f"reference-compiled: {info['cudagraph_skips']} CUDA-graph skip(s), see TORCH_LOGS=perf_hints",
                 file=sys.stderr,
             )
-    elif impl == "fused-graph":
+    elif impl.startswith("fused-graph"):
         planner = Planner.from_agent(agent, capture_graph=True)
 
         def run():

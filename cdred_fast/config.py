@@ -222,8 +222,9 @@ class CDREDConfig:
     # Precision of the CDRED reward networks (K targets, two predictors) while the agent PLANS
     # (MPPI); training, the TD targets and everything else stay float32. "float32" (exact);
     # "bfloat16": their products in bfloat16 (float32 accumulation), LayerNorm -> Mish and the
-    # reward in float32, on the CPU only (CPUs with AVX512-BF16 or AMX run it natively; others
-    # emulate it slowly); "auto": bfloat16 on a CPU with native bf16, float32 elsewhere.
+    # reward in float32, on the CPU (CPUs with AVX512-BF16 or AMX run it natively; others emulate
+    # it slowly) and on CUDA (written and compiled, not yet run on a GPU); "auto": bfloat16 on a
+    # CPU with native bf16 or a GPU with bf16 tensor cores (sm_80+), float32 elsewhere.
     # Measured (bench/RESULTS.md, "bfloat16 reward networks in planning"): plans 2.4-2.5x faster
     # on an AVX512-BF16 CPU, evaluation of trained agents unchanged; float32 stays the default
     # because a training run's trajectory changes with it (the main job's seed 1 collapsed; on

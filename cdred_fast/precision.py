@@ -23,21 +23,34 @@ __all__ = [
     "bf16_products",
     "products_in",
     "cpu_native_bf16",
+    "cuda_native_bf16",
     "bf16_flags_of",
     "BF16_CPU_FLAGS",
 ]
 
 
-def _reduced_dtype(name: str, choices: tuple, precision: str, device) -> torch.dtype:
-    """``float32`` / ``bfloat16`` / ``auto`` -> a dtype on ``device`` (see :func:`planning_dtype`)."""
+def cuda_native_bf16(device) -> bool:
+    """Whether the CUDA ``device`` multiplies bfloat16 matrices natively (tensor cores of compute
+    capability 8.0 and later: A100, H100, ...); False for any other device."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def _reduced_dtype(name: str, choices: tuple, precision: str, device, cuda: bool) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``auto`` -> a dtype on ``device`` (see :func:`planning_dtype`);
+    ``cuda``: whether the setting's bfloat16 form runs on CUDA devices too."""
     if precision not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {precision!r}")
-    on_cpu = torch.device(device).type == "cpu"
+    kind = torch.device(device).type
     if precision == "auto":
-        return torch.bfloat16 if on_cpu and cpu_native_bf16() else torch.float32
-    if precision == "bfloat16" and not on_cpu:
+        native = bool(cpu_native_bf16()) if kind == "cpu" else cuda and cuda_native_bf16(device)
+        return torch.bfloat16 if native else torch.float32
+    if precision == "bfloat16" and kind != "cpu" and not (cuda and kind == "cuda"):
+        where = "on the CPU and CUDA" if cuda else "on the CPU only"
         raise ValueError(
-            f"{name}='bfloat16' runs on the CPU only; the model is on {device} "
+            f"{name}='bfloat16' runs {where}; the model is on {device} "
             "(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA)"
         )
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
@@ -45,23 +58,23 @@ def _reduced_dtype(name: str, choices: tuple, precision: str, device) -> torch.d
 
 def planning_dtype(precision: str, device) -> torch.dtype:
     """The dtype of the CDRED reward networks in planning for ``CDREDConfig.planning_precision``
-    on ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16 (:func:`cpu_native_bf16`),
-    float32 elsewhere; ``"bfloat16"`` on a non-CPU device is an error (the kernels take it on the
-    CPU only)."""
-    return _reduced_dtype("planning_precision", PLANNING_PRECISIONS, precision, device)
+    on ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16 (:func:`cpu_native_bf16`) or
+    a CUDA device with bf16 tensor cores (:func:`cuda_native_bf16`), float32 elsewhere;
+    ``"bfloat16"`` on any other kind of device is an error."""
+    return _reduced_dtype("planning_precision", PLANNING_PRECISIONS, precision, device, cuda=True)
 
 
 def update_dtype(precision: str, device) -> torch.dtype:
     """The dtype of the update's matrix products for ``CDREDConfig.update_precision`` on
-    ``device``, by the rules of :func:`planning_dtype` (bfloat16: :func:`bf16_products`, tested
-    on the CPU only)."""
-    return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device)
+    ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16, float32 elsewhere; ``"bfloat16"``
+    (:func:`bf16_products`) runs on the CPU only."""
+    return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device, cuda=False)
 
 
 def describe(cfg, device) -> str:
     """One line on the precision a run of ``cfg`` on ``device`` computes in, its ``"auto"``
     settings resolved (the CLI prints it when a run starts): the CDRED reward networks in
-    planning, the update's matrix products, ``matmul_precision``, and this CPU's native bf16."""
+    planning, the update's matrix products, ``matmul_precision``, and the device's native bf16."""
     planning = planning_dtype(cfg.planning_precision, device)
     update = update_dtype(cfg.update_precision, device)
 
@@ -74,9 +87,14 @@ def describe(cfg, device) -> str:
         parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
     if cfg.matmul_precision != "highest":
         parts.append(f"matmul_precision {cfg.matmul_precision}")
-    on_cpu = torch.device(device).type == "cpu"
-    native = ", ".join(cpu_native_bf16()) or "none"
-    return "precision: " + ", ".join(parts) + (f"; native bf16 on this CPU: {native}" if on_cpu else "")
+    device = torch.device(device)
+    if device.type == "cpu":
+        where = f"; native bf16 on this CPU: {', '.join(cpu_native_bf16()) or 'none'}"
+    elif device.type == "cuda" and torch.cuda.is_available():
+        where = f"; bf16 tensor cores on this GPU: {'yes' if cuda_native_bf16(device) else 'no'}"
+    else:
+        where = ""
+    return "precision: " + ", ".join(parts) + where
 
 
 # ------------------------------------------------------------------ bfloat16 products

@@ -194,7 +194,8 @@ class CDREDReward(nn.Module):
     def params_in(self, dtype: torch.dtype) -> tuple[ops.EnsembleParams, tuple[ops.EnsembleParams, ops.EnsembleParams]]:
         """``(targets, (expert, behavioural))`` parameters in ``dtype``: the parameters themselves
         in their own dtype, otherwise rounded copies (bfloat16 planning), made once and kept until
-        a parameter changes (an optimiser step or ``load_state_dict`` bumps its version) or moves."""
+        a parameter changes (an optimiser step or ``load_state_dict`` bumps its version) or moves;
+        inside ``torch.compile`` or a CUDA-graph capture, made afresh by the traced graph."""
         targets, predictors = self.target_params(), self.predictor_params()
         if dtype == targets.weights[0].dtype:
             return targets, predictors
@@ -202,7 +203,10 @@ class CDREDReward(nn.Module):
         def cast(p: ops.EnsembleParams) -> ops.EnsembleParams:
             return ops.EnsembleParams(*([t.detach().to(dtype) for t in group] for group in p[:4]), p.ln_eps)
 
-        if torch.compiler.is_compiling():  # traced: the casts become part of the compiled graph
+        # traced, or recorded in a CUDA graph (capture_graph): the casts become part of the graph, so
+        # that every replay rounds the parameters as they are then (a cached copy would go stale)
+        capturing = targets.weights[0].is_cuda and torch.cuda.is_current_stream_capturing()
+        if torch.compiler.is_compiling() or capturing:
             return cast(targets), (cast(predictors[0]), cast(predictors[1]))
         key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
         cached = getattr(self, "_params_cache", None)

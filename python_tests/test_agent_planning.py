@@ -62,8 +62,9 @@ def test_agent_capture_graph_is_validated_on_cpu():
 
 def _cuda_agents(**kw):
     torch.manual_seed(0)
-    graphed = CDREDAgent(CDREDConfig(capture_graph=True, **AGENT_KW, **kw), 6, 2, device="cuda")
-    eager = CDREDAgent(CDREDConfig(**AGENT_KW, **kw), 6, 2, device="cuda")
+    kw = {**AGENT_KW, **kw}
+    graphed = CDREDAgent(CDREDConfig(capture_graph=True, **kw), 6, 2, device="cuda")
+    eager = CDREDAgent(CDREDConfig(**kw), 6, 2, device="cuda")
     with torch.no_grad():
         for p in graphed.model.Qs.parameters():
             p.add_(torch.randn_like(p) * 0.5)
@@ -73,12 +74,15 @@ def _cuda_agents(**kw):
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("planning_precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("eval_mode", [False, True])
-def test_agent_capture_graph_replays_the_eager_plan(eval_mode):
+def test_agent_capture_graph_replays_the_eager_plan(eval_mode, planning_precision):
     """cfg.capture_graph=True: the agent's plans (policy rollouts, the fused MPPI ops with the
     elite draw of mppi_select, warm starts) replayed from a CUDA graph equal the eager plans
-    from the same generator state, across warm-started steps and after a parameter update."""
-    graphed, eager = _cuda_agents()
+    from the same generator state, across warm-started steps and after a parameter update.
+    With bfloat16 reward networks the graph rounds the parameters on every replay: after the
+    update it must plan with the new weights, as the eager agent's re-made copies do."""
+    graphed, eager = _cuda_agents(planning_precision=planning_precision)
     assert graphed.planner.capture_graph and graphed.planner.impl == "fused"
     g_graph, g_eager = torch.Generator(device="cuda").manual_seed(0), torch.Generator(device="cuda")
     obs = torch.randn(5, 6)

@@ -13,12 +13,12 @@ O(1) error.
 import pytest
 import torch
 from test_rnd_ops import _case, _params
-from testing_utils import SMALL_MODEL
+from testing_utils import DEVICES, SMALL_MODEL
 
 from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
-from cdred_fast.precision import cpu_native_bf16, planning_dtype
+from cdred_fast.precision import cpu_native_bf16, cuda_native_bf16, planning_dtype
 from cdred_fast.reward import CDREDReward
 
 BF16_BOUND = 2.0**-5
@@ -39,8 +39,8 @@ def _bf16(t):
     return None if t is None else t.bfloat16()
 
 
-def _bf16_case(E, N, dims, x_mode, shared):
-    x, ws, bs, lws, lbs, xs = _case(E, N, dims, x_mode, shared, torch.float32, "cpu")
+def _bf16_case(E, N, dims, x_mode, shared, device="cpu"):
+    x, ws, bs, lws, lbs, xs = _case(E, N, dims, x_mode, shared, torch.float32, device)
     as_bf16 = (
         _bf16(x),
         [_bf16(t) for t in ws],
@@ -57,31 +57,34 @@ def _close(got, want, what):
     assert err <= BF16_BOUND * scale, f"{what}: max |difference| {err:.3g} > {BF16_BOUND} x {scale:.3g}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shared", ["none", "A=1", "A=3"])
 @pytest.mark.parametrize("x_mode", ["shared-rows", "per-member"])
 @pytest.mark.parametrize("E,N,dims", SHAPES, ids=[f"E{e}-N{n}-{'x'.join(map(str, d))}" for e, n, d in SHAPES])
-def test_ensemble_mlp_bf16_matches_reference_and_float32(E, N, dims, x_mode, shared):
-    f32, b16 = _bf16_case(E, N, dims, x_mode, shared)
+def test_ensemble_mlp_bf16_matches_reference_and_float32(E, N, dims, x_mode, shared, device):
+    f32, b16 = _bf16_case(E, N, dims, x_mode, shared, device)
     x, ws, bs, lws, lbs, xs = b16
     fused = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs)
     ref = ops.ensemble_mlp(x, ws, bs, lws, lbs, 1e-5, xs, impl="reference")
-    assert fused.shape == (E, N, dims[-1]) and fused.dtype == torch.bfloat16
+    assert fused.shape == (E, N, dims[-1]) and fused.dtype == torch.bfloat16 and fused.device == x.device
     _close(fused, ref, "fused vs reference, bfloat16")
     exact = ops.ensemble_mlp(*f32[:5], 1e-5, f32[5], impl="reference")
     _close(fused, exact, "fused bfloat16 vs float32")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shared", ["none", "A=3"])
 @pytest.mark.parametrize("rows", [1, 130, 1100])  # 1100 rows: several tiles of the CPU reward buffer
-def test_rnd_reward_bf16_is_float32_and_close(shared, rows):
-    f32, b16 = _bf16_case(5, rows, [13, 64, 64, 256], "shared-rows", shared)
-    preds32 = [_params(1, [13, 32, 256], torch.float32, "cpu", seed=s) for s in (11, 12)]  # f_phi, f_psi
+def test_rnd_reward_bf16_is_float32_and_close(shared, rows, device):
+    f32, b16 = _bf16_case(5, rows, [13, 64, 64, 256], "shared-rows", shared, device)
+    preds32 = [_params(1, [13, 32, 256], torch.float32, device, seed=s) for s in (11, 12)]  # f_phi, f_psi
     preds16 = [[[t.bfloat16() for t in group] for group in p] for p in preds32]
     x, ws, bs, lws, lbs, xs = b16
     r_fused = ops.rnd_reward(x, (ws, bs, lws, lbs), preds16, x_shared=xs)
     r_ref = ops.rnd_reward(x, (ws, bs, lws, lbs), preds16, x_shared=xs, impl="reference")
     r_32 = ops.rnd_reward(f32[0], f32[1:5], preds32, x_shared=f32[5])
     assert r_fused.dtype == torch.float32 and r_ref.dtype == torch.float32 and r_fused.shape == (rows,)
+    assert r_fused.device == x.device
     assert torch.isfinite(r_fused).all()
     # the reward sums squared differences of D = 256 outputs: compare on its own scale
     _close(r_fused, r_ref, "reward, fused vs reference, bfloat16")
@@ -115,7 +118,7 @@ def test_bf16_bad_inputs_named():
             torch.randn(2, 3, 4).bfloat16(), lws[0][:2, :4], lbs[0][:2, :4], 1e-5
         )
     # float16 is not a planning precision
-    with pytest.raises(TypeError, match="float32, float64 or \\(on the CPU\\) bfloat16"):
+    with pytest.raises(TypeError, match="float32, float64 or bfloat16"):
         torch.ops.cdred_fast.ensemble_mlp.default(x.half(), [w.half() for w in ws], bs, lws, lbs, 1e-5, None)
 
 
@@ -156,9 +159,16 @@ def test_planning_precision_config_and_resolution():
     assert planning_dtype("float32", "cpu") == torch.float32
     assert planning_dtype("bfloat16", "cpu") == torch.bfloat16
     assert planning_dtype("auto", "cpu") == (torch.bfloat16 if cpu_native_bf16() else torch.float32)
-    with pytest.raises(ValueError, match="CPU only"):
-        planning_dtype("bfloat16", "cuda")
-    assert planning_dtype("auto", "cuda") == torch.float32
+    # CUDA: bfloat16 when asked for; "auto" where the GPU has bf16 tensor cores (sm_80 and later),
+    # which is False without a visible GPU
+    assert planning_dtype("bfloat16", "cuda") == torch.bfloat16
+    assert planning_dtype("auto", "cuda") == (torch.bfloat16 if cuda_native_bf16("cuda") else torch.float32)
+    assert cuda_native_bf16("cpu") is False
+    with pytest.raises(
+        ValueError, match="planning_precision='bfloat16' runs on the CPU and CUDA; the model is on meta"
+    ):
+        planning_dtype("bfloat16", "meta")
+    assert planning_dtype("auto", "meta") == torch.float32
 
 
 def test_agent_plans_with_bf16_reward_networks():

@@ -75,7 +75,7 @@ def test_gpu_cases_run_on_the_cpu_kernels():
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("ok ") == 13, proc.stdout
+    assert proc.stdout.count("ok ") == 14, proc.stdout
 
 
 def test_gpu_report_reads_results_and_checks_targets(tmp_path):
@@ -114,6 +114,16 @@ def test_gpu_report_reads_results_and_checks_targets(tmp_path):
     text, ok = gpu_report.render(tmp_path, 300)
     assert ok, text
     assert "2 passed, 0 failed, 1 skipped" in text and "NVIDIA H200" in text and "24.0x" in text and "4.0x" in text
+    assert "Reduced precision" not in text
+    # the reduced-precision variants are listed apart and decide nothing, even when slower
+    times = {"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0}
+    (tmp_path / "bench.json").write_text(
+        json.dumps(bench({**times, "fused-graph-tf32": 0.25, "fused-graph-bf16": 2.5}))
+    )
+    text, ok = gpu_report.render(tmp_path, 300)
+    assert ok, text
+    assert "| fused-graph-tf32 | 0.250 ms | yes | 2.00x |" in text
+    assert "| fused-graph-bf16 | 2.500 ms | no | 0.20x |" in text
     # A missed target (19x) and a failed test each make the report FAIL.
     (tmp_path / "bench.json").write_text(
         json.dumps(bench({"fused-graph": 0.5, "reference": 9.5, "reference-compiled": 2.0}))

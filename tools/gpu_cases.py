@@ -55,6 +55,13 @@ def case_rnd(dev: str) -> None:
     want = ref.cdred_reward(pe, pb, targets, 0.9, 0.5, 1.0, "linear", 1e-8)
     got = OPS.ensemble_reward(x, w, b, lw, lb, 1e-5, pe, pb, 0.9, 0.5, 1.0, "linear", 1e-8, None)
     _close("ensemble_reward", got.reshape(want.shape), want)
+    # the bfloat16 planning form (float32 inside the row kernel), against the reference's bfloat16
+    # steps within bfloat16's bound (python_tests/test_bf16_planning.py)
+    h = [[t.bfloat16() for t in group] for group in (w, b, lw, lb)]
+    want = ref.ensemble_mlp(x.bfloat16(), *h, 1e-5).float()
+    got = OPS.ensemble_mlp(x.bfloat16(), *h, 1e-5, None).float()
+    bound = 2.0**-5 * (want.abs().max().item() + 1.0)
+    _close("ensemble_mlp bfloat16", got, want, atol=bound, rtol=0.0)
 
 
 def case_block(dev: str) -> None:

@@ -186,9 +186,9 @@ def ensemble_mlp(
         impl: ``"fused"`` or ``"reference"``.
 
     dtype: float32 or float64; or bfloat16 for ``x`` and every parameter, the no-gradient
-    planning form (``CDREDConfig.planning_precision``; the fused kernels take it on the CPU):
-    GEMMs in bfloat16 with float32 accumulation (oneDNN), each hidden layer's bias +
-    LayerNorm + Mish in float32, rounded to bfloat16 once.
+    planning form (``CDREDConfig.planning_precision``; CPU and CUDA): GEMMs in bfloat16 with
+    float32 accumulation (oneDNN, cuBLAS), each hidden layer's bias + LayerNorm + Mish in
+    float32, rounded to bfloat16 once.
 
     Returns: ``[E, N, out]``. Differentiable w.r.t. ``x``, ``x_shared`` and every
     parameter tensor. When grad mode is on and an input requires grad (training
@@ -202,15 +202,15 @@ def ensemble_mlp(
     check_impl(impl)
     _check_ensemble_mlp_inputs(x, weights, biases, ln_weights, ln_biases, ln_eps, x_shared)
     params = EnsembleParams(list(weights), list(biases), list(ln_weights), list(ln_biases), float(ln_eps))
-    _check_bfloat16(x, x_shared, params, impl)
+    _check_bfloat16(x, x_shared, params)
     # training: the trainable form keeps what the backward needs
     trainable = impl == "fused" and _needs_grad(x, x_shared, *params.tensors())
     return run(impl, "ensemble_mlp", x, *params, x_shared, fused=_ensemble_mlp_trainable if trainable else None)
 
 
-def _check_bfloat16(x: Tensor, x_shared, params: EnsembleParams, impl: str) -> None:
+def _check_bfloat16(x: Tensor, x_shared, params: EnsembleParams) -> None:
     """bfloat16 networks are the forward-only planning form (``CDREDConfig.planning_precision``):
-    no gradient, and the fused kernels take them on the CPU only."""
+    no gradient."""
     if x.dtype != torch.bfloat16:
         return
     if _needs_grad(x, x_shared, *params.tensors()):
@@ -218,8 +218,6 @@ def _check_bfloat16(x: Tensor, x_shared, params: EnsembleParams, impl: str) -> N
             "bfloat16 ensemble inputs are the no-gradient planning form; train in float32 "
             "(an input or parameter requires grad while grad mode is on)"
         )
-    if impl == "fused" and x.device.type != "cpu":
-        raise TypeError(f"the fused ops take bfloat16 on the CPU only; x is bfloat16 on {x.device} (use float32)")
 
 
 def _needs_grad(*tensors) -> bool:

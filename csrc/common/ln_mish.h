@@ -14,8 +14,8 @@
 // src's memory (in place: each element is read before it is written);
 // bias, gamma, beta: [E, D] contiguous; mean_out, rstd_out: [E, N] contiguous.
 // An undefined `bias` means none; mean_out and rstd_out are both defined or
-// both undefined. All tensors of one dtype (float32 or float64; on the CPU also
-// bfloat16, without statistics: the rnd ops' planning form) on one device;
+// both undefined. All tensors of one dtype (float32 or float64; also bfloat16,
+// without statistics, computed in float32: the rnd ops' planning form) on one device;
 // the caller has validated them and made the device current. The CUDA launcher
 // runs on the current stream.
 #pragma once

@@ -8,10 +8,10 @@
 // in registration.cpp. The pure-PyTorch twin is
 // cdred_fast/reference.py:ensemble_mlp.
 //
-// Both ops also take bfloat16 networks on the CPU (no gradient: the planning
-// precision of docs/kernels.md): the GEMMs run in bfloat16 (oneDNN, float32
-// accumulation), the epilogue in float32 rounded once per value, and
-// ensemble_reward widens the outputs and returns the reward in float32.
+// Both ops also take bfloat16 networks (no gradient: the planning precision of
+// docs/kernels.md): the GEMMs run in bfloat16 with float32 accumulation (oneDNN
+// on the CPU, cuBLAS on a GPU), the epilogue in float32 rounded once per value,
+// and ensemble_reward widens the outputs and returns the reward in float32.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
@@ -64,7 +64,7 @@ struct EnsembleShape {
 };
 
 // A parameter (or predictor output) of the ensemble ops: the dtype and the device of x, which
-// may be bfloat16 on the CPU (the forward-only planning form) besides float32 / float64.
+// may be bfloat16 (the forward-only planning form) besides float32 / float64.
 void check_like_x(const char* op, const std::string& name, const at::Tensor& t, const at::Tensor& x) {
   if (x.scalar_type() == at::kBFloat16) {
     TORCH_CHECK_VALUE(t.defined(), op, ": argument '", name, "' is an undefined tensor");
@@ -88,11 +88,8 @@ EnsembleShape check_ensemble_mlp_inputs(const char* op, const at::Tensor& x, at:
                     "(3-D, rows per member), got shape ",
                     x.sizes());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble || x.scalar_type() == at::kBFloat16,
-                   op, ": argument 'x' must be float32, float64 or (on the CPU) bfloat16, got ", x.scalar_type());
-  TORCH_CHECK_TYPE(x.scalar_type() != at::kBFloat16 || x.device().is_cpu(), op,
-                   ": bfloat16 runs on the CPU only (the planning precision of docs/kernels.md); argument 'x' is "
-                   "bfloat16 on ",
-                   x.device());
+                   op, ": argument 'x' must be float32, float64 or bfloat16 (the no-gradient planning form), got ",
+                   x.scalar_type());
   const size_t L = weights.size();
   TORCH_CHECK_VALUE(L >= 1, op, ": argument 'weights' must hold at least one layer, got an empty list");
   TORCH_CHECK_VALUE(biases.size() == L, op, ": argument 'biases' must hold one tensor per layer (", L, "), got ",
@@ -316,7 +313,7 @@ at::Tensor ensemble_reward(const at::Tensor& x_in, at::TensorList weights, at::T
   parse_g(op, std::string(g));
   const c10::OptionalDeviceGuard guard(cuda_device_of(x_in));
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  // bfloat16 networks (planning on the CPU): the predictor outputs and each tile of target
+  // bfloat16 networks (planning): the predictor outputs and each tile of target
   // outputs are widened to float32, and the reward is computed and returned in float32.
   const bool bf16 = x_in.scalar_type() == at::kBFloat16;
   const auto widen = [bf16](const at::Tensor& t) { return bf16 ? t.to(at::kFloat).contiguous() : t.contiguous(); };
