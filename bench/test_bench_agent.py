@@ -5,11 +5,16 @@
   predictors of [1024, 1024, 1024] -> 256), for A = 6 and A = 38;
 * one update at B = 256 sub-trajectories of H + 1 = 4 from each buffer.
 
-`kernels="fused"` against `kernels="reference"` in the same run, and on the CPU the fused plan
-with the reward networks in bfloat16 (`planning_precision="bfloat16"`, "fused-bf16"; its effect on
-what the agent does: bench/precision_outcome.py, bench/RESULTS.md), and the fused update with its
-matrix products in bfloat16 (`update_precision="bfloat16"`, "fused-bf16"). The benchmark fixtures
-run a few rounds only (each plan is seconds on a 2-core CPU).
+`kernels="fused"` against `kernels="reference"` in the same run, and the fused agent in reduced
+precision:
+* "fused-bf16": the plan with the reward networks in bfloat16 (`planning_precision="bfloat16"`;
+  its effect on what the agent does: bench/precision_outcome.py, bench/RESULTS.md), the update
+  with its matrix products in bfloat16 (`update_precision="bfloat16"`, CPU only);
+* "fused-medium": `matmul_precision="medium"` (oneDNN's bf16-based float32 products on CPUs with
+  native bf16, where an Intel AMX CPU gains most; bf16-based products on CUDA).
+The fused default and the reference are float32. The benchmark fixtures run a few rounds only
+(each plan is seconds on a 2-core CPU). `scripts/cpu_check.sh` runs the CPU groups and writes
+this CPU kind's row of bench/RESULTS-cpu.md (tools/cpu_report.py).
 Run: pytest bench/test_bench_agent.py --benchmark-only
 """
 
@@ -22,37 +27,36 @@ from cdred_fast import CDREDAgent, CDREDConfig
 OBS_DIM = 39
 
 
-def _agent(kernels, action_dim, device, planning_precision="float32", update_precision="float32"):
+IMPLS = ["fused", "fused-bf16", "fused-medium", "reference"]
+
+
+def _agent(impl, action_dim, device, bf16_setting):
+    """The agent of a variant; ``bf16_setting``: the config field that "fused-bf16" sets."""
     torch.manual_seed(0)
-    cfg = CDREDConfig(
-        kernels=kernels,
-        episode_length=500,
-        planning_precision=planning_precision,
-        update_precision=update_precision,
-    )
-    return CDREDAgent(cfg, OBS_DIM, action_dim, device=device)
+    cfg = dict(kernels="reference" if impl == "reference" else "fused", episode_length=500)
+    if impl == "fused-bf16":
+        cfg[bf16_setting] = "bfloat16"
+    elif impl == "fused-medium":
+        cfg["matmul_precision"] = "medium"
+    return CDREDAgent(CDREDConfig(**cfg), OBS_DIM, action_dim, device=device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("action_dim", [6, 38])
-@pytest.mark.parametrize("impl", ["fused", "fused-bf16", "reference"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_bench_plan(benchmark, impl, action_dim, device):
-    if impl == "fused-bf16" and device != "cpu":
-        pytest.skip("planning_precision='bfloat16' runs on the CPU only")
-    kernels, precision = ("fused", "bfloat16") if impl == "fused-bf16" else (impl, "float32")
-    agent = _agent(kernels, action_dim, device, precision)
+    agent = _agent(impl, action_dim, device, "planning_precision")
     benchmark.group = f"plan SPEC defaults A={action_dim} {device}"
     benchmark.extra_info["impl"] = impl
     time_plan(benchmark, agent, OBS_DIM, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["fused", "fused-bf16", "reference"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_bench_update(benchmark, impl, device):
     if impl == "fused-bf16" and device != "cpu":
         pytest.skip("update_precision='bfloat16' runs on the CPU only")
-    kernels, precision = ("fused", "bfloat16") if impl == "fused-bf16" else (impl, "float32")
-    agent = _agent(kernels, 6, device, update_precision=precision)
+    agent = _agent(impl, 6, device, "update_precision")
     H, B = agent.cfg.horizon, agent.cfg.batch_size
     g = torch.Generator().manual_seed(1)
     batch = lambda: {

@@ -141,6 +141,61 @@ def test_gpu_report_reads_results_and_checks_targets(tmp_path):
     assert not ok and "`a::t1`" in text
 
 
+def test_cpu_report_writes_one_section_per_cpu_kind(tmp_path):
+    """tools/cpu_report.py on a hand-made benchmark JSON: medians, speed-ups over the reference,
+    the 2x goal per variant, a missing workload named, and one section per CPU kind (a rerun on
+    the same kind replaces its section in place)."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import cpu_report
+    finally:
+        sys.path.pop(0)
+
+    def bench(update_ref=1.0):
+        rows = []
+        for group, ref in (
+            ("plan SPEC defaults A=6 cpu", 1.8),
+            ("plan SPEC defaults A=38 cpu", 2.2),
+            ("update B=256 cpu", update_ref),
+        ):
+            for impl, t in (("reference", ref), ("fused", ref / 1.5), ("fused-bf16", ref / 2.5)):
+                rows.append({"group": group, "extra_info": {"impl": impl}, "stats": {"median": t}})
+        return {"benchmarks": rows}
+
+    amd = {"model": "AMD EPYC", "native_bf16": ["avx512_bf16"], "cores": 2, "threads": 2}
+    amd.update(capability="AVX512", torch="2.13.0+cpu")
+    text = cpu_report.section(bench(), amd, "2026-11-30", "abc1234")
+    assert text.startswith("## AMD EPYC (avx512_bf16)\n")
+    assert "| one plan, A = 6 | 1.800 s | 1.200 s (1.50x) | 0.720 s (2.50x) | - |" in text
+    assert "- `fused`: not met (1.50-1.50x)" in text and "- `fused-bf16`: **met** (2.50-2.50x)" in text
+    assert "- `fused-medium`: not measured at every shape" in text
+    no_update = {"benchmarks": [b for b in bench()["benchmarks"] if not b["group"].startswith("update")]}
+    with pytest.raises(ValueError, match="no reference time for 'update B=256 cpu'"):
+        cpu_report.section(no_update, amd, "2026-11-30", "abc1234")
+
+    out = tmp_path / "RESULTS-cpu.md"
+    amx = {**amd, "model": "Intel Xeon", "native_bf16": ["avx512_bf16", "amx_bf16"]}
+    doc = cpu_report.merge("", text)
+    doc = cpu_report.merge(doc, cpu_report.section(bench(), amx, "2026-11-30", "abc1234"))
+    doc = cpu_report.merge(doc, cpu_report.section(bench(update_ref=2.0), amd, "2026-12-01", "def5678"))
+    assert doc.startswith("# Benchmark results per CPU kind")
+    assert doc.count("## AMD EPYC (avx512_bf16)") == 1 and doc.count("## Intel Xeon (avx512_bf16, amx_bf16)") == 1
+    assert doc.index("## AMD EPYC") < doc.index("## Intel Xeon") and "def5678" in doc and "abc1234" in doc
+    assert "| one update, B = 256 | 2.000 s |" in doc
+    # the command line: the JSON read, the section printed and the file written
+    (tmp_path / "bench.json").write_text(json.dumps(bench()))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "cpu_report.py"), str(tmp_path / "bench.json"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().count("\n## ") == 1 and "| one plan, A = 38 | 2.200 s |" in out.read_text()
+
+
 def test_cuda_skip_reason_names_what_is_missing(monkeypatch):
     """CUDA tests skip without a visible device, and also with one when the extension has no
     CUDA kernels; the reason says which."""
