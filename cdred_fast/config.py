@@ -228,7 +228,7 @@ class CDREDConfig:
     # Measured (bench/RESULTS.md, "bfloat16 reward networks in planning"): plans 2.4-2.5x faster
     # on an AVX512-BF16 CPU, evaluation of trained agents unchanged; float32 stays the default
     # because a training run's trajectory changes with it (the main job's seed 1 collapsed; on
-    # seeds 1-4 of the current main job it ended below float32 on three: results/precision-seeds).
+    # seeds 1-8 of the current main job it ended below float32 on six: results/precision-seeds).
     planning_precision: str = "float32"
     # Precision of the matrix products of an UPDATE (SPEC section 3, steps 1-8: world model, Q
     # ensemble, CDRED targets and predictors, policy; forward and backward; the baselines'

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs sweep-float32.yaml and sweep-bfloat16.yaml (the main job on seeds 1-8 in each precision)
-# and sweep-planning-bfloat16.yaml (bfloat16 in planning only, seeds 1-4) on the local Ray, one
+# and sweep-planning-bfloat16.yaml (bfloat16 in planning only, seeds 1-8) on the local Ray, one
 # core per trial, writes the report over all three and copies it (report.md,
 # report.json, curves_*.png, each trial's eval.csv and train.csv) here. Re-running resumes an
-# interrupted sweep; finished trials are not run again. 20 runs of 15-18 minutes each on one
-# core: about 3 hours on 2 cores.
+# interrupted sweep; finished trials are not run again. 24 runs of 15-18 minutes each on one
+# core: about 3.5 hours on 2 cores. The seed-by-seed differences: python paired.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/precision-seeds}

@@ -1,0 +1,55 @@
+"""Paired per-seed differences of the precision arms against float32 (issue 16).
+
+A run of seed N starts from the same initial weights, demonstrations and environment seeds in
+every arm, so the arms can be compared seed by seed. For each arm and each evaluation step:
+the mean over seeds of (arm - float32) in last-step success, with a 95 % percentile-bootstrap
+interval over seeds (10,000 resamples, seed 0), and how many seeds are lower / equal / higher.
+
+Usage: python results/precision-seeds/paired.py [RUNS_DIR]   (default: the runs/ beside it)
+Writes nothing; prints a markdown table (results/precision-seeds/README.md quotes it).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BASE = "float32"
+ARMS = ("bfloat16", "planning-bfloat16")
+
+
+def final_success(runs: Path, arm: str) -> dict[int, dict[int, float]]:
+    """``{seed: {step: last-step success}}`` of one arm's runs."""
+    out: dict[int, dict[int, float]] = {}
+    for run in sorted((runs / arm).glob("seed=*")):
+        with open(run / "eval.csv", newline="") as f:
+            out[int(run.name.split("=")[1])] = {int(r["step"]): float(r["success"]) for r in csv.DictReader(f)}
+    return out
+
+
+def bootstrap_mean(x: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def main(runs: Path) -> None:
+    base = final_success(runs, BASE)
+    print("| arm | step | seeds | mean difference in last-step success [95 % CI] | lower / equal / higher |")
+    print("|---|---|---|---|---|")
+    for arm in ARMS:
+        other = final_success(runs, arm)
+        seeds = sorted(set(base) & set(other))
+        steps = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)) - {0})
+        for step in steps:
+            d = np.array([other[s][step] - base[s][step] for s in seeds])
+            lo, hi = bootstrap_mean(d)
+            counts = f"{int((d < 0).sum())} / {int((d == 0).sum())} / {int((d > 0).sum())}"
+            print(f"| {arm} | {step} | {len(seeds)} | {d.mean():+.2f} [{lo:+.2f}, {hi:+.2f}] | {counts} |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "runs")
