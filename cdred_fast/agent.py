@@ -38,7 +38,7 @@ from . import methods
 from .config import CDREDConfig
 from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
-from .precision import matmul_precision, products_in, update_dtype
+from .precision import matmul_precision, products_in, resolve_matmul_precision, update_dtype
 from .world_model import WorldModel
 
 
@@ -132,6 +132,8 @@ class CDREDAgent:
         self.scale = RunningScale(cfg.tau, self.device)
         # the dtype of the update's matrix products (cfg.update_precision; bfloat16 on the CPU only)
         self._update_dtype = update_dtype(cfg.update_precision, self.device)
+        # the float32 matmul precision of act and update (cfg.matmul_precision, "auto" resolved)
+        self._matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device)
         self.planner = MPPIPlanner(
             MPPISettings.from_config(cfg, self.action_dim),
             self.discount,
@@ -157,7 +159,7 @@ class CDREDAgent:
         obs = self._obs_tensor(obs).reshape(1, *self.obs_shape)
         if obs.is_floating_point() and not bool(torch.isfinite(obs).all()):  # one sync on CUDA, per act
             raise ValueError(f"act: obs contains NaN or inf: {obs.reshape(-1)[:8].tolist()}...")
-        with self.model.planning(), matmul_precision(self.cfg.matmul_precision):
+        with self.model.planning(), matmul_precision(self._matmul_precision):
             z = self.model.encode(obs)
             a = self.method.act(self, z, bool(t0), bool(eval_mode), generator)
             if a is None and self.cfg.mpc:
@@ -298,9 +300,9 @@ class CDREDAgent:
         noise = self.draw_noise(obs.shape[1], generator)
         m.train(True)  # Q dropout on (and the pixel encoder's random shift) for the losses (as released)
         try:
-            # cfg.matmul_precision for every product; with update_precision bfloat16 every product's
+            # cfg.matmul_precision (resolved) for every product; with update_precision bfloat16 every product's
             # operands rounded to bfloat16 (precision.bf16_products), float32 everywhere else
-            with matmul_precision(cfg.matmul_precision), products_in(self._update_dtype):
+            with matmul_precision(self._matmul_precision), products_in(self._update_dtype):
                 # steps 1-7: world model, Q ensemble and the method's reward part
                 losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
                 self.optim.zero_grad(set_to_none=True)

@@ -30,7 +30,7 @@ from .reference import DEFAULT_EPS, G_FUNCTIONS
 OBS_CHOICES = ("state", "rgb")
 METHOD_CHOICES = ("cdred", "tdmpc2", "iqmpc", "bc")
 REWARD_INPUT_CHOICES = ("latent", "obs")
-MATMUL_PRECISIONS = ("highest", "high", "medium")
+MATMUL_PRECISIONS = ("highest", "high", "medium", "auto")
 PLANNING_PRECISIONS = ("float32", "bfloat16", "auto")
 UPDATE_PRECISIONS = ("float32", "bfloat16", "auto")
 
@@ -215,9 +215,11 @@ class CDREDConfig:
     # Precision of the float32 matrix products while the agent acts and updates
     # (torch.set_float32_matmul_precision, restored afterwards): "highest" = IEEE float32
     # (the default; the tolerances of the tests), "high" = TF32 tensor cores on CUDA (no
-    # effect on CPU), "medium" = bfloat16-based products (CUDA; CPUs with AVX512-BF16 or
-    # AMX through oneDNN). Epilogues, reductions and the MPPI ops stay float32. Measured
-    # effect: README, "Reduced-precision matrix products".
+    # effect on CPU), "medium" = oneDNN's products, which may round to bfloat16 (CUDA; CPUs with
+    # AVX512-BF16 or AMX), "auto" = "medium" on a CPU where its products measure float32-class
+    # (precision.medium_is_float32_class: AMD EPYC Zen 5, 2x faster than MKL's float32 there),
+    # "highest" elsewhere. Epilogues, reductions and the MPPI ops stay float32. Measured
+    # effect: docs/kernels.md, "Reduced-precision matrix products".
     matmul_precision: str = "highest"
     # Precision of the CDRED reward networks (K targets, two predictors) while the agent PLANS
     # (MPPI); training, the TD targets and everything else stay float32. "float32" (exact);

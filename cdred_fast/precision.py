@@ -5,6 +5,7 @@ matrix products in the update (``CDREDConfig.update_precision``, :func:`bf16_pro
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable
 
 import torch
@@ -17,6 +18,10 @@ from .ops.rnd import _needs_grad
 
 __all__ = [
     "matmul_precision",
+    "resolve_matmul_precision",
+    "medium_matmul_error",
+    "medium_is_float32_class",
+    "FLOAT32_CLASS_BOUND",
     "planning_dtype",
     "update_dtype",
     "describe",
@@ -86,7 +91,8 @@ def describe(cfg, device) -> str:
     if cfg.method == "cdred":  # the only method with reward networks in its plan
         parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
     if cfg.matmul_precision != "highest":
-        parts.append(f"matmul_precision {cfg.matmul_precision}")
+        resolved = resolve_matmul_precision(cfg.matmul_precision, device)
+        parts.append(f"matmul_precision {resolved}" + (" (auto)" if cfg.matmul_precision == "auto" else ""))
     device = torch.device(device)
     if device.type == "cpu":
         where = f"; native bf16 on this CPU: {', '.join(cpu_native_bf16()) or 'none'}"
@@ -195,12 +201,69 @@ def products_in(dtype: torch.dtype):
     return bf16_products() if dtype == torch.bfloat16 else contextlib.nullcontext()
 
 
+# torch's float32 matmul precisions (CDREDConfig.matmul_precision adds "auto", resolved by
+# resolve_matmul_precision)
+TORCH_MATMUL_PRECISIONS = ("highest", "high", "medium")
+# A 'medium' probe error (medium_matmul_error) at or below this is float32-class: float32
+# products have errors of order 1e-6 on the probe, bfloat16-rounded operands of order 2**-9.
+FLOAT32_CLASS_BOUND = 2.0**-12
+
+
+def medium_matmul_error(shapes=((64, 18, 256), (64, 256, 256), (64, 256, 16), (256, 512, 512))) -> tuple[float, float]:
+    """Measured, not inferred from CPU flags: the largest relative error (max |error| / max
+    |exact|) of float32 CPU products against float64, under the 'medium' and the 'highest' float32
+    matmul precision: ``F.linear`` over a few ``(rows, in, out)`` shapes like the networks' and one
+    batched product (``torch.bmm``, as the fused ensembles use). Returns ``(medium, highest)``.
+    Under 'medium' oneDNN may round the operands to bfloat16 (Intel AMX: errors of order 2**-9)
+    or keep float32 arithmetic in its own kernels (measured on AMD EPYC Zen 5: ~1e-6)."""
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for m, k, n in shapes:
+        x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        cases.append((F.linear, (x, w, b)))
+    cases.append((torch.bmm, (torch.randn(3, 64, 128, generator=g), torch.randn(3, 128, 96, generator=g))))
+    worst = {"medium": 0.0, "highest": 0.0}
+    with torch.no_grad():
+        for fn, args in cases:
+            exact = fn(*(a.double() for a in args))
+            for precision in worst:
+                with matmul_precision(precision):
+                    got = fn(*args).double()
+                err = ((got - exact).abs().max() / exact.abs().max()).item()
+                worst[precision] = max(worst[precision], err)
+    return worst["medium"], worst["highest"]
+
+
+@functools.lru_cache(maxsize=None)
+def medium_is_float32_class() -> bool:
+    """Whether this CPU's 'medium' float32 products are float32-class (:func:`medium_matmul_error`
+    at most :data:`FLOAT32_CLASS_BOUND`): measured once per process (a few milliseconds)."""
+    return medium_matmul_error()[0] <= FLOAT32_CLASS_BOUND
+
+
+def resolve_matmul_precision(precision: str, device) -> str:
+    """``CDREDConfig.matmul_precision`` on ``device`` as a torch float32 matmul precision:
+    ``"auto"`` is ``"medium"`` on a CPU whose 'medium' products are float32-class
+    (:func:`medium_is_float32_class`: oneDNN's float32 kernels, faster than MKL's on AMD CPUs),
+    ``"highest"`` elsewhere (CPUs where 'medium' rounds to bfloat16, and CUDA, where it would
+    mean TF32 or bfloat16); any other setting is returned as it is."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "medium" if torch.device(device).type == "cpu" and medium_is_float32_class() else "highest"
+
+
 @contextlib.contextmanager
 def matmul_precision(precision: str):
     """Run a block with ``torch.set_float32_matmul_precision(precision)``, then restore the
-    previous setting (see ``CDREDConfig.matmul_precision``)."""
-    if precision not in MATMUL_PRECISIONS:
-        raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    previous setting (see ``CDREDConfig.matmul_precision``; ``"auto"`` must be resolved first:
+    :func:`resolve_matmul_precision`)."""
+    if precision not in TORCH_MATMUL_PRECISIONS:
+        raise ValueError(
+            f"matmul_precision must be one of {TORCH_MATMUL_PRECISIONS}, got {precision!r}"
+            + (" (resolve it first: precision.resolve_matmul_precision)" if precision == "auto" else "")
+        )
     previous = torch.get_float32_matmul_precision()
     if previous == precision:
         yield

@@ -10,17 +10,22 @@ import numpy as np
 import pytest
 import torch
 from testing_utils import (
-    BF16_PROBE_THRESHOLD,
     BF16_UNIT_ROUNDOFF,
     SMALL_MODEL,
     cpu_bf16_features,
-    medium_matmul_error,
 )
 
 from cdred_fast.agent import CDREDAgent, RunningScale
 from cdred_fast.config import CDREDConfig
 from cdred_fast.planner import trajectory_value
-from cdred_fast.precision import matmul_precision
+from cdred_fast.precision import (
+    FLOAT32_CLASS_BOUND,
+    describe,
+    matmul_precision,
+    medium_is_float32_class,
+    medium_matmul_error,
+    resolve_matmul_precision,
+)
 
 OBS, ACT, B, H = 6, 2, 8, 3
 UPDATE_KEYS = {
@@ -434,6 +439,34 @@ def test_matmul_precision_is_set_while_acting_and_updating_then_restored():
         small_cfg(matmul_precision="bf16")
 
 
+def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
+    """cfg.matmul_precision="auto": 'medium' on a CPU whose 'medium' products measure
+    float32-class against float64 (oneDNN's float32 kernels), 'highest' where they would be
+    bfloat16 and on CUDA. The agent acts and updates in the resolved precision, and the CLI's
+    line names it."""
+    e_medium, e_highest = medium_matmul_error()
+    float32_class = e_medium <= FLOAT32_CLASS_BOUND
+    assert medium_is_float32_class() is float32_class
+    expected = "medium" if float32_class else "highest"
+    assert resolve_matmul_precision("auto", "cpu") == expected
+    assert resolve_matmul_precision("auto", "cuda") == "highest"
+    for p in ("highest", "high", "medium"):
+        assert resolve_matmul_precision(p, "cpu") == p == resolve_matmul_precision(p, "cuda")
+    with pytest.raises(ValueError, match="matmul_precision must be one of"):
+        resolve_matmul_precision("low", "cpu")
+    with pytest.raises(ValueError, match="resolve it first"):
+        with matmul_precision("auto"):
+            pass
+    agent = make_agent(kernels="fused", matmul_precision="auto")
+    seen = []
+    agent.model.dynamics.register_forward_hook(lambda *a: seen.append(torch.get_float32_matmul_precision()))
+    agent.act(torch.randn(OBS), t0=True, generator=torch.Generator().manual_seed(0))
+    agent.update(*make_batches(), generator=torch.Generator().manual_seed(1))
+    assert seen and set(seen) == {expected}, (seen, e_medium, e_highest, cpu_bf16_features())
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert f"matmul_precision {expected} (auto)" in describe(small_cfg(matmul_precision="auto"), "cpu")
+
+
 def _plan_values(precision):
     """Sequence values G of 64 random action sequences from one latent (the quantity MPPI ranks),
     computed under ``matmul_precision(precision)``, or under the process default when None."""
@@ -456,7 +489,7 @@ def test_matmul_precision_medium_stays_close_to_float32():
     """'medium' changes the plan's sequence values by no more than its products' precision allows.
 
     What 'medium' does depends on the CPU, so the bound is chosen from a direct measurement
-    (testing_utils.medium_matmul_error: float32 products under 'medium' vs float64):
+    (precision.medium_matmul_error: float32 products under 'medium' vs float64):
 
     * float32-class products ('medium' is plain float32, or - as measured on this project's
       AMD EPYC with AVX512-BF16 but no AMX - accurate to ~6e-7 relative): the values agree to
@@ -475,7 +508,7 @@ def test_matmul_precision_medium_stays_close_to_float32():
     assert torch.equal(highest, default)
     err = ((medium - highest).abs().max() / highest.abs().max()).item()
     e_medium, e_highest = medium_matmul_error()
-    if e_medium > BF16_PROBE_THRESHOLD:
+    if e_medium > FLOAT32_CLASS_BOUND:
         depth = 3 * H + 3 + 3
         bound, kind = depth * 2 * BF16_UNIT_ROUNDOFF, "bf16"
     else:

@@ -12,7 +12,6 @@ import torch
 
 from cdred_fast import ops
 from cdred_fast._lib import cpuinfo_value
-from cdred_fast.precision import matmul_precision
 
 
 def cuda_skip_reason(need_kernels: bool = True) -> str:
@@ -108,30 +107,6 @@ def cpu_bf16_features() -> str:
     if amx is not None:
         found.append(f"torch AMX tiles: {amx()}")
     return ", ".join(found) + f"; ATen CPU capability {torch.backends.cpu.get_cpu_capability()}"
-
-
-def medium_matmul_error(shapes=((64, 18, 256), (64, 256, 256), (64, 256, 16), (256, 512, 512))) -> tuple[float, float]:
-    """Measured, not inferred from CPU flags: the largest relative error (max |error| / max |exact|)
-    of float32 ``F.linear`` products against float64, under the 'medium' and the 'highest' float32
-    matmul precision, over a few ``(rows, in, out)`` shapes like the test networks'. Returns
-    ``(medium, highest)``. 'medium' uses bf16 products on this CPU when its error is far above
-    float32 rounding: bf16-rounded inputs give errors of order 2**-9 on random data, float32
-    (or a split into three bf16 products) of order 1e-6."""
-    g = torch.Generator().manual_seed(0)
-    worst = {"medium": 0.0, "highest": 0.0}
-    for m, k, n in shapes:
-        x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-        exact = torch.nn.functional.linear(x.double(), w.double(), b.double())
-        for precision in worst:
-            with matmul_precision(precision):
-                got = torch.nn.functional.linear(x, w, b).double()
-            err = ((got - exact).abs().max() / exact.abs().max()).item()
-            worst[precision] = max(worst[precision], err)
-    return worst["medium"], worst["highest"]
-
-
-# A 'medium' probe error above this means bf16 products (see medium_matmul_error).
-BF16_PROBE_THRESHOLD = 2.0**-12
 
 
 # End-to-end runs: the cdred-fast command and the CSV logs of a run.
