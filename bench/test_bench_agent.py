@@ -12,7 +12,9 @@ precision:
   with its matrix products in bfloat16 (`update_precision="bfloat16"`, CPU only);
 * "fused-medium": `matmul_precision="medium"` (oneDNN's bf16-based float32 products on CPUs with
   native bf16, where an Intel AMX CPU gains most; bf16-based products on CUDA).
-The fused default and the reference are float32. The benchmark fixtures run a few rounds only
+`fused` and the reference are IEEE float32 (`matmul_precision="highest"`); the default
+`matmul_precision="auto"` is `fused-medium` on a CPU where "medium" measures float32-class, and
+`fused` elsewhere (tools/cpu_report.py says which). The benchmark fixtures run a few rounds only
 (each plan is seconds on a 2-core CPU). `scripts/cpu_check.sh` runs the CPU groups and writes
 this CPU kind's row of bench/RESULTS-cpu.md (tools/cpu_report.py).
 Run: pytest bench/test_bench_agent.py --benchmark-only
@@ -34,10 +36,11 @@ def _agent(impl, action_dim, device, bf16_setting):
     """The agent of a variant; ``bf16_setting``: the config field that "fused-bf16" sets."""
     torch.manual_seed(0)
     cfg = dict(kernels="reference" if impl == "reference" else "fused", episode_length=500)
+    # IEEE float32 products unless the variant says otherwise (the default "auto" may pick
+    # "medium": it is "fused-medium" on a CPU where auto resolves so, "fused" elsewhere)
+    cfg["matmul_precision"] = "medium" if impl == "fused-medium" else "highest"
     if impl == "fused-bf16":
         cfg[bf16_setting] = "bfloat16"
-    elif impl == "fused-medium":
-        cfg["matmul_precision"] = "medium"
     return CDREDAgent(CDREDConfig(**cfg), OBS_DIM, action_dim, device=device)
 
 

@@ -58,7 +58,7 @@ from bench_utils import cuda_skip_reason, sync
 
 from cdred_fast import CDREDAgent, CDREDConfig, Planner
 from cdred_fast.planner import mppi_plan
-from cdred_fast.precision import matmul_precision
+from cdred_fast.precision import matmul_precision, resolve_matmul_precision
 
 OBS_DIM = 39
 VARIANTS = ["fused", "reference", "reference-compiled", "fused-graph", "fused-graph-tf32", "fused-graph-bf16"]
@@ -123,7 +123,7 @@ def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
     z = _latent(agent)
     info = {"impl": impl, "iterations": agent.planner.iterations}
     info.update({k: getattr(agent.cfg, k) for k in ("matmul_precision", "planning_precision")})
-    precision = agent.cfg.matmul_precision
+    precision = resolve_matmul_precision(agent.cfg.matmul_precision, device)
     with matmul_precision(precision):  # compiling and capturing too
         run, info = _runner(impl, agent, z, device, info)
 

@@ -213,14 +213,15 @@ class CDREDConfig:
     # ---- kernels
     kernels: str = "fused"  # "fused" (falls back to "reference" with a warning) or "reference"
     # Precision of the float32 matrix products while the agent acts and updates
-    # (torch.set_float32_matmul_precision, restored afterwards): "highest" = IEEE float32
-    # (the default; the tolerances of the tests), "high" = TF32 tensor cores on CUDA (no
-    # effect on CPU), "medium" = oneDNN's products, which may round to bfloat16 (CUDA; CPUs with
-    # AVX512-BF16 or AMX), "auto" = "medium" on a CPU where its products measure float32-class
-    # (precision.medium_is_float32_class: AMD EPYC Zen 5, 2x faster than MKL's float32 there),
-    # "highest" elsewhere. Epilogues, reductions and the MPPI ops stay float32. Measured
-    # effect: docs/kernels.md, "Reduced-precision matrix products".
-    matmul_precision: str = "highest"
+    # (torch.set_float32_matmul_precision, restored afterwards): "auto" (the default) = "medium"
+    # on a CPU where its products measure float32-class (precision.medium_is_float32_class, once
+    # per process: oneDNN's float32 kernels, 2x MKL's on an AMD EPYC Zen 5), "highest" elsewhere
+    # (CUDA included); "highest" = IEEE float32 through MKL / cuBLAS (the exact switch; the
+    # tolerances of the tests); "high" = TF32 tensor cores on CUDA (no effect on CPU); "medium" =
+    # oneDNN's products, which may round to bfloat16 (CUDA; CPUs with AMX). Epilogues,
+    # reductions and the MPPI ops stay float32. Measured effect and the 8-seed comparison behind
+    # the default: docs/kernels.md, "Reduced-precision matrix products".
+    matmul_precision: str = "auto"
     # Precision of the CDRED reward networks (K targets, two predictors) while the agent PLANS
     # (MPPI); training, the TD targets and everything else stay float32. "float32" (exact);
     # "bfloat16": their products in bfloat16 (float32 accumulation), LayerNorm -> Mish and the

@@ -149,7 +149,8 @@ def test_describe_names_the_resolved_precisions():
     part only for CDRED (the one method with reward networks in its plan)."""
     native = ", ".join(cpu_native_bf16()) or "none"
     auto = "bfloat16" if cpu_native_bf16() else "float32"
-    assert describe(CDREDConfig(planning_precision="float32", update_precision="float32"), "cpu") == (
+    exact = dict(planning_precision="float32", update_precision="float32", matmul_precision="highest")
+    assert describe(CDREDConfig(**exact), "cpu") == (
         f"precision: planning reward networks float32, update products float32; native bf16 on this CPU: {native}"
     )
     line = describe(
@@ -158,7 +159,7 @@ def test_describe_names_the_resolved_precisions():
     assert line.startswith(
         f"precision: planning reward networks {auto} (auto), update products bfloat16, matmul_precision medium;"
     )
-    assert describe(CDREDConfig(method="bc", update_precision="auto"), "cpu").startswith(
+    assert describe(CDREDConfig(method="bc", update_precision="auto", matmul_precision="highest"), "cpu").startswith(
         f"precision: update products {auto} (auto);"
     )
 

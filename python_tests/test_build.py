@@ -164,13 +164,14 @@ def test_cpu_report_writes_one_section_per_cpu_kind(tmp_path):
                 rows.append({"group": group, "extra_info": {"impl": impl}, "stats": {"median": t}})
         return {"benchmarks": rows}
 
-    amd = {"model": "AMD EPYC", "native_bf16": ["avx512_bf16"], "cores": 2, "threads": 2}
+    amd = {"model": "AMD EPYC", "native_bf16": ["avx512_bf16"], "cores": 2, "threads": 2, "default": "fused-medium"}
     amd.update(capability="AVX512", torch="2.13.0+cpu")
     text = cpu_report.section(bench(), amd, "2026-11-30", "abc1234")
     assert text.startswith("## AMD EPYC (avx512_bf16)\n")
     assert "| one plan, A = 6 | 1.800 s | 1.200 s (1.50x) | 0.720 s (2.50x) | - |" in text
     assert "- `fused`: not met (1.50-1.50x)" in text and "- `fused-bf16`: **met** (2.50-2.50x)" in text
     assert "- `fused-medium`: not measured at every shape" in text
+    assert 'The default (`matmul_precision="auto"`) is `fused-medium` on this CPU.' in text
     no_update = {"benchmarks": [b for b in bench()["benchmarks"] if not b["group"].startswith("update")]}
     with pytest.raises(ValueError, match="no reference time for 'update B=256 cpu'"):
         cpu_report.section(no_update, amd, "2026-11-30", "abc1234")

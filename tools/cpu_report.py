@@ -52,8 +52,10 @@ def machine() -> dict:
     import torch
 
     from cdred_fast._lib import cpu_native_bf16, cpuinfo_value
+    from cdred_fast.precision import resolve_matmul_precision
 
     return {
+        "default": "fused-medium" if resolve_matmul_precision("auto", "cpu") == "medium" else "fused",
         "model": cpuinfo_value("model name") or "unknown CPU",
         "native_bf16": cpu_native_bf16(),
         "cores": os.cpu_count(),
@@ -112,7 +114,11 @@ def section(bench: dict, m: dict, stamp: str, commit: str) -> str:
             else:
                 cells.append("-")
         lines.append(f"| {name} | {ref:.3f} s | " + " | ".join(cells) + " |")
-    lines += ["", f"Goal, >= {GOAL:g}x the reference at every shape:"]
+    lines += [
+        "",
+        f'The default (`matmul_precision="auto"`) is `{m["default"]}` on this CPU. '
+        f"Goal, >= {GOAL:g}x the reference at every shape:",
+    ]
     for v in VARIANTS:
         s = speedups[v]
         if len(s) < len(WORKLOADS):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 BASE = "float32"
-ARMS = ("bfloat16", "planning-bfloat16")
+ARMS = ("bfloat16", "planning-bfloat16", "medium")
 
 
 def final_success(runs: Path, arm: str) -> dict[int, dict[int, float]]:
