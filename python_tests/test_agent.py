@@ -447,6 +447,14 @@ def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     e_medium, e_highest = medium_matmul_error()
     float32_class = e_medium <= FLOAT32_CLASS_BOUND
     assert medium_is_float32_class() is float32_class
+    # the bound separates the two kinds of product: float32's error is far below it, and operands
+    # rounded to bfloat16 (what 'medium' does on an AMX CPU) land far above it on the same data
+    assert e_highest < FLOAT32_CLASS_BOUND / 16
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, 256, generator=g), torch.randn(256, 256, generator=g)
+    exact = x.double() @ w.double().t()
+    rounded = (x.bfloat16().float() @ w.bfloat16().float().t()).double()
+    assert ((rounded - exact).abs().max() / exact.abs().max()).item() > 4 * FLOAT32_CLASS_BOUND
     expected = "medium" if float32_class else "highest"
     assert resolve_matmul_precision("auto", "cpu") == expected
     assert resolve_matmul_precision("auto", "cuda") == "highest"
