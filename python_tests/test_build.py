@@ -165,9 +165,10 @@ def test_cpu_report_writes_one_section_per_cpu_kind(tmp_path):
         return {"benchmarks": rows}
 
     amd = {"model": "AMD EPYC", "native_bf16": ["avx512_bf16"], "cores": 2, "threads": 2, "default": "fused-medium"}
+    amd["family"] = "26"
     amd.update(capability="AVX512", torch="2.13.0+cpu")
     text = cpu_report.section(bench(), amd, "2026-11-30", "abc1234")
-    assert text.startswith("## AMD EPYC (avx512_bf16)\n")
+    assert text.startswith("## AMD EPYC (CPU family 26; avx512_bf16)\n")
     assert "| one plan, A = 6 | 1.800 s | 1.200 s (1.50x) | 0.720 s (2.50x) | - |" in text
     assert "- `fused`: not met (1.50-1.50x)" in text and "- `fused-bf16`: **met** (2.50-2.50x)" in text
     assert "- `fused-medium`: not measured at every shape" in text
@@ -177,12 +178,14 @@ def test_cpu_report_writes_one_section_per_cpu_kind(tmp_path):
         cpu_report.section(no_update, amd, "2026-11-30", "abc1234")
 
     out = tmp_path / "RESULTS-cpu.md"
-    amx = {**amd, "model": "Intel Xeon", "native_bf16": ["avx512_bf16", "amx_bf16"]}
-    doc = cpu_report.merge("", text)
+    amx = {**amd, "model": "Intel Xeon", "family": "6", "native_bf16": ["avx512_bf16", "amx_bf16"]}
+    doc = cpu_report.merge("# An old header\n\nold words\n\n", text)
+    assert "old words" not in doc
     doc = cpu_report.merge(doc, cpu_report.section(bench(), amx, "2026-11-30", "abc1234"))
     doc = cpu_report.merge(doc, cpu_report.section(bench(update_ref=2.0), amd, "2026-12-01", "def5678"))
     assert doc.startswith("# Benchmark results per CPU kind")
-    assert doc.count("## AMD EPYC (avx512_bf16)") == 1 and doc.count("## Intel Xeon (avx512_bf16, amx_bf16)") == 1
+    assert doc.count("## AMD EPYC (CPU family 26; avx512_bf16)") == 1
+    assert doc.count("## Intel Xeon (CPU family 6; avx512_bf16, amx_bf16)") == 1
     assert doc.index("## AMD EPYC") < doc.index("## Intel Xeon") and "def5678" in doc and "abc1234" in doc
     assert "| one update, B = 256 | 2.000 s |" in doc
     # the command line: the JSON read, the section printed and the file written

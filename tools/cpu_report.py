@@ -12,7 +12,7 @@ variant's speed-up over the float32 reference, and whether it reaches issue 16's
 >= 2x at every shape. The machine is described from this process (run it where the benchmark
 ran): the CPU model, cores, torch's CPU capability and the native bf16 instruction sets.
 
-The file keeps one section per CPU kind (``## <model> (<native bf16>)``): a rerun on the
+The file keeps one section per CPU kind (``## <model> (CPU family <n>; <native bf16>)``): a rerun on the
 same kind replaces its section, another kind adds one. The file is replaced atomically.
 """
 
@@ -40,10 +40,11 @@ HEADER = """# Benchmark results per CPU kind (issue 16)
 One section per CPU kind, each written by `bash scripts/cpu_check.sh` (bench/test_bench_agent.py,
 CPU groups, then tools/cpu_report.py) on an otherwise idle machine. Median seconds; the speed-up
 is over the float32 reference path measured in the same run. The goal of issue 16 is >= 2x at
-every shape. `fused` is the float32 default. `fused-bf16` (bfloat16 reward networks in the plan,
-bfloat16 products in the update) and `fused-medium` (`matmul_precision="medium"`, bfloat16
-products where the CPU has native bf16) reduce precision; what that does to what the agent
-learns is in bench/RESULTS.md ("Eight seeds and the default").
+every shape. `fused` is IEEE float32 (`matmul_precision="highest"`). `fused-medium` is
+`matmul_precision="medium"`: oneDNN's products, float32 on some CPUs (AMD EPYC Zen 5) and
+bfloat16 on others (AMX). The default `"auto"` is one of these two, and each section names
+which. `fused-bf16` is the bfloat16 reward networks in the plan and bfloat16 products in the
+update. What these do to what the agent learns is in bench/RESULTS.md.
 """
 
 
@@ -57,6 +58,7 @@ def machine() -> dict:
     return {
         "default": "fused-medium" if resolve_matmul_precision("auto", "cpu") == "medium" else "fused",
         "model": cpuinfo_value("model name") or "unknown CPU",
+        "family": cpuinfo_value("cpu family") or "?",
         "native_bf16": cpu_native_bf16(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -84,7 +86,7 @@ def medians(bench: dict) -> dict[str, dict[str, float]]:
 
 
 def heading(m: dict) -> str:
-    return f"## {m['model']} ({', '.join(m['native_bf16']) or 'no native bf16'})"
+    return f"## {m['model']} (CPU family {m['family']}; {', '.join(m['native_bf16']) or 'no native bf16'})"
 
 
 def section(bench: dict, m: dict, stamp: str, commit: str) -> str:
@@ -131,10 +133,12 @@ def section(bench: dict, m: dict, stamp: str, commit: str) -> str:
 
 def merge(existing: str, new_section: str) -> str:
     """``existing`` with the section under ``new_section``'s heading replaced in place, or
-    ``new_section`` appended (``existing`` empty: the file's header first)."""
+    ``new_section`` appended; the header above the sections is always :data:`HEADER`."""
     head = new_section.splitlines()[0].strip()
     parts = re.split(r"(?m)^(?=## )", existing) if existing.strip() else [HEADER]
-    if not parts[0].startswith("# "):
+    if parts[0].startswith("# "):
+        parts[0] = HEADER  # the file's header is this tool's, as it is now
+    else:
         parts.insert(0, HEADER)
     parts = [part.rstrip("\n") + "\n" for part in parts]
     titles = [part.splitlines()[0].strip() for part in parts]
