@@ -10,19 +10,24 @@ Usage: python results/acting_modes.py RUN_DIR/checkpoint.pt {eval,explore,prior}
 import argparse
 import json
 
-import numpy as np
 import torch
 
 from cdred_fast.checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
+from cdred_fast.collect import AgentPolicy, collect
+from cdred_fast.data import summary
 from cdred_fast.trainer import EVAL_SEED_OFFSET, make_env
 
 
-def act(agent, obs, mode: str, t0: bool) -> torch.Tensor:
-    if mode == "prior":
-        with torch.no_grad():
-            z = agent.model.encode(torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1))
-            return agent.model.pi(z)[0][0]  # tanh(mu)
-    return agent.act(obs, t0=t0, eval_mode=mode == "eval")
+class PriorPolicy:
+    """The policy prior's mean ``tanh(mu)`` as a :func:`collect` policy (no planning)."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    @torch.no_grad()
+    def __call__(self, obs):
+        z = self.agent.model.encode(torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1))
+        return self.agent.model.pi(z)[0][0].numpy()
 
 
 def main() -> None:
@@ -37,21 +42,13 @@ def main() -> None:
     env = make_env(cfg, seed=seed0)
     agent = agent_from_checkpoint(state, env, device="cpu")
     torch.manual_seed(cfg.seed)
-    returns, last, anywhere = [], [], []
-    for i in range(args.episodes):
-        obs, _ = env.reset(seed=seed0 + i)
-        done, t, total, succeeded, info = False, 0, 0.0, False, {}
-        while not done:
-            obs, reward, terminated, truncated, info = env.step(act(agent, obs, args.mode, t == 0).numpy())
-            total += float(reward)
-            succeeded = succeeded or bool(info.get("success", False))
-            done, t = terminated or truncated, t + 1
-        returns.append(total)
-        last.append(float(bool(info.get("success", False))))
-        anywhere.append(float(succeeded))
+    policy = PriorPolicy(agent) if args.mode == "prior" else AgentPolicy(agent, eval_mode=args.mode == "eval")
+    # episode i is reset with seed0 + i, as the run's evaluations are
+    episodes = collect(env, policy, args.episodes, seed=seed0, task=cfg.task)
+    stats = summary(episodes)
     result = {"checkpoint": args.checkpoint, "mode": args.mode, "step": state["step"], "episodes": args.episodes}
-    result.update(episode_return=float(np.mean(returns)), success=float(np.mean(last)))
-    result.update(success_any=float(np.mean(anywhere)), last_step_success=last)
+    result.update(episode_return=stats["return_mean"], success=stats["success_last"])
+    result.update(success_any=stats["success_rate"], last_step_success=episodes.success_last.astype(float).tolist())
     print(json.dumps(result))
 
 
