@@ -10,8 +10,8 @@ precision:
 * "fused-bf16": the plan with the reward networks in bfloat16 (`planning_precision="bfloat16"`;
   its effect on what the agent does: bench/precision_outcome.py, bench/RESULTS.md), the update
   with its matrix products in bfloat16 (`update_precision="bfloat16"`, CPU only);
-* "fused-medium": `matmul_precision="medium"` (oneDNN's bf16-based float32 products on CPUs with
-  native bf16, where an Intel AMX CPU gains most; bf16-based products on CUDA).
+* "fused-medium": `matmul_precision="medium"` (oneDNN's products: float32 kernels on an AMD
+  EPYC Zen 5, bfloat16 ones on an Intel AMX CPU; bf16-based products on CUDA).
 `fused` and the reference are IEEE float32 (`matmul_precision="highest"`); the default
 `matmul_precision="auto"` is `fused-medium` on a CPU where "medium" measures float32-class, and
 `fused` elsewhere (tools/cpu_report.py says which). The benchmark fixtures run a few rounds only

@@ -29,7 +29,8 @@ copy of the action to the host), each timed to a synchronised result.
 * ``fused-graph-bf16``: ``fused-graph-tf32`` with ``planning_precision="bfloat16"`` (the CDRED
   reward networks, ~85 % of a plan's multiply-adds, in bfloat16; the rest in TF32).
 
-The first four run in IEEE float32 (``matmul_precision="highest"``, the default). A plan at the
+The first four run in IEEE float32 (the default ``matmul_precision="auto"`` is ``"highest"`` on
+CUDA). A plan at the
 SPEC defaults is ~185 GFLOP (A = 6; ~250 at A = 38; ``torch.utils.flop_counter`` on the
 reference path), so on an H100/H200 (67 TFLOPS in float32 without tensor cores) no float32
 plan can take under ~2.8 ms: the 1 ms target needs the TF32 or bfloat16 variants, which the

@@ -5,9 +5,9 @@ Usage: python tools/cpu_report.py BENCH_JSON --out bench/RESULTS-cpu.md
 
 BENCH_JSON is pytest-benchmark's ``--benchmark-json`` output of the CPU groups of
 bench/test_bench_agent.py: one plan at the SPEC defaults (A = 6 and A = 38) and one update
-(B = 256), each as ``reference`` (float32, pure-PyTorch ops), ``fused`` (float32, the
-default), ``fused-bf16`` (``planning_precision`` / ``update_precision="bfloat16"``) and
-``fused-medium`` (``matmul_precision="medium"``). The section gives the median times, each
+(B = 256), each as ``reference`` (float32, pure-PyTorch ops), ``fused`` (IEEE float32,
+``matmul_precision="highest"``), ``fused-bf16`` (``planning_precision`` /
+``update_precision="bfloat16"``) and ``fused-medium`` (``matmul_precision="medium"``). The section gives the median times, each
 variant's speed-up over the float32 reference, and whether it reaches issue 16's goal of
 >= 2x at every shape. The machine is described from this process (run it where the benchmark
 ran): the CPU model, cores, torch's CPU capability and the native bf16 instruction sets.
@@ -26,6 +26,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench_json import medians
 
 GOAL = 2.0
 VARIANTS = ("fused", "fused-bf16", "fused-medium")
@@ -73,16 +75,6 @@ def _commit() -> str:
         return out.stdout.strip() or "-"
     except (OSError, subprocess.SubprocessError):
         return "-"
-
-
-def medians(bench: dict) -> dict[str, dict[str, float]]:
-    """``{group: {impl: median seconds}}`` of a pytest-benchmark JSON."""
-    out: dict[str, dict[str, float]] = {}
-    for b in bench.get("benchmarks", []):
-        impl = b.get("extra_info", {}).get("impl")
-        if impl:
-            out.setdefault(b["group"], {})[impl] = float(b["stats"]["median"])
-    return out
 
 
 def heading(m: dict) -> str:
