@@ -10,10 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+from cdred_fast import layers
 from cdred_fast.layers import (
+    SPARSE_DROPOUT_MAX_P,
     Ensemble,
     NormedLinear,
     SimNorm,
+    block_dropout,
+    dropout_positions,
     mlp,
     soft_ce,
     symexp,
@@ -110,6 +114,65 @@ def test_dropout_is_before_layernorm_and_only_in_train_mode():
     # Dropout sits before LayerNorm: the dropped units are re-normalised and pass Mish,
     # so (unlike dropout applied after the activation) almost no output is exactly 0.
     assert (a == 0).float().mean() < 0.05
+
+
+def test_dropout_positions_draw_a_bernoulli_sequence():
+    """The sparse draw (geometric gaps) drops each element independently with probability p."""
+    torch.manual_seed(0)
+    # every position, the first and last included, dropped with probability p, in 5,000 draws
+    # of 4 (an off-by-one in the running sum would never drop position 0)
+    p, draws = 0.25, 5000
+    hits = torch.zeros(4)
+    both = 0
+    for _ in range(draws):
+        pos = dropout_positions(4, p)
+        assert pos.dtype == torch.long and bool((pos[1:] > pos[:-1]).all())
+        hits[pos] += 1
+        both += int(0 in pos and 1 in pos)
+    sigma = math.sqrt(p * (1 - p) / draws)
+    assert (hits / draws - p).abs().max() < 5 * sigma, hits / draws
+    assert abs(both / draws - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / draws)  # independent
+    # one long draw: count, range, and the spread of counts over blocks (binomial: var = mean (1 - p))
+    n, p = 1_000_000, 0.01
+    pos = dropout_positions(n, p)
+    assert 0 <= int(pos.min()) and int(pos.max()) < n and bool((pos[1:] > pos[:-1]).all())
+    assert abs(len(pos) - n * p) < 6 * math.sqrt(n * p * (1 - p))
+    counts = torch.bincount(pos // 1000, minlength=n // 1000).double()
+    dispersion = float(counts.var() / counts.mean()) / (1 - p)
+    assert 0.8 < dispersion < 1.2, dispersion
+    assert len(dropout_positions(0, p)) == 0
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="p must lie in"):
+            dropout_positions(10, bad)
+
+
+def test_block_dropout_fused_is_dropout_with_a_sparse_mask(monkeypatch):
+    p = 0.05
+    x = torch.randn(5, 301, 64).transpose(0, 1)  # not contiguous; N not a round number
+    torch.manual_seed(1)
+    out = block_dropout(x.requires_grad_(), p, True, "fused")
+    dropped = out == 0
+    assert abs(float(dropped.double().mean()) - p) < 6 * math.sqrt(p * (1 - p) / x.numel())
+    torch.testing.assert_close(out[~dropped], (x / (1 - p))[~dropped], rtol=1e-6, atol=0)
+    g = torch.randn_like(out)
+    out.backward(g)
+    torch.testing.assert_close(x.grad, torch.where(dropped, 0.0, g / (1 - p)), rtol=1e-6, atol=0)
+    # float64 gradient check, with the same draw at every call
+    x64 = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: (torch.manual_seed(2), block_dropout(t, 0.1, True, "fused"))[1], (x64,))
+    # what runs where: the sparse draw for fused Blocks in training at small p on the CPU only
+    calls = []
+    monkeypatch.setattr(layers, "dropout_positions", lambda *a: calls.append(a) or dropout_positions(*a))
+    assert torch.equal(block_dropout(x, p, False, "fused"), x) and not calls
+    for kernels, rate in (("reference", p), ("fused", 2 * SPARSE_DROPOUT_MAX_P)):
+        torch.manual_seed(3)
+        got = block_dropout(x, rate, True, kernels)
+        torch.manual_seed(3)
+        assert torch.equal(got, torch.nn.functional.dropout(x, rate, True)) and not calls
+    ens = Ensemble(_members(3, dropout=p)).train()
+    layers.use_kernels(ens, "fused")
+    ens(torch.randn(10, 6))
+    assert calls == [(3 * 10 * 16, p, torch.device("cpu"))]
 
 
 # --------------------------------------------------------------------------- initialisation
