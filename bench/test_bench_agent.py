@@ -75,5 +75,5 @@ def test_bench_update(benchmark, impl, device):
         sync(device)
         return stats
 
-    stats = benchmark.pedantic(update, rounds=3, warmup_rounds=1)
+    stats = benchmark.pedantic(update, rounds=5, warmup_rounds=1)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
