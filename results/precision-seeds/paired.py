@@ -1,18 +1,20 @@
-"""Paired per-seed differences of the precision arms against float32 (issue 16).
+"""Paired per-seed differences of the precision arms against float32 (issue 16), or of any arms.
 
 A run of seed N starts from the same initial weights, demonstrations and environment seeds in
 every arm, so the arms can be compared seed by seed. For each arm and each evaluation step:
 the mean over seeds of (arm - float32) in last-step success, with a 95 % percentile-bootstrap
 interval over seeds (10,000 resamples, seed 0), and how many seeds are lower / equal / higher.
 
-Usage: python results/precision-seeds/paired.py [RUNS_DIR]   (default: the runs/ beside it)
-Writes nothing; prints a markdown table (results/precision-seeds/README.md quotes it).
+Usage: python results/precision-seeds/paired.py [RUNS_DIR] [--base ARM] [--arms ARM ...]
+(default: the runs/ beside it, float32 against the three precision arms). RUNS_DIR holds one
+folder per arm with ``seed=N/eval.csv`` in each. Writes nothing; prints a markdown table
+(results/precision-seeds/README.md and results/main-job.md quote it).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +38,11 @@ def bootstrap_mean(x: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tup
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def main(runs: Path) -> None:
-    base = final_success(runs, BASE)
+def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS) -> None:
+    base = final_success(runs, base_arm)
     print("| arm | step | seeds | mean difference in last-step success [95 % CI] | lower / equal / higher |")
     print("|---|---|---|---|---|")
-    for arm in ARMS:
+    for arm in arms:
         other = final_success(runs, arm)
         seeds = sorted(set(base) & set(other))
         steps = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)) - {0})
@@ -52,4 +54,9 @@ def main(runs: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "runs")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="?", type=Path, default=Path(__file__).parent / "runs")
+    parser.add_argument("--base", default=BASE, help=f"the arm the others are compared with ({BASE})")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), help="the arms compared with it")
+    args = parser.parse_args()
+    main(args.runs, args.base, tuple(args.arms))
