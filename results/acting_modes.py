@@ -42,15 +42,10 @@ class PriorPolicy:
 
 
 @torch.no_grad()
-def mean_rewards(model, episodes) -> list[float]:
-    """The mean CDRED reward ``R(z_t, a_t)`` per step of each episode under ``model``."""
-    out, start = [], 0
-    for length in episodes.episode_lengths:
-        obs = torch.as_tensor(episodes.obs[start : start + length])
-        act = torch.as_tensor(episodes.action[start : start + length])
-        start += length
-        out.append(float(model.reward_model(torch.cat([model.encode(obs), act], dim=-1)).mean()))
-    return out
+def mean_reward(model, episode: dict) -> float:
+    """The mean CDRED reward ``R(z_t, a_t)`` per step of one episode under ``model``."""
+    obs, act = torch.as_tensor(episode["obs"]), torch.as_tensor(episode["action"])
+    return float(model.reward_model(torch.cat([model.encode(obs), act], dim=-1)).mean())
 
 
 def main() -> None:
@@ -84,19 +79,16 @@ def main() -> None:
         if args.judge:
             judge = agent_from_checkpoint(load_checkpoint(args.judge, map_location="cpu"), env, device="cpu")
         judge.model.eval()
-        ends = np.cumsum(episodes.episode_lengths)
-        starts = ends - episodes.episode_lengths
-        rewards = mean_rewards(judge.model, episodes)
         result["judge"] = args.judge or args.checkpoint
         result["per_episode"] = [
             {
-                "success_last": float(episodes.success_last[i]),
-                "handle_start": np.round(episodes.obs[s, 4:7], 3).tolist(),
-                "handle_end": np.round(episodes.next_obs[e - 1, 4:7], 3).tolist(),
-                "hand_end": np.round(episodes.next_obs[e - 1, 0:3], 3).tolist(),
-                "cdred_reward_mean": round(r, 4),
+                "success_last": float(ep["success_last"]),
+                "handle_start": np.round(ep["obs"][0, 4:7], 3).tolist(),
+                "handle_end": np.round(ep["next_obs"][-1, 4:7], 3).tolist(),
+                "hand_end": np.round(ep["next_obs"][-1, 0:3], 3).tolist(),
+                "cdred_reward_mean": round(mean_reward(judge.model, ep), 4),
             }
-            for i, (s, e, r) in enumerate(zip(starts, ends, rewards))
+            for ep in episodes.episodes()
         ]
     print(json.dumps(result))
 
