@@ -87,14 +87,14 @@ def _fused_block(kernels: str, act: Optional[nn.Module], x: Tensor, ln_weight: T
 SPARSE_DROPOUT_MAX_P = 0.1
 
 
-def dropout_positions(numel: int, p: float, device=None) -> Tensor:
+def dropout_positions(numel: int, p: float) -> Tensor:
     """The flat indices, ascending, of the elements a dropout of rate ``p`` zeroes among ``numel``.
 
     Each element is dropped independently with probability ``p``, as by ``bernoulli_``, but
     drawn as the successes of that Bernoulli sequence: the gaps between successive dropped
     positions are i.i.d. ``Geometric(p)`` on {1, 2, ...}, so the positions are the running
     sums of geometric draws, minus one. That is ~``numel * p`` draws from torch's global
-    generator (``geometric_``) instead of ``numel``. Returns a LongTensor on ``device``.
+    generator (``geometric_``) instead of ``numel``. Returns a CPU LongTensor.
     """
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout_positions: p must lie in (0, 1), got {p}")
@@ -107,7 +107,7 @@ def dropout_positions(numel: int, p: float, device=None) -> Tensor:
         ends.append(gaps.cumsum_(0).add_(last))
         last = float(ends[-1][-1])
     positions = torch.cat(ends).sub_(1.0)
-    return positions[positions < numel].to(device=device, dtype=torch.long)
+    return positions[positions < numel].long()
 
 
 class _SparseDropout(torch.autograd.Function):
@@ -147,7 +147,7 @@ def block_dropout(x: Tensor, p: float, training: bool, kernels: str) -> Tensor:
         and x.device.type == "cpu"
         and not torch.compiler.is_compiling()
     ):
-        return _SparseDropout.apply(x, dropout_positions(x.numel(), p, x.device), 1.0 / (1.0 - p))
+        return _SparseDropout.apply(x, dropout_positions(x.numel(), p), 1.0 / (1.0 - p))
     return F.dropout(x, p, training)
 
 
