@@ -164,9 +164,8 @@ def test_cpu_report_writes_one_section_per_cpu_kind(tmp_path):
                 rows.append({"group": group, "extra_info": {"impl": impl}, "stats": {"median": t}})
         return {"benchmarks": rows}
 
-    amd = {"model": "AMD EPYC", "native_bf16": ["avx512_bf16"], "cores": 2, "threads": 2, "default": "fused-medium"}
-    amd["family"] = "26"
-    amd.update(capability="AVX512", torch="2.13.0+cpu")
+    amd = dict(model="AMD EPYC", family="26", native_bf16=["avx512_bf16"], cores=2, threads=2)
+    amd.update(default="fused-medium", capability="AVX512", torch="2.13.0+cpu")
     text = cpu_report.section(bench(), amd, "2026-11-30", "abc1234")
     assert text.startswith("## AMD EPYC (CPU family 26; avx512_bf16)\n")
     assert "| one plan, A = 6 | 1.800 s | 1.200 s (1.50x) | 0.720 s (2.50x) | - |" in text
