@@ -105,7 +105,10 @@ class CDREDAgent:
         self.action_dim = int(action_dim)
         self.discount = cfg.discount_for()
         # Step 7: Adam over encoder (lr x enc_lr_scale), dynamics, Q heads and the method's reward
-        # part (CDRED: both predictors; TD-MPC2: the reward head).
+        # part (CDRED: both predictors; TD-MPC2: the reward head). With kernels="fused", torch's
+        # fused Adam (one vectorised pass per parameter instead of ~10 elementwise ops: ~10 ms of
+        # a SPEC-size update on a 2-core CPU); the same update rule, rounded differently.
+        fused_adam = {"fused": True} if cfg.kernels == "fused" and self.device.type in ("cpu", "cuda") else {}
         self.optim = torch.optim.Adam(
             [
                 {"params": list(m.encoder.parameters()), "lr": cfg.lr * cfg.enc_lr_scale},
@@ -114,8 +117,9 @@ class CDREDAgent:
                 {"params": list(self.method.reward_parameters(m))},
             ],
             lr=cfg.lr,
+            **fused_adam,
         )
-        self.pi_optim = torch.optim.Adam(m.pi_net.parameters(), lr=cfg.pi_lr, eps=cfg.pi_eps)
+        self.pi_optim = torch.optim.Adam(m.pi_net.parameters(), lr=cfg.pi_lr, eps=cfg.pi_eps, **fused_adam)
         # StepLR on both optimisers unless the method has none (IQ-MPC: None)
         self.scheduler, self.pi_scheduler = None, None
         if self.method.use_step_lr:
