@@ -130,6 +130,18 @@ class _SparseDropout(torch.autograd.Function):
         return g, None, None
 
 
+def _sparse_dropout(p: float, training: bool, kernels: str, x: Tensor) -> bool:
+    """Whether a Block's dropout of rate ``p`` on ``x`` draws its mask sparsely (see
+    :func:`block_dropout`)."""
+    return (
+        training
+        and kernels == "fused"
+        and 0.0 < p <= SPARSE_DROPOUT_MAX_P
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+    )
+
+
 def block_dropout(x: Tensor, p: float, training: bool, kernels: str) -> Tensor:
     """The dropout of a Block: ``F.dropout(x, p, training)`` in distribution.
 
@@ -140,13 +152,7 @@ def block_dropout(x: Tensor, p: float, training: bool, kernels: str) -> Tensor:
     ~7 % of a SPEC-size update on CPU). The draws come from the same global generator, but they
     are other draws: the masks differ from ``F.dropout``'s for the same seed.
     """
-    if (
-        training
-        and kernels == "fused"
-        and 0.0 < p <= SPARSE_DROPOUT_MAX_P
-        and x.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-    ):
+    if _sparse_dropout(p, training, kernels, x):
         return _SparseDropout.apply(x, dropout_positions(x.numel(), p), 1.0 / (1.0 - p))
     return F.dropout(x, p, training)
 
@@ -260,6 +266,63 @@ def soft_ce(logits: Tensor, target: Tensor, vmin: float, vmax: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------- ensemble
+def _stacked_linear(x: Tensor, w: Tensor, b: Tensor, fused: bool, layout_only: bool = False) -> Tensor:
+    """The Linears of ``E`` members: ``x @ w[e].T + b[e]`` for every ``e``, ``[E, N, out]``.
+
+    ``x`` is ``[E, N, in]`` or ``[N, in]`` (one input for every member); ``w [E, out, in]``,
+    ``b [E, out]``. The reference path (``fused`` False) broadcasts with ``torch.matmul``. With one
+    shared input, that product is computed as ``(w x^T)^T``: its result is the element-wise
+    transpose of ``[E, N, out]``, and its backward copies a transposed gradient (~9 ms of a
+    SPEC-size update on a 2-core CPU). The fused path computes it as one ``[N, in] x [in, E * out]``
+    product with the bias added in the GEMM (``addmm``), whose ``[N, E * out]`` result is read as
+    ``[E, N, out]`` through a view that keeps rows of ``out`` contiguous; ``layout_only`` returns
+    that ``[N, E * out]`` result itself.
+    """
+    if fused and x.dim() == 2:
+        E, out = w.shape[0], w.shape[1]
+        h = torch.addmm(b.reshape(E * out), x, w.reshape(E * out, w.shape[2]).t())
+        return h if layout_only else h.view(x.shape[0], E, out).transpose(0, 1)
+    return torch.matmul(x, w.transpose(1, 2)) + b.unsqueeze(1)  # batched matmul over members
+
+
+class _SharedDropoutBlockTail(torch.autograd.Function):
+    """Dropout -> LayerNorm -> Mish of the ``E`` Blocks of a stacked layer whose members share
+    their input, in training with a sparse dropout mask (fused kernels, CPU): the Q heads' first
+    layer in the value and policy losses.
+
+    ``h [N, E * D]``: the members' Linear outputs side by side (:func:`_stacked_linear` with
+    ``layout_only``), already scaled by dropout's ``1 / (1 - p)`` (folded into ``w`` and ``b``);
+    ``positions``: the flat indices into ``[E, N, D]`` that the dropout zeroes
+    (:func:`dropout_positions`); ``gamma, beta [E, D]``. Returns
+    ``layernorm_mish(h as [E, N, D] with those elements zeroed)``, ``[E, N, D]``, the value of
+    ``block_dropout`` then ``ops.layernorm_mish`` on ``[E, N, D]`` up to rounding.
+
+    What it saves over those two steps: the passes over the activations that scale and mask
+    them, forward and backward; the copy into ``[E, N, D]`` is made once, here, and the mask
+    applied in place to it and to the gradient the backward kernel returns. No matrix products
+    (so ``update_precision="bfloat16"``'s context still sees every product of the layer).
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, positions: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
+        E, D = gamma.shape
+        x = h.view(h.shape[0], E, D).transpose(0, 1).contiguous()  # [E, N, D], rows copied whole
+        x.view(-1).index_fill_(0, positions, 0.0)
+        y, mean, rstd = torch.ops.cdred_fast.layernorm_mish.default(x, gamma, beta, float(eps))
+        ctx.save_for_backward(x, mean, rstd, gamma, beta, positions)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, mean, rstd, gamma, beta, positions = ctx.saved_tensors
+        gx, gg, gb = torch.ops.cdred_fast.layernorm_mish_backward.default(
+            grad_y.contiguous(), x, mean, rstd, gamma, beta
+        )
+        gx.view(-1).index_fill_(0, positions, 0.0)
+        E, N, D = gx.shape
+        return gx.transpose(0, 1).reshape(N, E * D), None, gg, gb, None
+
+
 class _StackedLayer(nn.Module):
     """One layer of :class:`Ensemble`: ``E`` Linears (optionally Blocks) with stacked weights.
 
@@ -286,12 +349,25 @@ class _StackedLayer(nn.Module):
     def forward(self, x: Tensor, index: Optional[Tensor] = None) -> Tensor:
         # x: [N, in] (shared by all members) or [E', N, in]; returns [E', N, out].
         w, b = (self.weight, self.bias) if index is None else (self.weight[index], self.bias[index])
-        h = torch.matmul(x, w.transpose(1, 2)) + b.unsqueeze(1)  # batched matmul over members
+        fused = self.kernels == "fused"
         if not self.normed:
-            return h
-        if self.dropout_p:
-            h = block_dropout(h, self.dropout_p, self.training, self.kernels)
+            return _stacked_linear(x, w, b, fused)
         g, beta = (self.ln_weight, self.ln_bias) if index is None else (self.ln_weight[index], self.ln_bias[index])
+        p = self.dropout_p
+        if (
+            x.dim() == 2
+            and p
+            and _sparse_dropout(p, self.training, self.kernels, x)
+            and _fused_block(self.kernels, self.act, x, g)
+        ):
+            # the Q heads' first layer in training: dropout's 1 / (1 - p) folded into the
+            # product, then mask and LayerNorm -> Mish in one step (_SharedDropoutBlockTail)
+            s = 1.0 / (1.0 - p)
+            h = _stacked_linear(x, w * s, b * s, fused, layout_only=True)
+            return _SharedDropoutBlockTail.apply(h, dropout_positions(h.numel(), p), g, beta, self.ln_eps)
+        h = _stacked_linear(x, w, b, fused)
+        if p:
+            h = block_dropout(h, p, self.training, self.kernels)
         if _fused_block(self.kernels, self.act, h, g):
             return ops.layernorm_mish(h, g, beta, self.ln_eps)  # one affine per member
         h = F.layer_norm(h, h.shape[-1:], eps=self.ln_eps) * g.unsqueeze(1) + beta.unsqueeze(1)

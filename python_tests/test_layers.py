@@ -3,14 +3,16 @@
 Reference computations are written independently in numpy.
 """
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from cdred_fast import layers
+from cdred_fast import layers, ops
 from cdred_fast.layers import (
     SPARSE_DROPOUT_MAX_P,
     Ensemble,
@@ -173,6 +175,100 @@ def test_block_dropout_fused_is_dropout_with_a_sparse_mask(monkeypatch):
     layers.use_kernels(ens, "fused")
     ens(torch.randn(10, 6))
     assert calls == [(3 * 10 * 16, p)]
+
+
+needs_cpu_kernels = pytest.mark.skipif(
+    "cpu" not in ops.FUSED_DEVICE_TYPES, reason="the CPU kernels of the extension are not built"
+)
+
+
+def _fused_and_reference(n, dropout, dtype):
+    """Two copies of one ensemble, Blocks fused and reference, in training mode."""
+    fused = Ensemble(_members(n, dropout=dropout)).to(dtype).train()
+    ref = copy.deepcopy(fused)
+    return layers.use_kernels(fused, "fused"), layers.use_kernels(ref, "reference")
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("index", [None, [2, 0]], ids=["all", "two-members"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_ensemble_in_training_is_the_reference_with_the_same_mask(dtype, index, monkeypatch):
+    """The fused stacked layers (one product for a shared input, dropout's scale folded into it,
+    mask and LayerNorm -> Mish in one step: layers._SharedDropoutBlockTail) compute what the
+    reference layers compute with the same dropout mask: outputs and every gradient."""
+    p = SPARSE_DROPOUT_MAX_P
+    fused, ref = _fused_and_reference(3, p, dtype)
+    index = None if index is None else torch.tensor(index)
+    x = torch.randn(37, 6, dtype=dtype)  # shared by the members; N not a round number
+    draws, real_positions, real_dropout = [], layers.dropout_positions, layers.block_dropout
+
+    def record(numel, rate):
+        draws.append(real_positions(numel, rate))
+        return draws[-1]
+
+    def replay(h, rate, training, kernels):  # F.dropout's arithmetic with the recorded mask
+        mask = torch.zeros(h.numel(), dtype=torch.bool)
+        mask[draws.pop(0)] = True
+        return h * (~mask.view(h.shape)).to(h.dtype) / (1 - rate)
+
+    def unexpected(*args):
+        raise AssertionError("the fused shared-input layer went through block_dropout")
+
+    out = {}
+    for name, net, patches in (
+        ("fused", fused, [("dropout_positions", record), ("block_dropout", unexpected)]),
+        ("ref", ref, [("block_dropout", replay)]),
+    ):
+        for patch in patches:
+            monkeypatch.setattr(layers, *patch)
+        xi = x.clone().requires_grad_()
+        y = net(xi, index=index)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=dtype)).view(y.shape))
+        out[name] = [y.detach(), xi.grad] + [q.grad for q in net.parameters()]
+        monkeypatch.setattr(layers, "dropout_positions", real_positions)
+        monkeypatch.setattr(layers, "block_dropout", real_dropout)
+        if name == "fused":
+            assert len(draws) == 1 and len(draws[0]) > 0  # one mask, which drops
+    assert not draws  # replayed once
+    E = 3 if index is None else 2
+    assert out["fused"][0].shape == (E, 37, 5)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, want in zip(out["fused"], out["ref"]):
+        if want is None:
+            assert got is None or not got.any()
+            continue
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+
+
+@needs_cpu_kernels
+def test_shared_dropout_block_tail_gradients():
+    """float64 gradient check of the fused tail (a fixed mask) against finite differences."""
+    torch.manual_seed(0)
+    E, N, D = 3, 7, 5
+    h = torch.randn(N, E * D, dtype=torch.float64, requires_grad=True)
+    gamma = (1 + 0.1 * torch.randn(E, D, dtype=torch.float64)).requires_grad_()
+    beta = (0.1 * torch.randn(E, D, dtype=torch.float64)).requires_grad_()
+    positions = torch.tensor([0, 4, 17, E * N * D - 1])  # the first and the last element among them
+    f = lambda h, g, b: layers._SharedDropoutBlockTail.apply(h, positions, g, b, 1e-5)
+    assert torch.autograd.gradcheck(f, (h, gamma, beta))
+    y = f(h, gamma, beta)
+    # the dropped elements enter the LayerNorm as zeros: the reference on [E, N, D]
+    x = h.detach().view(N, E, D).transpose(0, 1).reshape(-1).clone()
+    x[positions] = 0
+    x = x.view(E, N, D)
+    want = F.mish(F.layer_norm(x, (D,), eps=1e-5) * gamma.unsqueeze(1) + beta.unsqueeze(1))
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+
+
+@needs_cpu_kernels
+def test_fused_ensemble_in_eval_matches_the_reference():
+    """Without dropout the fused stacked layers differ from the reference only in how the shared
+    input's product is laid out (and the fused LayerNorm -> Mish)."""
+    fused, ref = _fused_and_reference(4, 0.0, torch.float64)
+    fused.eval(), ref.eval()
+    x = torch.randn(2, 9, 6, dtype=torch.float64)
+    for index in (None, torch.tensor([3, 1])):
+        torch.testing.assert_close(fused(x, index=index), ref(x, index=index), rtol=1e-12, atol=1e-13)
 
 
 # --------------------------------------------------------------------------- initialisation
