@@ -306,7 +306,9 @@ class _SharedDropoutBlockTail(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, positions: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
         E, D = gamma.shape
-        x = h.view(h.shape[0], E, D).transpose(0, 1).contiguous()  # [E, N, D], rows copied whole
+        # [E, N, D], rows copied whole; always a copy (for E = 1 the view is contiguous already,
+        # and the mask below must not write into h)
+        x = h.view(h.shape[0], E, D).transpose(0, 1).clone(memory_format=torch.contiguous_format)
         x.view(-1).index_fill_(0, positions, 0.0)
         y, mean, rstd = torch.ops.cdred_fast.layernorm_mish.default(x, gamma, beta, float(eps))
         ctx.save_for_backward(x, mean, rstd, gamma, beta, positions)
