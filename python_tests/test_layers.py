@@ -258,6 +258,11 @@ def test_shared_dropout_block_tail_gradients():
     x = x.view(E, N, D)
     want = F.mish(F.layer_norm(x, (D,), eps=1e-5) * gamma.unsqueeze(1) + beta.unsqueeze(1))
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    # the input is not written into, for one member too (the [E, N, D] view of h is h itself)
+    h1, zeros, ones = torch.randn(4, 6, dtype=torch.float64), torch.zeros(1, 6, dtype=torch.float64), torch.ones(1, 6)
+    before = h1.clone()
+    layers._SharedDropoutBlockTail.apply(h1, torch.tensor([0, 5]), ones.double(), zeros, 1e-5)
+    assert torch.equal(h1, before)
 
 
 @needs_cpu_kernels
