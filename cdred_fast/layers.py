@@ -266,7 +266,7 @@ def soft_ce(logits: Tensor, target: Tensor, vmin: float, vmax: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------- ensemble
-def _stacked_linear(x: Tensor, w: Tensor, b: Tensor, fused: bool, layout_only: bool = False) -> Tensor:
+def _stacked_linear(x: Tensor, w: Tensor, b: Tensor, fused: bool) -> Tensor:
     """The Linears of ``E`` members: ``x @ w[e].T + b[e]`` for every ``e``, ``[E, N, out]``.
 
     ``x`` is ``[E, N, in]`` or ``[N, in]`` (one input for every member); ``w [E, out, in]``,
@@ -275,13 +275,12 @@ def _stacked_linear(x: Tensor, w: Tensor, b: Tensor, fused: bool, layout_only: b
     transpose of ``[E, N, out]``, and its backward copies a transposed gradient (~9 ms of a
     SPEC-size update on a 2-core CPU). The fused path computes it as one ``[N, in] x [in, E * out]``
     product with the bias added in the GEMM (``addmm``), whose ``[N, E * out]`` result is read as
-    ``[E, N, out]`` through a view that keeps rows of ``out`` contiguous; ``layout_only`` returns
-    that ``[N, E * out]`` result itself.
+    ``[E, N, out]`` through a view that keeps rows of ``out`` contiguous.
     """
     if fused and x.dim() == 2:
         E, out = w.shape[0], w.shape[1]
         h = torch.addmm(b.reshape(E * out), x, w.reshape(E * out, w.shape[2]).t())
-        return h if layout_only else h.view(x.shape[0], E, out).transpose(0, 1)
+        return h.view(x.shape[0], E, out).transpose(0, 1)
     return torch.matmul(x, w.transpose(1, 2)) + b.unsqueeze(1)  # batched matmul over members
 
 
@@ -290,25 +289,25 @@ class _SharedDropoutBlockTail(torch.autograd.Function):
     their input, in training with a sparse dropout mask (fused kernels, CPU): the Q heads' first
     layer in the value and policy losses.
 
-    ``h [N, E * D]``: the members' Linear outputs side by side (:func:`_stacked_linear` with
-    ``layout_only``), already scaled by dropout's ``1 / (1 - p)`` (folded into ``w`` and ``b``);
+    ``h [E, N, D]``: the members' Linear outputs (:func:`_stacked_linear`'s row-keeping view of
+    one product), already scaled by dropout's ``1 / (1 - p)`` (folded into ``w`` and ``b``);
     ``positions``: the flat indices into ``[E, N, D]`` that the dropout zeroes
     (:func:`dropout_positions`); ``gamma, beta [E, D]``. Returns
-    ``layernorm_mish(h as [E, N, D] with those elements zeroed)``, ``[E, N, D]``, the value of
-    ``block_dropout`` then ``ops.layernorm_mish`` on ``[E, N, D]`` up to rounding.
+    ``layernorm_mish(h with those elements zeroed)``, ``[E, N, D]``, the value of
+    ``block_dropout`` then ``ops.layernorm_mish`` up to rounding.
 
     What it saves over those two steps: the passes over the activations that scale and mask
-    them, forward and backward; the copy into ``[E, N, D]`` is made once, here, and the mask
-    applied in place to it and to the gradient the backward kernel returns. No matrix products
-    (so ``update_precision="bfloat16"``'s context still sees every product of the layer).
+    them, forward and backward; the copy of ``h`` into contiguous ``[E, N, D]`` is made once,
+    here, and the mask applied in place to it and to the gradient the backward kernel returns.
+    No matrix products (so ``update_precision="bfloat16"``'s context still sees every product
+    of the layer).
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, positions: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
-        E, D = gamma.shape
-        # [E, N, D], rows copied whole; always a copy (for E = 1 the view is contiguous already,
-        # and the mask below must not write into h)
-        x = h.view(h.shape[0], E, D).transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        # rows copied whole; always a copy (for E = 1 the view is contiguous already, and the
+        # mask below must not write into h)
+        x = h.clone(memory_format=torch.contiguous_format)
         x.view(-1).index_fill_(0, positions, 0.0)
         y, mean, rstd = torch.ops.cdred_fast.layernorm_mish.default(x, gamma, beta, float(eps))
         ctx.save_for_backward(x, mean, rstd, gamma, beta, positions)
@@ -321,8 +320,7 @@ class _SharedDropoutBlockTail(torch.autograd.Function):
             grad_y.contiguous(), x, mean, rstd, gamma, beta
         )
         gx.view(-1).index_fill_(0, positions, 0.0)
-        E, N, D = gx.shape
-        return gx.transpose(0, 1).reshape(N, E * D), None, gg, gb, None
+        return gx, None, gg, gb, None
 
 
 class _StackedLayer(nn.Module):
@@ -365,7 +363,7 @@ class _StackedLayer(nn.Module):
             # the Q heads' first layer in training: dropout's 1 / (1 - p) folded into the
             # product, then mask and LayerNorm -> Mish in one step (_SharedDropoutBlockTail)
             s = 1.0 / (1.0 - p)
-            h = _stacked_linear(x, w * s, b * s, fused, layout_only=True)
+            h = _stacked_linear(x, w * s, b * s, fused)
             return _SharedDropoutBlockTail.apply(h, dropout_positions(h.numel(), p), g, beta, self.ln_eps)
         h = _stacked_linear(x, w, b, fused)
         if p:

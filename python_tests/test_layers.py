@@ -249,7 +249,8 @@ def test_shared_dropout_block_tail_gradients():
     gamma = (1 + 0.1 * torch.randn(E, D, dtype=torch.float64)).requires_grad_()
     beta = (0.1 * torch.randn(E, D, dtype=torch.float64)).requires_grad_()
     positions = torch.tensor([0, 4, 17, E * N * D - 1])  # the first and the last element among them
-    f = lambda h, g, b: layers._SharedDropoutBlockTail.apply(h, positions, g, b, 1e-5)
+    # h as the layer passes it: the [E, N, D] row-keeping view of one [N, E * D] product
+    f = lambda h, g, b: layers._SharedDropoutBlockTail.apply(h.view(N, E, D).transpose(0, 1), positions, g, b, 1e-5)
     assert torch.autograd.gradcheck(f, (h, gamma, beta))
     y = f(h, gamma, beta)
     # the dropped elements enter the LayerNorm as zeros: the reference on [E, N, D]
@@ -261,7 +262,9 @@ def test_shared_dropout_block_tail_gradients():
     # the input is not written into, for one member too (the [E, N, D] view of h is h itself)
     h1, zeros, ones = torch.randn(4, 6, dtype=torch.float64), torch.zeros(1, 6, dtype=torch.float64), torch.ones(1, 6)
     before = h1.clone()
-    layers._SharedDropoutBlockTail.apply(h1, torch.tensor([0, 5]), ones.double(), zeros, 1e-5)
+    layers._SharedDropoutBlockTail.apply(
+        h1.view(4, 1, 6).transpose(0, 1), torch.tensor([0, 5]), ones.double(), zeros, 1e-5
+    )
     assert torch.equal(h1, before)
 
 
