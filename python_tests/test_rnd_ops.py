@@ -442,7 +442,10 @@ def test_rnd_reward_uses_the_tiled_op_only_without_gradients(monkeypatch):
     pw[0].requires_grad_(True)
     r_grad = ops.rnd_reward(x, (ws, bs, lws, lbs), (pw, pb, plw, plb), x_shared=xs)
     assert calls == [1] and r_grad.requires_grad
-    torch.testing.assert_close(r, r_grad.detach(), rtol=1e-5, atol=1e-6)
+    # the two paths take the products in different orders (the tiled op vs the autograd ensemble),
+    # so they agree to this file's float32 op tolerance, not bit for bit: 1.2e-6 apart (6.6e-5
+    # relative) on an Intel Xeon with AMX, whose MKL products round differently from AMD's
+    torch.testing.assert_close(r, r_grad.detach(), **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("device", DEVICES)
