@@ -69,19 +69,22 @@ def first_elites(record: list):
         planner_module.ops.mppi_elite_update = original
 
 
-def plan_once(agent, obs, setting: str, seed: int):
-    """(action, first-iteration elite actions) of one eval-mode plan from a fresh warm start."""
+def setting_agents(state: dict, env, cfg, settings) -> dict:
+    """``{setting: agent}``: the checkpoint's weights in one agent per setting, each built with
+    ``cfg`` and that setting's fields. An agent resolves its precisions when it is built (its
+    ``act`` does not re-read ``agent.cfg``), so a setting is never switched on a built agent."""
+    return {s: agent_from_checkpoint(state, env, cfg=dataclasses.replace(cfg, **SETTINGS[s])) for s in settings}
+
+
+def plan_once(agent, obs, seed: int):
+    """(action, first-iteration elite actions) of one eval-mode plan from a fresh warm start,
+    in the precision of ``agent``'s config (a :func:`setting_agents` agent)."""
     record: list = []
     obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
-    cfg = agent.cfg
-    agent.cfg = agent.model.cfg = dataclasses.replace(cfg, **SETTINGS[setting])
-    try:
-        with agent.preserve_plan_state(), torch.no_grad(), agent.model.planning():
-            with matmul_precision(agent.cfg.matmul_precision), first_elites(record):
-                z = agent.model.encode(obs_t)
-                action = agent.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(seed))
-    finally:
-        agent.cfg = agent.model.cfg = cfg
+    with agent.preserve_plan_state(), torch.no_grad(), agent.model.planning():
+        with matmul_precision(agent.cfg.matmul_precision), first_elites(record):
+            z = agent.model.encode(obs_t)
+            action = agent.plan(z, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(seed))
     return action.reshape(-1), record[0].reshape(-1, record[0].shape[-2], record[0].shape[-1])
 
 
@@ -132,21 +135,20 @@ def main() -> None:
         if args.plan:
             cfg = dataclasses.replace(cfg, mpc=True)
         env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET)
-        agent = agent_from_checkpoint(state, env)
-        agent.cfg = agent.model.cfg = cfg
+        agents = setting_agents(state, env, cfg, ["highest", *args.settings])
         per_episode = max(1, -(-args.states // cfg.episode_length))
-        states = states_of(agent, env, per_episode, seed=cfg.seed + EVAL_SEED_OFFSET + 500)[: args.states]
+        states = states_of(agents["highest"], env, per_episode, seed=cfg.seed + EVAL_SEED_OFFSET + 500)[: args.states]
         print(f"\n{path} ({cfg.task}, step {state['step']}): open loop over {len(states)} states")
         # "seed": highest precision with another generator state, the planner's own spread to
         # compare the settings with (MPPI's first iteration then starts from other candidates)
-        exact = [plan_once(agent, obs, "highest", seed=i) for i, obs in enumerate(states)]
+        exact = [plan_once(agents["highest"], obs, seed=i) for i, obs in enumerate(states)]
         for setting in ["seed", *args.settings]:
             diffs, overlaps = [], []
             for i, (obs, (a_hi, e_hi)) in enumerate(zip(states, exact)):
                 if setting == "seed":
-                    a_lo, e_lo = plan_once(agent, obs, "highest", seed=i + 10**6)
+                    a_lo, e_lo = plan_once(agents["highest"], obs, seed=i + 10**6)
                 else:
-                    a_lo, e_lo = plan_once(agent, obs, setting, seed=i)
+                    a_lo, e_lo = plan_once(agents[setting], obs, seed=i)
                 diffs.append(float((a_hi - a_lo).abs().max()))
                 overlaps.append(elite_overlap(e_hi, e_lo))
             diffs_np = np.asarray(diffs)
@@ -163,14 +165,12 @@ def main() -> None:
             )
         print(f"  closed loop, {args.episodes} episodes per seed: return / success last / success any")
         for setting in ["highest", *args.settings]:
-            agent.cfg = agent.model.cfg = dataclasses.replace(cfg, **SETTINGS[setting])
-            rows = [evaluate(agent, env, args.episodes, seed=1000 * s) for s in args.seeds]
+            rows = [evaluate(agents[setting], env, args.episodes, seed=1000 * s) for s in args.seeds]
             cells = "  ".join(
                 f"seed {s}: {r['episode_return']:.1f} / {r['success']:.2f} / {r['success_any']:.2f}"
                 for s, r in zip(args.seeds, rows)
             )
             print(f"  {setting:>8}: {cells}", flush=True)
-        agent.cfg = agent.model.cfg = cfg
 
 
 if __name__ == "__main__":

@@ -292,11 +292,16 @@ def config_from_checkpoint(state: dict) -> CDREDConfig:
         raise CheckpointError(f"the checkpoint's config is invalid: {exc}") from exc
 
 
-def agent_from_checkpoint(state: dict, env, device: str = "cpu") -> CDREDAgent:
+def agent_from_checkpoint(state: dict, env, device: str = "cpu", cfg: CDREDConfig | None = None) -> CDREDAgent:
     """Rebuild the :class:`CDREDAgent` of a checkpoint (from
     :func:`load_checkpoint`) for ``env``, an environment made for the checkpoint's config
-    (its observation shape and action size are used)."""
-    cfg = config_from_checkpoint(state)
+    (its observation shape and action size are used).
+
+    ``cfg``: build with this config instead of the checkpoint's, e.g. the checkpoint's with
+    other precisions (``dataclasses.replace(config_from_checkpoint(state), ...)``). An agent
+    resolves its precisions when it is built, so this, not assigning ``agent.cfg`` later, is how
+    to act with other settings; the weights must fit it (checked)."""
+    cfg = config_from_checkpoint(state) if cfg is None else cfg
     agent = CDREDAgent(
         cfg, action_dim=env.action_space.shape[0], device=device, obs_shape=tuple(env.observation_space.shape)
     )

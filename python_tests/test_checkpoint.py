@@ -83,3 +83,47 @@ def test_checkpoint_crc_and_dtype_checks(tmp_path):
         check_state_dict(good["agent"]["model"], {"w": torch.zeros(64, dtype=torch.int64)}, "model")
     with pytest.raises(CheckpointError, match="NaN"):
         check_state_dict(good["agent"]["model"], {"w": torch.full((64,), float("nan"))}, "model")
+
+
+def test_agent_from_checkpoint_with_other_settings_acts_in_them():
+    """agent_from_checkpoint(cfg=...) builds the checkpoint's weights with other precisions, and the
+    agent acts in them; bench/precision_outcome.py's agents are built so. (An agent resolves its
+    matmul precision when it is built: assigning agent.cfg afterwards changed nothing, and
+    precision_outcome's closed loop measured the checkpoint's own precision in every row until
+    session 13.) A config whose networks differ is refused."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from testing_utils import TINY
+
+    from cdred_fast.agent import CDREDAgent
+    from cdred_fast.checkpoint import CheckpointError, agent_from_checkpoint, config_from_checkpoint
+    from cdred_fast.config import CDREDConfig
+    from cdred_fast.envs import make
+
+    env = make("mw-reach", "state", seed=0)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    torch.manual_seed(0)
+    saved = CDREDAgent(CDREDConfig(**TINY, episode_length=100, matmul_precision="highest"), obs_dim, act_dim)
+    state = {"config": saved.cfg.to_dict(), "agent": saved.state_dict()}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        from precision_outcome import SETTINGS, setting_agents
+    finally:
+        sys.path.pop(0)
+    agents = setting_agents(state, env, config_from_checkpoint(state), ["highest", "medium", "bf16"])
+    obs, _ = env.reset(seed=0)
+    for setting, agent in agents.items():
+        seen = []
+        hook = agent.model.dynamics.register_forward_hook(lambda *a: seen.append(torch.get_float32_matmul_precision()))
+        agent.act(obs, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
+        hook.remove()
+        assert seen and set(seen) == {SETTINGS[setting]["matmul_precision"]}, (setting, set(seen))
+        assert agent.cfg.planning_precision == SETTINGS[setting]["planning_precision"]
+        for name, p in agent.model.state_dict().items():
+            torch.testing.assert_close(p, saved.model.state_dict()[name], rtol=0, atol=0)
+    bigger = dataclasses.replace(config_from_checkpoint(state), mlp_dim=48)
+    with pytest.raises(CheckpointError, match="agent.model"):
+        agent_from_checkpoint(state, env, cfg=bigger)
+    env.close()
