@@ -115,8 +115,10 @@ def test_agent_from_checkpoint_with_other_settings_acts_in_them():
     agents = setting_agents(state, env, config_from_checkpoint(state), ["highest", "medium", "bf16"])
     obs, _ = env.reset(seed=0)
     for setting, agent in agents.items():
-        seen = []
-        hook = agent.model.dynamics.register_forward_hook(lambda *a: seen.append(torch.get_float32_matmul_precision()))
+        seen: list = []
+        hook = agent.model.dynamics.register_forward_hook(
+            lambda *a, seen=seen: seen.append(torch.get_float32_matmul_precision())
+        )
         agent.act(obs, t0=True, eval_mode=True, generator=torch.Generator().manual_seed(0))
         hook.remove()
         assert seen and set(seen) == {SETTINGS[setting]["matmul_precision"]}, (setting, set(seen))
