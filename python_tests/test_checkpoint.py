@@ -105,7 +105,7 @@ def test_agent_from_checkpoint_with_other_settings_acts_in_them():
     env = make("mw-reach", "state", seed=0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(0)
-    saved = CDREDAgent(CDREDConfig(**TINY, episode_length=100, matmul_precision="highest"), obs_dim, act_dim)
+    saved = CDREDAgent(CDREDConfig(**dict(TINY, matmul_precision="highest"), episode_length=100), obs_dim, act_dim)
     state = {"config": saved.cfg.to_dict(), "agent": saved.state_dict()}
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     try:

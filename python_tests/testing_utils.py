@@ -49,6 +49,9 @@ SMALL_MODEL = dict(
     rnd_predictor_hidden=(32, 32, 32),
     num_targets=3,
     episode_length=100,
+    # IEEE float32 products: the tolerances of the numeric comparisons assume them, and the default
+    # "auto" is bfloat16 products on an AMX CPU (test_agent.py tests "auto" on its own)
+    matmul_precision="highest",
 )
 
 # A tiny CDRED model for end-to-end tests: every part of the method, sizes that run in
@@ -67,6 +70,7 @@ TINY = dict(
     num_elites=4,
     num_pi_trajs=2,
     iterations=2,
+    matmul_precision="highest",  # as SMALL_MODEL
 )
 
 
