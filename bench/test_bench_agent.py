@@ -13,8 +13,8 @@ precision:
 * "fused-medium": `matmul_precision="medium"` (oneDNN's products: float32 kernels on an AMD
   EPYC Zen 5, bfloat16 ones on an Intel AMX CPU; bf16-based products on CUDA).
 `fused` and the reference are IEEE float32 (`matmul_precision="highest"`); the default
-`matmul_precision="auto"` is `fused-medium` on a CPU where "medium" measures float32-class, and
-`fused` elsewhere (tools/cpu_report.py says which). The benchmark fixtures run a few rounds only
+`matmul_precision="auto"` is `fused-medium` on a CPU where "medium" measures float32-class or
+that has AMX-BF16, and `fused` elsewhere (tools/cpu_report.py says which). The benchmark fixtures run a few rounds only
 (each plan is seconds on a 2-core CPU). `scripts/cpu_check.sh` runs the CPU groups and writes
 this CPU kind's row of bench/RESULTS-cpu.md (tools/cpu_report.py).
 Run: pytest bench/test_bench_agent.py --benchmark-only
