@@ -466,8 +466,8 @@ def test_matmul_precision_is_set_while_acting_and_updating_then_restored():
 def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     """cfg.matmul_precision="auto": 'medium' on a CPU whose 'medium' products measure
     float32-class against float64 (oneDNN's float32 kernels) and on an AMX CPU, 'highest' where
-    they would be bfloat16 on another CPU and on CUDA. The agent acts and updates in the resolved precision, and the CLI's
-    line names it."""
+    they would be bfloat16 on another CPU and on CUDA. The agent acts and updates in the
+    resolved precision, and the CLI's line names it."""
     e_medium, e_highest = medium_matmul_error()
     float32_class = e_medium <= FLOAT32_CLASS_BOUND
     assert medium_is_float32_class() is float32_class
