@@ -216,7 +216,7 @@ class CDREDConfig:
     # (torch.set_float32_matmul_precision, restored afterwards): "auto" (the default) = "medium"
     # on a CPU where its products measure float32-class (precision.medium_is_float32_class, once
     # per process: oneDNN's float32 kernels, 2x MKL's on an AMD EPYC Zen 5) and on a CPU with
-    # AMX-BF16 (bfloat16 products, 2.5-3.6x the float32 reference path at the SPEC sizes, the main
+    # AMX-BF16 (bfloat16 products, 2.4-3.6x the float32 reference path at the SPEC sizes, the main
     # job's outcome unchanged within seed noise: results/amx-medium-seeds/), "highest" elsewhere
     # (CUDA included); "highest" = IEEE float32 through MKL / cuBLAS (the exact switch; the
     # tolerances of the tests); "high" = TF32 tensor cores on CUDA (no effect on CPU); "medium" =
