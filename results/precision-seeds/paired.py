@@ -2,12 +2,14 @@
 
 A run of seed N starts from the same initial weights, demonstrations and environment seeds in
 every arm, so the arms can be compared seed by seed. For each arm and each evaluation step:
-the mean over seeds of (arm - float32) in last-step success, with a 95 % percentile-bootstrap
-interval over seeds (10,000 resamples, seed 0), and how many seeds are lower / equal / higher.
+the mean over seeds of (arm - float32) in last-step success (or in ``--metric``, another column
+of eval.csv), with a 95 % percentile-bootstrap interval over seeds (10,000 resamples, seed 0),
+and how many seeds are lower / equal / higher.
 
 Usage: python results/precision-seeds/paired.py [RUNS_DIR] [--base ARM] [--arms ARM ...]
-(default: the runs/ beside it, float32 against the three precision arms). RUNS_DIR holds one
-folder per arm with ``seed=N/eval.csv`` in each. Writes nothing; prints a markdown table
+[--metric success|episode_return|success_any] (default: the runs/ beside it, float32 against
+the three precision arms, last-step success). RUNS_DIR holds one folder per arm with
+``seed=N/eval.csv`` in each. Writes nothing; prints a markdown table
 (results/precision-seeds/README.md and results/main-job.md quote it).
 """
 
@@ -23,12 +25,17 @@ BASE = "float32"
 ARMS = ("bfloat16", "planning-bfloat16", "medium")
 
 
-def final_success(runs: Path, arm: str) -> dict[int, dict[int, float]]:
-    """``{seed: {step: last-step success}}`` of one arm's runs."""
+METRICS = ("success", "episode_return", "success_any")
+
+
+def final_success(runs: Path, arm: str, metric: str = "success") -> dict[int, dict[int, float]]:
+    """``{seed: {step: metric}}`` of one arm's runs (last-step success by default)."""
     out: dict[int, dict[int, float]] = {}
     for run in sorted((runs / arm).glob("seed=*")):
         with open(run / "eval.csv", newline="") as f:
-            out[int(run.name.split("=")[1])] = {int(r["step"]): float(r["success"]) for r in csv.DictReader(f)}
+            out[int(run.name.split("=")[1])] = {int(r["step"]): float(r[metric]) for r in csv.DictReader(f)}
+    if not out:
+        raise SystemExit(f"no runs of arm {arm!r}: expected {runs / arm}/seed=N/eval.csv")
     return out
 
 
@@ -38,19 +45,22 @@ def bootstrap_mean(x: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tup
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS) -> None:
-    base = final_success(runs, base_arm)
-    print("| arm | step | seeds | mean difference in last-step success [95 % CI] | lower / equal / higher |")
+def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS, metric: str = "success") -> None:
+    base = final_success(runs, base_arm, metric)
+    name = {"success": "last-step success", "success_any": "any-step success", "episode_return": "return"}[metric]
+    fmt = "{:+.1f}" if metric == "episode_return" else "{:+.2f}"
+    print(f"| arm | step | seeds | mean difference in {name} [95 % CI] | lower / equal / higher |")
     print("|---|---|---|---|---|")
     for arm in arms:
-        other = final_success(runs, arm)
+        other = final_success(runs, arm, metric)
         seeds = sorted(set(base) & set(other))
         steps = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)) - {0})
         for step in steps:
             d = np.array([other[s][step] - base[s][step] for s in seeds])
             lo, hi = bootstrap_mean(d)
             counts = f"{int((d < 0).sum())} / {int((d == 0).sum())} / {int((d > 0).sum())}"
-            print(f"| {arm} | {step} | {len(seeds)} | {d.mean():+.2f} [{lo:+.2f}, {hi:+.2f}] | {counts} |")
+            cell = f"{fmt.format(d.mean())} [{fmt.format(lo)}, {fmt.format(hi)}]"
+            print(f"| {arm} | {step} | {len(seeds)} | {cell} | {counts} |")
 
 
 if __name__ == "__main__":
@@ -58,5 +68,6 @@ if __name__ == "__main__":
     parser.add_argument("runs", nargs="?", type=Path, default=Path(__file__).parent / "runs")
     parser.add_argument("--base", default=BASE, help=f"the arm the others are compared with ({BASE})")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), help="the arms compared with it")
+    parser.add_argument("--metric", default="success", choices=METRICS, help="the eval.csv column compared")
     args = parser.parse_args()
-    main(args.runs, args.base, tuple(args.arms))
+    main(args.runs, args.base, tuple(args.arms), args.metric)
