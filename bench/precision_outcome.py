@@ -18,8 +18,11 @@ For each checkpoint:
   iteration's elites are the same candidates (the candidates of that iteration are the same
   draws for both; the overlap is ``|E_highest & E_setting| / k``). The row ``seed`` is the
   scale to read them on: ``highest`` against itself from another generator state;
-* **closed loop**: evaluation return and success at the last / any step over ``--episodes``
-  episodes for each evaluation seed, with each setting (the agent's own ``evaluate``). A
+* **closed loop**: evaluation return (with its standard error over the episodes) and success
+  at the last / any step over ``--episodes`` episodes for each evaluation seed, with each
+  setting (the episodes of the agent's own ``evaluate``: ``trainer.evaluate_episodes``); then
+  the difference from ``highest`` paired episode by episode (the same initial states), with a
+  95 % bootstrap interval over the pairs. A
   checkpoint trained with ``mpc=False`` acts with its policy prior, which no setting changes;
   ``--plan`` evaluates it with MPPI instead.
 
@@ -42,7 +45,7 @@ from cdred_fast import build_info
 from cdred_fast._lib import cpuinfo_value
 from cdred_fast.checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
 from cdred_fast.precision import matmul_precision
-from cdred_fast.trainer import EVAL_SEED_OFFSET, evaluate, make_env
+from cdred_fast.trainer import EVAL_SEED_OFFSET, evaluate_episodes, make_env
 
 # setting -> the config fields it changes (every setting also planning_precision / matmul_precision)
 SETTINGS = {
@@ -94,6 +97,32 @@ def elite_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
     seq_b = b.permute(1, 0, 2).reshape(b.shape[1], -1)
     same = torch.cdist(seq_a, seq_b) <= 1e-6
     return float(same.any(dim=1).float().mean())
+
+
+def closed_loop_cell(episodes: list) -> str:
+    """``return ± standard error / success last / success any`` of one evaluation's episodes
+    (the return and success are the means that ``evaluate`` reports)."""
+    ret = np.array([e[0] for e in episodes])
+    se = ret.std(ddof=1) / np.sqrt(len(ret)) if len(ret) > 1 else float("nan")
+    last, anywhere = (np.mean([float(e[i]) for e in episodes]) for i in (1, 2))
+    return f"{ret.mean():.1f} ± {se:.1f} / {last:.2f} / {anywhere:.2f}"
+
+
+def paired_difference(base: list, other: list, resamples: int = 10_000) -> str:
+    """Mean over all episodes of (other - base) in return and in last-step success, the
+    episodes paired by their initial state (same evaluation seed and index), with 95 %
+    percentile-bootstrap intervals over the pairs (seed 0)."""
+    pairs = np.array(
+        [[o[0] - b[0], float(o[1]) - float(b[1])] for bs, os_ in zip(base, other) for b, o in zip(bs, os_)]
+    )
+    rng = np.random.default_rng(0)
+    means = pairs[rng.integers(0, len(pairs), size=(resamples, len(pairs)))].mean(axis=1)
+    lo, hi = np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+    d = pairs.mean(axis=0)
+    return (
+        f"paired over {len(pairs)} episodes: return {d[0]:+.1f} [{lo[0]:+.1f}, {hi[0]:+.1f}], "
+        f"last-step success {d[1]:+.3f} [{lo[1]:+.3f}, {hi[1]:+.3f}]"
+    )
 
 
 def states_of(agent, env, episodes: int, seed: int) -> list:
@@ -163,14 +192,18 @@ def main() -> None:
                 ),
                 flush=True,
             )
-        print(f"  closed loop, {args.episodes} episodes per seed: return / success last / success any")
+        print(
+            f"  closed loop, {args.episodes} episodes per seed: return (± its standard error) / success last / success any"
+        )
+        played = {}  # setting -> [seed][episode] -> (return, last, any); episode i of a seed starts alike
         for setting in ["highest", *args.settings]:
-            rows = [evaluate(agents[setting], env, args.episodes, seed=1000 * s) for s in args.seeds]
-            cells = "  ".join(
-                f"seed {s}: {r['episode_return']:.1f} / {r['success']:.2f} / {r['success_any']:.2f}"
-                for s, r in zip(args.seeds, rows)
-            )
+            played[setting] = [
+                evaluate_episodes(agents[setting], env, args.episodes, seed=1000 * s) for s in args.seeds
+            ]
+            cells = "  ".join(f"seed {s}: {closed_loop_cell(eps)}" for s, eps in zip(args.seeds, played[setting]))
             print(f"  {setting:>8}: {cells}", flush=True)
+        for setting in args.settings:
+            print(f"  {setting} - highest, {paired_difference(played['highest'], played[setting])}", flush=True)
 
 
 if __name__ == "__main__":

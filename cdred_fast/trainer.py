@@ -144,24 +144,39 @@ def evaluate(
         return _evaluate(agent, env, episodes, seed, video)
 
 
-def _evaluate(
+def evaluate_episodes(agent: CDREDAgent, env, episodes: int, seed: int) -> list[tuple[float, bool, bool]]:
+    """The episodes of :func:`evaluate` one by one: ``(return, success at the last step, at any
+    step)`` of each, the same episodes with the same draws (``evaluate``'s values are their
+    means). For comparisons that pair episodes across agents: episode ``i`` starts from the
+    same initial state for every agent evaluated with the same ``seed``."""
+    with agent.preserve_plan_state(), rng_untouched(agent.device):
+        return _episodes(agent, env, episodes, seed)
+
+
+def _episodes(
     agent: CDREDAgent, env, episodes: int, seed: int, video: Optional[str | os.PathLike] = None
-) -> dict[str, float]:
-    returns, final, anywhere = [], [], []
+) -> list[tuple[float, bool, bool]]:
+    if episodes < 1:
+        raise ValueError(f"an evaluation needs at least one episode, got episodes={episodes}")
+    out = []
     for i in range(episodes):
         if video is not None and i == 0:  # recorded: the same actions, the simulator only read
             episode = record_episode(env, AgentPolicy(agent, eval_mode=True), seed + i)
             save_gif(episode.frames, video)
-            ep_return, last, succeeded = episode.episode_return, episode.success, episode.success_any
+            out.append((episode.episode_return, episode.success, episode.success_any))
         else:
-            ep_return, last, succeeded = _play(agent, env, seed + i)
-        returns.append(ep_return)
-        final.append(float(last))
-        anywhere.append(float(succeeded))
+            out.append(_play(agent, env, seed + i))
+    return out
+
+
+def _evaluate(
+    agent: CDREDAgent, env, episodes: int, seed: int, video: Optional[str | os.PathLike] = None
+) -> dict[str, float]:
+    returns, final, anywhere = zip(*_episodes(agent, env, episodes, seed, video))
     return {
         "episode_return": float(np.mean(returns)),
-        "success": float(np.mean(final)),
-        "success_any": float(np.mean(anywhere)),
+        "success": float(np.mean(np.asarray(final, dtype=float))),
+        "success_any": float(np.mean(np.asarray(anywhere, dtype=float))),
     }
 
 

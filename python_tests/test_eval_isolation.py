@@ -3,6 +3,7 @@ restored afterwards, so evaluating in the middle of a training episode does not 
 training action (cdred_fast.trainer.evaluate, CDREDAgent.preserve_plan_state)."""
 
 import numpy as np
+import pytest
 import torch
 from testing_utils import TINY
 
@@ -90,3 +91,27 @@ def test_mid_episode_evaluation_does_not_change_training(tmp_path, monkeypatch):
     careless = _train(tmp_path, "careless", eval_freq=75)
     c = careless.buffer.state_dict()["action"]
     assert not np.array_equal(c[100:].numpy(), a["action"][100:].numpy())
+
+
+def test_evaluate_episodes_are_the_episodes_of_evaluate():
+    """trainer.evaluate_episodes plays evaluate's episodes one by one with the same draws:
+    evaluate's values are their means, each call leaves the global RNG as it found it (so the
+    two calls see the same draws), and at least one episode is required."""
+    cfg = CDREDConfig(**TINY, task="mw-reach", episode_length=30, kernels="reference")
+    env = trainer_mod.make_env(cfg, seed=cfg.seed + trainer_mod.EVAL_SEED_OFFSET)
+    torch.manual_seed(0)
+    agent = CDREDAgent(cfg, env.observation_space.shape[0], env.action_space.shape[0])
+    torch.manual_seed(3)
+    summary = trainer_mod.evaluate(agent, env, 3, seed=1000)
+    episodes = trainer_mod.evaluate_episodes(agent, env, 3, seed=1000)
+    assert len(episodes) == 3
+    returns = [e[0] for e in episodes]
+    assert len(set(returns)) == 3  # three different episodes (reset seeds 1000, 1001, 1002)
+    assert summary["episode_return"] == float(np.mean(returns))
+    assert summary["success"] == float(np.mean([float(e[1]) for e in episodes]))
+    assert summary["success_any"] == float(np.mean([float(e[2]) for e in episodes]))
+    # other draws give other episodes: the equality above is not a property of any two calls
+    torch.manual_seed(4)
+    assert trainer_mod.evaluate_episodes(agent, env, 3, seed=1000) != episodes
+    with pytest.raises(ValueError, match="at least one episode"):
+        trainer_mod.evaluate_episodes(agent, env, 0, seed=1000)
