@@ -22,7 +22,9 @@ For each checkpoint:
   at the last / any step over ``--episodes`` episodes for each evaluation seed, with each
   setting (the episodes of the agent's own ``evaluate``: ``trainer.evaluate_episodes``); then
   the difference from ``highest`` paired episode by episode (the same initial states), with a
-  95 % bootstrap interval over the pairs. A
+  95 % bootstrap interval over the pairs. Torch's global RNG is seeded before the open-loop
+  states and before each evaluation (``1000 * seed``), so a rerun repeats every number and the
+  settings act on the same draws. A
   checkpoint trained with ``mpc=False`` acts with its policy prior, which no setting changes;
   ``--plan`` evaluates it with MPPI instead.
 
@@ -166,6 +168,9 @@ def main() -> None:
         env = make_env(cfg, seed=cfg.seed + EVAL_SEED_OFFSET)
         agents = setting_agents(state, env, cfg, ["highest", *args.settings])
         per_episode = max(1, -(-args.states // cfg.episode_length))
+        # torch's global RNG (the agent's own draws while acting) starts from a random seed in
+        # each process, so it is seeded here and before each evaluation: reruns repeat exactly
+        torch.manual_seed(cfg.seed)
         states = states_of(agents["highest"], env, per_episode, seed=cfg.seed + EVAL_SEED_OFFSET + 500)[: args.states]
         print(f"\n{path} ({cfg.task}, step {state['step']}): open loop over {len(states)} states")
         # "seed": highest precision with another generator state, the planner's own spread to
@@ -197,9 +202,10 @@ def main() -> None:
         )
         played = {}  # setting -> [seed][episode] -> (return, last, any); episode i of a seed starts alike
         for setting in ["highest", *args.settings]:
-            played[setting] = [
-                evaluate_episodes(agents[setting], env, args.episodes, seed=1000 * s) for s in args.seeds
-            ]
+            played[setting] = []
+            for s in args.seeds:  # every setting acts on the same draws (and initial states) of a seed
+                torch.manual_seed(1000 * s)
+                played[setting].append(evaluate_episodes(agents[setting], env, args.episodes, seed=1000 * s))
             cells = "  ".join(f"seed {s}: {closed_loop_cell(eps)}" for s, eps in zip(args.seeds, played[setting]))
             print(f"  {setting:>8}: {cells}", flush=True)
         for setting in args.settings:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# A DMControl training curve under each precision (issue 16): the partly trained TD-MPC2 agent
+# of results/cpu-gradnorm/expert.yaml (cheetah-run, 20,000 steps, the main job's model size),
+# on seeds 1-3 (or the seeds given as arguments), with matmul_precision=medium (what "auto" is
+# on an AMX CPU) and with =highest (IEEE float32), evaluated on 10 episodes every 5,000 steps.
+# One run at a time, one thread; a finished run is skipped and a stopped one resumes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=1
+seeds=("$@")
+[ ${#seeds[@]} -gt 0 ] || seeds=(1 2 3)
+for seed in "${seeds[@]}"; do
+  for prec in medium highest; do
+    dir=runs/amx-medium-dmc/expert-$prec-s$seed
+    [ -f "$dir/DONE" ] && continue
+    resume=()
+    if [ -f "$dir/checkpoint.pt" ]; then resume=(--resume); fi
+    cdred-fast expert train cheetah-run --config results/cpu-gradnorm/expert.yaml --work-dir "$dir" \
+      --no-progress "${resume[@]}" seed=$seed matmul_precision=$prec eval_episodes=10
+    touch "$dir/DONE"
+  done
+done
