@@ -7,8 +7,9 @@ of eval.csv), with a 95 % percentile-bootstrap interval over seeds (10,000 resam
 and how many seeds are lower / equal / higher.
 
 Usage: python results/precision-seeds/paired.py [RUNS_DIR] [--base ARM] [--arms ARM ...]
-[--metric success|episode_return|success_any] (default: the runs/ beside it, float32 against
-the three precision arms, last-step success). RUNS_DIR holds one folder per arm with
+[--metric success|episode_return|success_any] [--mean-of STEP ...] (default: the runs/ beside
+it, float32 against the three precision arms, last-step success; ``--mean-of`` adds a row of
+each seed's mean over those evaluation steps). RUNS_DIR holds one folder per arm with
 ``seed=N/eval.csv`` in each. Writes nothing; prints a markdown table
 (results/precision-seeds/README.md and results/main-job.md quote it).
 """
@@ -45,7 +46,7 @@ def bootstrap_mean(x: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tup
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS, metric: str = "success") -> None:
+def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS, metric: str = "success", mean_of: tuple = ()) -> None:
     base = final_success(runs, base_arm, metric)
     name = {"success": "last-step success", "success_any": "any-step success", "episode_return": "return"}[metric]
     fmt = "{:+.1f}" if metric == "episode_return" else "{:+.2f}"
@@ -55,12 +56,18 @@ def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS, metric: str = "su
         other = final_success(runs, arm, metric)
         seeds = sorted(set(base) & set(other))
         steps = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)) - {0})
-        for step in steps:
-            d = np.array([other[s][step] - base[s][step] for s in seeds])
+        rows = [(str(step), np.array([other[s][step] - base[s][step] for s in seeds])) for step in steps]
+        if mean_of:  # each seed's mean over these evaluations, then the difference
+            missing = set(mean_of) - set(steps)
+            if missing:
+                raise SystemExit(f"--mean-of: no evaluation at step(s) {sorted(missing)} in every run")
+            label = "mean of " + ", ".join(str(x) for x in mean_of)
+            rows.append((label, np.array([np.mean([other[s][x] - base[s][x] for x in mean_of]) for s in seeds])))
+        for label, d in rows:
             lo, hi = bootstrap_mean(d)
             counts = f"{int((d < 0).sum())} / {int((d == 0).sum())} / {int((d > 0).sum())}"
             cell = f"{fmt.format(d.mean())} [{fmt.format(lo)}, {fmt.format(hi)}]"
-            print(f"| {arm} | {step} | {len(seeds)} | {cell} | {counts} |")
+            print(f"| {arm} | {label} | {len(seeds)} | {cell} | {counts} |")
 
 
 if __name__ == "__main__":
@@ -69,5 +76,13 @@ if __name__ == "__main__":
     parser.add_argument("--base", default=BASE, help=f"the arm the others are compared with ({BASE})")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), help="the arms compared with it")
     parser.add_argument("--metric", default="success", choices=METRICS, help="the eval.csv column compared")
+    parser.add_argument(
+        "--mean-of",
+        nargs="+",
+        type=int,
+        default=[],
+        metavar="STEP",
+        help="also a row of each seed's mean over these steps",
+    )
     args = parser.parse_args()
-    main(args.runs, args.base, tuple(args.arms), args.metric)
+    main(args.runs, args.base, tuple(args.arms), args.metric, tuple(args.mean_of))

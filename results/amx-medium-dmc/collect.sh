@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Copies each finished expert run of experts.sh (runs/amx-medium-dmc/expert-PREC-sN) as
+# runs/PREC/seed=N (config.yaml, eval.csv, train.csv) here, prints each run's evaluation
+# returns, then the seed-by-seed difference of medium from highest in return.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HERE=results/amx-medium-dmc
+for run in runs/amx-medium-dmc/expert-*-s*/; do
+  [ -f "$run/DONE" ] || continue
+  name=$(basename "$run"); prec=${name#expert-}; prec=${prec%-s*}; seed=${name##*-s}
+  mkdir -p "$HERE/runs/$prec/seed=$seed"
+  cp "$run"/config.yaml "$run"/eval.csv "$run"/train.csv "$HERE/runs/$prec/seed=$seed/"
+done
+for f in "$HERE"/runs/*/seed=*/eval.csv; do
+  echo "$f: $(tail -n +2 "$f" | cut -d, -f1,2 | awk -F, '{printf "%s:%.0f ", $1, $2}')"
+done
+python results/precision-seeds/paired.py "$HERE/runs" --base highest --arms medium --metric episode_return \
+  --mean-of 10000 15000 20000
