@@ -136,8 +136,10 @@ class CDREDAgent:
         self.scale = RunningScale(cfg.tau, self.device)
         # the dtype of the update's matrix products (cfg.update_precision; bfloat16 on the CPU only)
         self._update_dtype = update_dtype(cfg.update_precision, self.device)
-        # the float32 matmul precision of act and update (cfg.matmul_precision, "auto" resolved)
-        self._matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device)
+        # the float32 matmul precisions of act and of update (cfg.matmul_precision, "auto" resolved
+        # for each: on an AMX CPU "medium" acting, "highest" in the update)
+        self._matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act")
+        self._update_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "update")
         self.planner = MPPIPlanner(
             MPPISettings.from_config(cfg, self.action_dim),
             self.discount,
@@ -304,9 +306,9 @@ class CDREDAgent:
         noise = self.draw_noise(obs.shape[1], generator)
         m.train(True)  # Q dropout on (and the pixel encoder's random shift) for the losses (as released)
         try:
-            # cfg.matmul_precision (resolved) for every product; with update_precision bfloat16 every product's
-            # operands rounded to bfloat16 (precision.bf16_products), float32 everywhere else
-            with matmul_precision(self._matmul_precision), products_in(self._update_dtype):
+            # cfg.matmul_precision (resolved for the update) for every product; with update_precision bfloat16
+            # every product's operands rounded to bfloat16 (precision.bf16_products), float32 everywhere else
+            with matmul_precision(self._update_matmul_precision), products_in(self._update_dtype):
                 # steps 1-7: world model, Q ensemble and the method's reward part
                 losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
                 self.optim.zero_grad(set_to_none=True)

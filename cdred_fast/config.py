@@ -215,10 +215,11 @@ class CDREDConfig:
     # Precision of the float32 matrix products while the agent acts and updates
     # (torch.set_float32_matmul_precision, restored afterwards): "auto" (the default) = "medium"
     # on a CPU where its products measure float32-class (precision.medium_is_float32_class, once
-    # per process: oneDNN's float32 kernels, 2x MKL's on an AMD EPYC Zen 5) and on a CPU with
-    # AMX-BF16 (bfloat16 products, 2.4-3.6x the float32 reference path at the SPEC sizes, the main
-    # job's outcome unchanged within seed noise: results/amx-medium-seeds/), "highest" elsewhere
-    # (CUDA included); "highest" = IEEE float32 through MKL / cuBLAS (the exact switch; the
+    # per process: oneDNN's float32 kernels, 2x MKL's on an AMD EPYC Zen 5); on a CPU with
+    # AMX-BF16 "medium" (bfloat16 products) for acting only (plans 2.9-3.9x the float32 reference
+    # path at the SPEC sizes; trained agents' evaluation unchanged) and "highest" for the update
+    # (bfloat16 updates learned slower on a DMControl task: results/amx-medium-dmc/); "highest"
+    # elsewhere (CUDA included); "highest" = IEEE float32 through MKL / cuBLAS (the exact switch; the
     # tolerances of the tests); "high" = TF32 tensor cores on CUDA (no effect on CPU); "medium" =
     # oneDNN's products, which may round to bfloat16 (CUDA; CPUs with AMX). Epilogues,
     # reductions and the MPPI ops stay float32. Measured effect and the 8-seed comparison behind

@@ -91,7 +91,8 @@ def describe(cfg, device) -> str:
     if cfg.method == "cdred":  # the only method with reward networks in its plan
         parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
     if cfg.matmul_precision != "highest":
-        resolved = resolve_matmul_precision(cfg.matmul_precision, device)
+        acting, updating = (resolve_matmul_precision(cfg.matmul_precision, device, phase) for phase in MATMUL_PHASES)
+        resolved = acting if acting == updating else f"{acting} acting, {updating} in the update"
         parts.append(f"matmul_precision {resolved}" + (" (auto)" if cfg.matmul_precision == "auto" else ""))
     device = torch.device(device)
     if device.type == "cpu":
@@ -202,8 +203,10 @@ def products_in(dtype: torch.dtype):
 
 
 # torch's float32 matmul precisions (CDREDConfig.matmul_precision adds "auto", resolved by
-# resolve_matmul_precision)
+# resolve_matmul_precision for each phase of MATMUL_PHASES)
 TORCH_MATMUL_PRECISIONS = ("highest", "high", "medium")
+# the phases of an agent that resolve "auto" apart: acting (planning included) and the update
+MATMUL_PHASES = ("act", "update")
 # A 'medium' probe error (medium_matmul_error) at or below this is float32-class: float32
 # products have errors of order 1e-6 on the probe, bfloat16-rounded operands of order 2**-9.
 FLOAT32_CLASS_BOUND = 2.0**-12
@@ -241,22 +244,33 @@ def medium_is_float32_class() -> bool:
     return medium_matmul_error()[0] <= FLOAT32_CLASS_BOUND
 
 
-def resolve_matmul_precision(precision: str, device) -> str:
-    """``CDREDConfig.matmul_precision`` on ``device`` as a torch float32 matmul precision:
-    ``"auto"`` is ``"medium"`` on a CPU whose 'medium' products are float32-class
-    (:func:`medium_is_float32_class`: oneDNN's float32 kernels, faster than MKL's on AMD CPUs)
-    and on a CPU with AMX-BF16 (oneDNN's bfloat16 AMX products; the main job's outcome over 8
-    seeds and trained agents' evaluation were unchanged within seed noise:
-    results/amx-medium-seeds/), ``"highest"`` elsewhere (other CPUs where 'medium' rounds to
-    bfloat16, which were not measured, and CUDA, where it would mean TF32 or bfloat16); any other
-    setting is returned as it is."""
+def resolve_matmul_precision(precision: str, device, phase: str = "act") -> str:
+    """``CDREDConfig.matmul_precision`` on ``device`` for one phase of the agent (``"act"``:
+    acting and planning; ``"update"``: the update) as a torch float32 matmul precision.
+
+    ``"auto"``:
+
+    * ``"medium"`` in both phases on a CPU whose 'medium' products are float32-class
+      (:func:`medium_is_float32_class`: oneDNN's float32 kernels, faster than MKL's on AMD CPUs);
+    * on a CPU with AMX-BF16, where 'medium' is oneDNN's bfloat16 AMX products: ``"medium"`` for
+      acting (trained agents' closed-loop evaluation unchanged within noise on three checkpoints)
+      and ``"highest"`` for the update (a DMControl training curve was slower with bfloat16
+      products: results/amx-medium-dmc/);
+    * ``"highest"`` elsewhere (other CPUs where 'medium' rounds to bfloat16, which were not
+      measured, and CUDA, where it would mean TF32 or bfloat16).
+
+    Any other setting is returned as it is, for both phases."""
     if precision not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    if phase not in MATMUL_PHASES:
+        raise ValueError(f"phase must be one of {MATMUL_PHASES}, got {phase!r}")
     if precision != "auto":
         return precision
     if torch.device(device).type != "cpu":
         return "highest"
-    return "medium" if medium_is_float32_class() or "amx_bf16" in cpu_native_bf16() else "highest"
+    if medium_is_float32_class():
+        return "medium"
+    return "medium" if phase == "act" and "amx_bf16" in cpu_native_bf16() else "highest"
 
 
 @contextlib.contextmanager

@@ -465,9 +465,9 @@ def test_matmul_precision_is_set_while_acting_and_updating_then_restored():
 
 def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     """cfg.matmul_precision="auto": 'medium' on a CPU whose 'medium' products measure
-    float32-class against float64 (oneDNN's float32 kernels) and on an AMX CPU, 'highest' where
-    they would be bfloat16 on another CPU and on CUDA. The agent acts and updates in the
-    resolved precision, and the CLI's line names it."""
+    float32-class against float64 (oneDNN's float32 kernels); on an AMX CPU 'medium' for acting
+    and 'highest' for the update; 'highest' where they would be bfloat16 on another CPU and on
+    CUDA. The agent acts and updates in the resolved precisions, and the CLI's line names them."""
     e_medium, e_highest = medium_matmul_error()
     float32_class = e_medium <= FLOAT32_CLASS_BOUND
     assert medium_is_float32_class() is float32_class
@@ -479,14 +479,25 @@ def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     exact = x.double() @ w.double().t()
     rounded = (x.bfloat16().float() @ w.bfloat16().float().t()).double()
     assert ((rounded - exact).abs().max() / exact.abs().max()).item() > 4 * FLOAT32_CLASS_BOUND
-    # and 'medium' on an AMX CPU, where it is bfloat16 (results/amx-medium-seeds/)
-    expected = "medium" if float32_class or "amx_bf16" in cpu_native_bf16() else "highest"
-    assert resolve_matmul_precision("auto", "cpu") == expected
-    assert resolve_matmul_precision("auto", "cuda") == "highest"
+    # on an AMX CPU, where it is bfloat16: acting only (results/amx-medium-seeds/, amx-medium-dmc/)
+    amx = "amx_bf16" in cpu_native_bf16()
+    expected_act = "medium" if float32_class or amx else "highest"
+    expected_update = "medium" if float32_class else "highest"
+    assert resolve_matmul_precision("auto", "cpu") == expected_act  # "act" is the default phase
+    assert resolve_matmul_precision("auto", "cpu", "act") == expected_act
+    assert resolve_matmul_precision("auto", "cpu", "update") == expected_update
+    assert (
+        resolve_matmul_precision("auto", "cuda", "act")
+        == "highest"
+        == resolve_matmul_precision("auto", "cuda", "update")
+    )
     for p in ("highest", "high", "medium"):
-        assert resolve_matmul_precision(p, "cpu") == p == resolve_matmul_precision(p, "cuda")
+        for phase in ("act", "update"):
+            assert resolve_matmul_precision(p, "cpu", phase) == p == resolve_matmul_precision(p, "cuda", phase)
     with pytest.raises(ValueError, match="matmul_precision must be one of"):
         resolve_matmul_precision("low", "cpu")
+    with pytest.raises(ValueError, match="phase must be one of"):
+        resolve_matmul_precision("auto", "cpu", "plan")
     with pytest.raises(ValueError, match="resolve it first"):
         with matmul_precision("auto"):
             pass
@@ -494,10 +505,16 @@ def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     seen = []
     agent.model.dynamics.register_forward_hook(lambda *a: seen.append(torch.get_float32_matmul_precision()))
     agent.act(torch.randn(OBS), t0=True, generator=torch.Generator().manual_seed(0))
+    assert seen and set(seen) == {expected_act}, (seen, e_medium, e_highest, cpu_bf16_features())
+    seen.clear()
     agent.update(*make_batches(), generator=torch.Generator().manual_seed(1))
-    assert seen and set(seen) == {expected}, (seen, e_medium, e_highest, cpu_bf16_features())
+    assert seen and set(seen) == {expected_update}, (seen, e_medium, e_highest, cpu_bf16_features())
     assert torch.get_float32_matmul_precision() == "highest"
-    assert f"matmul_precision {expected} (auto)" in describe(small_cfg(matmul_precision="auto"), "cpu")
+    line = describe(small_cfg(matmul_precision="auto"), "cpu")
+    if expected_act == expected_update:
+        assert f"matmul_precision {expected_act} (auto)" in line
+    else:
+        assert f"matmul_precision {expected_act} acting, {expected_update} in the update (auto)" in line
 
 
 def _plan_values(precision):

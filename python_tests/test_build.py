@@ -178,6 +178,11 @@ def test_cpu_report_writes_one_section_per_cpu_kind(tmp_path):
 
     out = tmp_path / "RESULTS-cpu.md"
     amx = {**amd, "model": "Intel Xeon", "family": "6", "native_bf16": ["avx512_bf16", "amx_bf16"]}
+    split = {**amx, "default": {"act": "fused-medium", "update": "fused"}}  # "auto" on an AMX CPU
+    assert (
+        'The default (`matmul_precision="auto"`) is `fused-medium` for plans and `fused` for updates on this CPU.'
+        in cpu_report.section(bench(), split, "2026-11-30", "abc1234")
+    )
     doc = cpu_report.merge("# An old header\n\nold words\n\n", text)
     assert "old words" not in doc
     doc = cpu_report.merge(doc, cpu_report.section(bench(), amx, "2026-11-30", "abc1234"))

@@ -44,8 +44,8 @@ CPU groups, then tools/cpu_report.py) on an otherwise idle machine. Median secon
 is over the float32 reference path measured in the same run. The goal of issue 16 is >= 2x at
 every shape. `fused` is IEEE float32 (`matmul_precision="highest"`). `fused-medium` is
 `matmul_precision="medium"`: oneDNN's products, float32 on some CPUs (AMD EPYC Zen 5) and
-bfloat16 on others (AMX). The default `"auto"` is one of these two, and each section names
-which. `fused-bf16` is the bfloat16 reward networks in the plan and bfloat16 products in the
+bfloat16 on others (AMX). The default `"auto"` is one of these two for plans and one for
+updates (on AMX: `fused-medium` plans, `fused` updates), and each section names which. `fused-bf16` is the bfloat16 reward networks in the plan and bfloat16 products in the
 update. What these do to what the agent learns is in bench/RESULTS.md.
 """
 
@@ -58,7 +58,10 @@ def machine() -> dict:
     from cdred_fast.precision import resolve_matmul_precision
 
     return {
-        "default": "fused-medium" if resolve_matmul_precision("auto", "cpu") == "medium" else "fused",
+        "default": {
+            phase: "fused-medium" if resolve_matmul_precision("auto", "cpu", phase) == "medium" else "fused"
+            for phase in ("act", "update")
+        },
         "model": cpuinfo_value("model name") or "unknown CPU",
         "family": cpuinfo_value("cpu family") or "?",
         "native_bf16": cpu_native_bf16(),
@@ -75,6 +78,14 @@ def _commit() -> str:
         return out.stdout.strip() or "-"
     except (OSError, subprocess.SubprocessError):
         return "-"
+
+
+def _default(default) -> str:
+    """The default variant in words: one name, or the plan's and the update's."""
+    if isinstance(default, str):
+        return f"`{default}`"
+    plan, update = default["act"], default["update"]
+    return f"`{plan}`" if plan == update else f"`{plan}` for plans and `{update}` for updates"
 
 
 def heading(m: dict) -> str:
@@ -110,7 +121,7 @@ def section(bench: dict, m: dict, stamp: str, commit: str) -> str:
         lines.append(f"| {name} | {ref:.3f} s | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f'The default (`matmul_precision="auto"`) is `{m["default"]}` on this CPU. '
+        f'The default (`matmul_precision="auto"`) is {_default(m["default"])} on this CPU. '
         f"Goal, >= {GOAL:g}x the reference at every shape:",
     ]
     for v in VARIANTS:

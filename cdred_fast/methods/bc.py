@@ -209,7 +209,7 @@ class BC(Method):
         m.train(True)  # the pixel encoder's random shift, as in the other methods' updates
         try:
             # update_precision as in the other methods' updates (precision.bf16_products)
-            with matmul_precision(agent._matmul_precision), products_in(agent._update_dtype):
+            with matmul_precision(agent._update_matmul_precision), products_in(agent._update_dtype):
                 loss, stats = bc_loss(m, m.encode(obs), action)
                 agent.optim.zero_grad(set_to_none=True)
                 agent.pi_optim.zero_grad(set_to_none=True)
