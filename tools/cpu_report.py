@@ -45,8 +45,9 @@ is over the float32 reference path measured in the same run. The goal of issue 1
 every shape. `fused` is IEEE float32 (`matmul_precision="highest"`). `fused-medium` is
 `matmul_precision="medium"`: oneDNN's products, float32 on some CPUs (AMD EPYC Zen 5) and
 bfloat16 on others (AMX). The default `"auto"` is one of these two for plans and one for
-updates (on AMX: `fused-medium` plans, `fused` updates), and each section names which. `fused-bf16` is the bfloat16 reward networks in the plan and bfloat16 products in the
-update. What these do to what the agent learns is in bench/RESULTS.md.
+updates (on AMX: `fused-medium` plans, `fused` updates), and each section names which.
+`fused-bf16` is the bfloat16 reward networks in the plan and bfloat16 products in the update.
+What these do to what the agent learns is in bench/RESULTS.md.
 """
 
 
