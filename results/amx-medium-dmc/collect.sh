@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copies each finished expert run of experts.sh (runs/amx-medium-dmc/expert-PREC-sN) as
 # runs/PREC/seed=N (config.yaml, eval.csv, train.csv) here, prints each run's evaluation
-# returns, then the seed-by-seed difference of medium from highest in return.
+# returns, then the seed-by-seed difference of medium (and auto, when run) from highest in return.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=results/amx-medium-dmc
@@ -14,5 +14,7 @@ done
 for f in "$HERE"/runs/*/seed=*/eval.csv; do
   echo "$f: $(tail -n +2 "$f" | cut -d, -f1,2 | awk -F, '{printf "%s:%.0f ", $1, $2}')"
 done
-python results/precision-seeds/paired.py "$HERE/runs" --base highest --arms medium --metric episode_return \
+arms=(medium)
+if [ -d "$HERE/runs/auto" ]; then arms+=(auto); fi
+python results/precision-seeds/paired.py "$HERE/runs" --base highest --arms "${arms[@]}" --metric episode_return \
   --mean-of 10000 15000 20000

@@ -4,13 +4,14 @@
 # on seeds 1-3 (or the seeds given as arguments), with matmul_precision=medium (what "auto" is
 # on an AMX CPU) and with =highest (IEEE float32), evaluated on 10 episodes every 5,000 steps.
 # One run at a time, one thread; a finished run is skipped and a stopped one resumes.
+# PRECS="auto" runs the default instead (on an AMX CPU: "medium" acting, "highest" update).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(1 2 3)
 for seed in "${seeds[@]}"; do
-  for prec in medium highest; do
+  for prec in ${PRECS:-medium highest}; do
     dir=runs/amx-medium-dmc/expert-$prec-s$seed
     [ -f "$dir/DONE" ] && continue
     resume=()
