@@ -138,7 +138,7 @@ class CDREDAgent:
         self._update_dtype = update_dtype(cfg.update_precision, self.device)
         # the float32 matmul precisions of act and of update (cfg.matmul_precision, "auto" resolved
         # for each: on an AMX CPU "medium" acting, "highest" in the update)
-        self._matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act")
+        self._act_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act")
         self._update_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "update")
         self.planner = MPPIPlanner(
             MPPISettings.from_config(cfg, self.action_dim),
@@ -165,7 +165,7 @@ class CDREDAgent:
         obs = self._obs_tensor(obs).reshape(1, *self.obs_shape)
         if obs.is_floating_point() and not bool(torch.isfinite(obs).all()):  # one sync on CUDA, per act
             raise ValueError(f"act: obs contains NaN or inf: {obs.reshape(-1)[:8].tolist()}...")
-        with self.model.planning(), matmul_precision(self._matmul_precision):
+        with self.model.planning(), matmul_precision(self._act_matmul_precision):
             z = self.model.encode(obs)
             a = self.method.act(self, z, bool(t0), bool(eval_mode), generator)
             if a is None and self.cfg.mpc:

@@ -56,12 +56,12 @@ def machine() -> dict:
     import torch
 
     from cdred_fast._lib import cpu_native_bf16, cpuinfo_value
-    from cdred_fast.precision import resolve_matmul_precision
+    from cdred_fast.precision import MATMUL_PHASES, resolve_matmul_precision
 
     return {
         "default": {
             phase: "fused-medium" if resolve_matmul_precision("auto", "cpu", phase) == "medium" else "fused"
-            for phase in ("act", "update")
+            for phase in MATMUL_PHASES
         },
         "model": cpuinfo_value("model name") or "unknown CPU",
         "family": cpuinfo_value("cpu family") or "?",

@@ -29,7 +29,7 @@ ARMS = ("bfloat16", "planning-bfloat16", "medium")
 METRICS = ("success", "episode_return", "success_any")
 
 
-def final_success(runs: Path, arm: str, metric: str = "success") -> dict[int, dict[int, float]]:
+def eval_values(runs: Path, arm: str, metric: str = "success") -> dict[int, dict[int, float]]:
     """``{seed: {step: metric}}`` of one arm's runs (last-step success by default)."""
     out: dict[int, dict[int, float]] = {}
     for run in sorted((runs / arm).glob("seed=*")):
@@ -47,13 +47,13 @@ def bootstrap_mean(x: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tup
 
 
 def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS, metric: str = "success", mean_of: tuple = ()) -> None:
-    base = final_success(runs, base_arm, metric)
+    base = eval_values(runs, base_arm, metric)
     name = {"success": "last-step success", "success_any": "any-step success", "episode_return": "return"}[metric]
     fmt = "{:+.1f}" if metric == "episode_return" else "{:+.2f}"
     print(f"| arm | step | seeds | mean difference in {name} [95 % CI] | lower / equal / higher |")
     print("|---|---|---|---|---|")
     for arm in arms:
-        other = final_success(runs, arm, metric)
+        other = eval_values(runs, arm, metric)
         seeds = sorted(set(base) & set(other))
         steps = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)) - {0})
         rows = [(str(step), np.array([other[s][step] - base[s][step] for s in seeds])) for step in steps]
