@@ -38,7 +38,7 @@ from . import methods
 from .config import CDREDConfig
 from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
-from .precision import matmul_precision, products_in, resolve_matmul_precision, update_dtype
+from .precision import matmul_precision, resolve_matmul_precision, update_dtype, update_parts, update_products
 from .world_model import WorldModel
 
 
@@ -134,8 +134,10 @@ class CDREDAgent:
             [p for p in m.parameters() if p.requires_grad] if self.method.clip_all_parameters else self._wm_params
         )
         self.scale = RunningScale(cfg.tau, self.device)
-        # the dtype of the update's matrix products (cfg.update_precision; bfloat16 on the CPU only)
+        # the dtype of the update's matrix products (cfg.update_precision; bfloat16 on the CPU only),
+        # and the parts of the model it applies to when not to all ("bfloat16-q-rnd")
         self._update_dtype = update_dtype(cfg.update_precision, self.device)
+        self._update_parts = update_parts(cfg.update_precision)
         # the float32 matmul precisions of act and of update (cfg.matmul_precision, "auto" resolved
         # for each: on an AMX CPU "medium" acting, "highest" in the update)
         self._act_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act")
@@ -277,6 +279,11 @@ class CDREDAgent:
         updated first from the Q values of step 0 when ``update_scale``)."""
         return self.method.policy_loss(self, zs, noise, update_scale)
 
+    def update_products(self):
+        """The context of an update's matrix products for ``cfg.update_precision``
+        (:func:`cdred_fast.precision.update_products`)."""
+        return update_products(self.model, self._update_dtype, self._update_parts)
+
     def update(
         self,
         behavioral_batch: Optional[dict],
@@ -307,8 +314,9 @@ class CDREDAgent:
         m.train(True)  # Q dropout on (and the pixel encoder's random shift) for the losses (as released)
         try:
             # cfg.matmul_precision (resolved for the update) for every product; with update_precision bfloat16
-            # every product's operands rounded to bfloat16 (precision.bf16_products), float32 everywhere else
-            with matmul_precision(self._update_matmul_precision), products_in(self._update_dtype):
+            # every product's operands rounded to bfloat16 (precision.bf16_products), float32 everywhere else;
+            # with "bfloat16-q-rnd" those of the Q ensemble and the reward networks only (WorldModel.products)
+            with matmul_precision(self._update_matmul_precision), self.update_products():
                 # steps 1-7: world model, Q ensemble and the method's reward part
                 losses = self.compute_losses(obs, action, nb, noise, reward=env_reward)
                 self.optim.zero_grad(set_to_none=True)

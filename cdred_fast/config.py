@@ -32,7 +32,10 @@ METHOD_CHOICES = ("cdred", "tdmpc2", "iqmpc", "bc")
 REWARD_INPUT_CHOICES = ("latent", "obs")
 MATMUL_PRECISIONS = ("highest", "high", "medium", "auto")
 PLANNING_PRECISIONS = ("float32", "bfloat16", "auto")
-UPDATE_PRECISIONS = ("float32", "bfloat16", "auto")
+UPDATE_PRECISIONS = ("float32", "bfloat16", "bfloat16-q-rnd", "auto")
+# the parts of the model whose products "bfloat16-q-rnd" rounds: the Q ensemble (and its target),
+# and the CDRED reward networks (the K targets and both predictors)
+UPDATE_BF16_PARTS = {"bfloat16-q-rnd": ("q", "rnd")}
 
 
 def conv_output_size(image_size: int) -> int:
@@ -241,8 +244,10 @@ class CDREDConfig:
     # updates alike, BC's included). "float32" (exact);
     # "bfloat16": every product's operands rounded to bfloat16, the product accumulated and
     # returned in float32 (precision.bf16_products); biases, LayerNorm, Mish, losses, gradients'
-    # sums, the optimisers and the parameters stay float32; CPU only; "auto": bfloat16 on a CPU
-    # with native bf16, float32 elsewhere. Measured: bench/RESULTS.md, "bfloat16 products in the update".
+    # sums, the optimisers and the parameters stay float32; CPU only; "bfloat16-q-rnd": the same
+    # for the products of the Q ensemble and of the CDRED reward networks only (the encoder,
+    # dynamics, reward head and policy in float32); "auto": bfloat16 on a CPU with native bf16,
+    # float32 elsewhere. Measured: bench/RESULTS.md, "bfloat16 products in the update".
     update_precision: str = "float32"
     # CPU threads of a training run (torch.set_num_threads when the Trainer starts); None keeps
     # torch's default (one per core). Small models run as fast on one thread and do not slow
@@ -537,6 +542,7 @@ __all__ = [
     "KERNEL_CHOICES",
     "PLANNING_PRECISIONS",
     "UPDATE_PRECISIONS",
+    "UPDATE_BF16_PARTS",
     "METHOD_CHOICES",
     "REWARD_INPUT_CHOICES",
 ]

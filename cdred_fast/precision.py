@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ._lib import BF16_CPU_FLAGS, bf16_flags_of, cpu_native_bf16
-from .config import MATMUL_PRECISIONS, PLANNING_PRECISIONS, UPDATE_PRECISIONS
+from .config import MATMUL_PRECISIONS, PLANNING_PRECISIONS, UPDATE_BF16_PARTS, UPDATE_PRECISIONS
 from .ops.rnd import _needs_grad
 
 __all__ = [
@@ -24,6 +24,8 @@ __all__ = [
     "FLOAT32_CLASS_BOUND",
     "planning_dtype",
     "update_dtype",
+    "update_parts",
+    "update_products",
     "describe",
     "bf16_products",
     "products_in",
@@ -52,13 +54,14 @@ def _reduced_dtype(name: str, choices: tuple, precision: str, device, cuda: bool
     if precision == "auto":
         native = bool(cpu_native_bf16()) if kind == "cpu" else cuda and cuda_native_bf16(device)
         return torch.bfloat16 if native else torch.float32
-    if precision == "bfloat16" and kind != "cpu" and not (cuda and kind == "cuda"):
+    reduced = precision.startswith("bfloat16")  # "bfloat16" or a part of the model in it
+    if reduced and kind != "cpu" and not (cuda and kind == "cuda"):
         where = "on the CPU and CUDA" if cuda else "on the CPU only"
         raise ValueError(
-            f"{name}='bfloat16' runs {where}; the model is on {device} "
+            f"{name}={precision!r} runs {where}; the model is on {device} "
             "(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA)"
         )
-    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+    return torch.bfloat16 if reduced else torch.float32
 
 
 def planning_dtype(precision: str, device) -> torch.dtype:
@@ -72,8 +75,26 @@ def planning_dtype(precision: str, device) -> torch.dtype:
 def update_dtype(precision: str, device) -> torch.dtype:
     """The dtype of the update's matrix products for ``CDREDConfig.update_precision`` on
     ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16, float32 elsewhere; ``"bfloat16"``
-    (:func:`bf16_products`) runs on the CPU only."""
+    (:func:`bf16_products`) and ``"bfloat16-q-rnd"`` (bfloat16 in the parts of :func:`update_parts`)
+    run on the CPU only."""
     return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device, cuda=False)
+
+
+def update_parts(precision: str) -> tuple[str, ...]:
+    """The parts of the model whose products an update with ``CDREDConfig.update_precision``
+    rounds to bfloat16 when only parts are (``"bfloat16-q-rnd"``: ``("q", "rnd")``, the Q
+    ensemble and the CDRED reward networks; :meth:`WorldModel.products`); ``()`` for the
+    settings that round every product or none (:func:`update_dtype` says which)."""
+    return UPDATE_BF16_PARTS.get(precision, ())
+
+
+def update_products(model, dtype: torch.dtype, parts: tuple[str, ...]):
+    """The context of an update's products: :class:`bf16_products` around all of them (``dtype``
+    bfloat16, no ``parts``), around those of ``parts`` of ``model`` only (the model's
+    :meth:`~cdred_fast.world_model.WorldModel.bf16_parts`), or nothing (float32)."""
+    if dtype == torch.bfloat16 and parts:
+        return model.bf16_parts(parts)
+    return products_in(dtype)
 
 
 def describe(cfg, device) -> str:
@@ -88,6 +109,8 @@ def describe(cfg, device) -> str:
         return f"{what} {name}" + (" (auto)" if setting == "auto" else "")
 
     parts = [part("update products", update, cfg.update_precision)]
+    if update_parts(cfg.update_precision):
+        parts[0] += " in the Q ensemble and reward networks, float32 elsewhere"
     if cfg.method == "cdred":  # the only method with reward networks in its plan
         parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
     if cfg.matmul_precision != "highest":

@@ -31,11 +31,13 @@ from torch import Tensor, nn
 
 from .config import CDREDConfig, conv_output_size
 from .layers import Ensemble, SimNorm, mlp, trunc_normal_init_, two_hot_inv, use_kernels
+from .precision import bf16_products
 from .reward import CDREDReward
 
 Q_RETURN_TYPES = ("all", "min", "avg")
 REWARD_PARTS = ("cdred", "head", None)  # the CDRED reward model, TD-MPC2's reward head, no reward part
 CRITICS = ("distributional", "scalar")  # two-hot Q heads (SPEC section 1), scalar Q heads (IQ-MPC, SPEC section 6)
+BF16_PARTS = ("q", "rnd")  # parts WorldModel.bf16_parts can round: the Q ensemble, the CDRED reward networks
 _FROM_CONFIG = "from-config"
 
 
@@ -236,6 +238,8 @@ class ScalarQEnsemble(nn.Module):
         self.latent_dim, self.action_dim, self.num_q = int(latent_dim), int(action_dim), int(num_q)
         self.Qs = use_kernels(scalar_q_heads(self.latent_dim + self.action_dim, mlp_dim, num_q, dropout), kernels)
         self.target_Qs = target_copy(self.Qs)
+        # bfloat16 products in forward and avg_per_pair (set by WorldModel.bf16_parts, "q")
+        self.bf16 = False
 
     @classmethod
     def from_config(cls, cfg, action_dim: int) -> "ScalarQEnsemble":
@@ -266,6 +270,13 @@ class ScalarQEnsemble(nn.Module):
         heads: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
     ) -> Tensor:
+        with self._products():
+            return self._forward(z, a, return_type, target, heads, generator)
+
+    def _products(self):
+        return bf16_products() if self.bf16 else contextlib.nullcontext()
+
+    def _forward(self, z, a, return_type, target, heads, generator) -> Tensor:
         if return_type not in self.RETURN_TYPES:
             raise ValueError(f"return_type must be one of {self.RETURN_TYPES}, got {return_type!r}")
         _check_pair(z, a, self.latent_dim, self.action_dim, "ScalarQEnsemble")
@@ -293,7 +304,8 @@ class ScalarQEnsemble(nn.Module):
             raise ValueError(f"x must be [P, n, L + A = {self.latent_dim + self.action_dim}], got {tuple(x.shape)}")
         if tuple(heads.shape) != (P, 2):
             raise ValueError(f"heads must be [{P}, 2], got {tuple(heads.shape)}")
-        out = _members_forward(self.Qs, x.repeat_interleave(2, dim=0), heads.reshape(-1).to(x.device))  # [2P, n, 1]
+        with self._products():
+            out = _members_forward(self.Qs, x.repeat_interleave(2, dim=0), heads.reshape(-1).to(x.device))  # [2P, n, 1]
         return out.view(P, 2, n).mean(dim=1)
 
 
@@ -381,6 +393,8 @@ class WorldModel(nn.Module):
         # Blocks with Mish run LayerNorm -> Mish as one fused op unless kernels="reference"
         use_kernels(self, cfg.kernels)
         self.train(False)  # acting is the default mode; the agent switches to train() for updates
+        # the parts whose products are rounded to bfloat16 at present (bf16_parts; products)
+        self._bf16_parts: frozenset = frozenset()
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True) -> "WorldModel":
@@ -399,6 +413,31 @@ class WorldModel(nn.Module):
             yield self
         finally:
             self.train(was_training)
+
+    @contextlib.contextmanager
+    def bf16_parts(self, parts):
+        """Context in which the products of the named parts (``"q"``: the Q ensemble and its
+        target, ``"rnd"``: the CDRED reward networks) are bfloat16 products
+        (:class:`~cdred_fast.precision.bf16_products`) and every other product float32: an
+        update with ``update_precision="bfloat16-q-rnd"``. Restores the parts after."""
+        unknown = set(parts) - set(BF16_PARTS)
+        if unknown:
+            raise ValueError(f"bf16_parts: unknown parts {sorted(unknown)}; the parts are {BF16_PARTS}")
+        saved, self._bf16_parts = self._bf16_parts, frozenset(parts)
+        if self.scalar_q is not None:  # IQ-MPC's losses call the scalar heads themselves
+            self.scalar_q.bf16 = "q" in self._bf16_parts
+        try:
+            yield self
+        finally:
+            self._bf16_parts = saved
+            if self.scalar_q is not None:
+                self.scalar_q.bf16 = "q" in saved
+
+    def products(self, part: str):
+        """The context around the products of ``part`` (one of :data:`BF16_PARTS`): bfloat16
+        products inside :meth:`bf16_parts` naming it, nothing otherwise. The roundings are
+        recorded by autograd, so the backward's products of the part are bfloat16 too."""
+        return bf16_products() if part in self._bf16_parts else contextlib.nullcontext()
 
     def q_parameters(self) -> list[nn.Parameter]:
         """The online Q heads' parameters (distributional or scalar), trained with the world model."""
@@ -476,8 +515,12 @@ class WorldModel(nn.Module):
         of the scalar values ``symexp(sum softmax * bins)`` of two heads chosen at random out of
         ``num_q`` (or the two ids in ``heads``), ``[...]``. ``target`` uses the Polyak copy.
         """
-        if self.scalar_q is not None:
+        if self.scalar_q is not None:  # (its own products context)
             return self.scalar_q(z, a, return_type, target=target, heads=heads, generator=generator)
+        with self.products("q"):
+            return self._q(z, a, return_type, target, heads, generator)
+
+    def _q(self, z, a, return_type, target, heads, generator) -> Tensor:
         if return_type not in Q_RETURN_TYPES:
             raise ValueError(f"return_type must be one of {Q_RETURN_TYPES}, got {return_type!r}")
         net = self.target_Qs if target else self.Qs
@@ -507,6 +550,7 @@ __all__ = [
     "scalar_q_heads",
     "target_copy",
     "polyak_update_",
+    "BF16_PARTS",
     "CRITICS",
     "Q_RETURN_TYPES",
     "REWARD_PARTS",

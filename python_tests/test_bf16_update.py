@@ -20,7 +20,14 @@ from torch.overrides import _get_current_function_mode_stack
 from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
-from cdred_fast.precision import bf16_products, cpu_native_bf16, describe, products_in, update_dtype
+from cdred_fast.precision import (
+    bf16_products,
+    cpu_native_bf16,
+    describe,
+    products_in,
+    update_dtype,
+    update_parts,
+)
 
 GRAD_BOUND = 2.0**-4
 B16 = torch.bfloat16
@@ -142,6 +149,12 @@ def test_update_precision_config_and_resolution():
         update_dtype("bfloat16", "cuda")
     assert update_dtype("auto", "cuda") == torch.float32
     assert isinstance(products_in(torch.bfloat16), bf16_products)
+    # the partial setting: bfloat16, in the Q ensemble and the reward networks only, CPU only
+    assert update_dtype("bfloat16-q-rnd", "cpu") == torch.bfloat16
+    assert update_parts("bfloat16-q-rnd") == ("q", "rnd")
+    assert update_parts("bfloat16") == update_parts("float32") == update_parts("auto") == ()
+    with pytest.raises(ValueError, match="update_precision='bfloat16-q-rnd' runs on the CPU only"):
+        update_dtype("bfloat16-q-rnd", "cuda")
 
 
 def test_describe_names_the_resolved_precisions():
@@ -162,6 +175,12 @@ def test_describe_names_the_resolved_precisions():
     assert describe(CDREDConfig(method="bc", update_precision="auto", matmul_precision="highest"), "cpu").startswith(
         f"precision: update products {auto} (auto);"
     )
+    assert describe(
+        CDREDConfig(method="tdmpc2", update_precision="bfloat16-q-rnd", matmul_precision="highest"), "cpu"
+    ) == (
+        "precision: update products bfloat16 in the Q ensemble and reward networks, float32 elsewhere; "
+        f"native bf16 on this CPU: {native}"
+    )
 
 
 def _batches(obs_dim, action_dim, B=16, H=3):
@@ -180,14 +199,17 @@ def _grads(agent):
     return torch.cat([p.grad.flatten() for p in agent.model.parameters() if p.grad is not None])
 
 
-def _update_in_both(kw, behavioral, expert):
+def _update_in_both(kw, behavioral, expert, precision="bfloat16", init=None):
     """Two agents of config ``kw`` (dropout off) with the same weights, update_precision float32
-    and bfloat16, each updated once on the same batches and random draws. Asserts that the
+    and ``precision``, each updated once on the same batches and random draws. Asserts that the
     bfloat16 gradient is finite, within GRAD_BOUND (relative L2) of the float32 one and not equal
-    to it (the update did run in bfloat16); returns both agents and both updates' statistics."""
+    to it (the update did run in bfloat16); returns both agents and both updates' statistics.
+    ``init(model)``, if given, changes the weights before they are copied."""
     torch.manual_seed(0)
     exact = CDREDAgent(CDREDConfig(update_precision="float32", dropout=0.0, **kw), 9, 3)
-    fast = CDREDAgent(CDREDConfig(update_precision="bfloat16", dropout=0.0, **kw), 9, 3)
+    fast = CDREDAgent(CDREDConfig(update_precision=precision, dropout=0.0, **kw), 9, 3)
+    if init is not None:
+        init(exact.model)
     fast.model.load_state_dict(exact.model.state_dict())
     stats = [agent.update(behavioral, expert, generator=torch.Generator().manual_seed(3)) for agent in (exact, fast)]
     g32, g16 = _grads(exact), _grads(fast)
@@ -233,3 +255,51 @@ def test_every_method_updates_in_bfloat16(method):
         behavioral = None
     _update_in_both(dict(SMALL_MODEL, method=method), behavioral, expert)
     assert not any(isinstance(mode, bf16_products) for mode in _get_current_function_mode_stack())
+
+
+@pytest.mark.parametrize("method", ["cdred", "tdmpc2", "iqmpc"])
+def test_bfloat16_q_rnd_rounds_the_q_ensemble_and_reward_networks_only(method):
+    """update_precision="bfloat16-q-rnd": the products of the Q ensemble and of the CDRED reward
+    networks are bfloat16, every other product float32. The consistency loss (encoder and
+    dynamics; and TD-MPC2's reward loss, its reward head) equals the float32 update's exactly;
+    the value loss (Q) and CDRED's predictor loss (reward networks) do not, but agree to
+    bfloat16's precision; the whole gradient is within GRAD_BOUND of the float32 one; and the
+    model's parts are float32 again after the update."""
+    behavioral, expert = _batches(9, 3)
+    if method == "tdmpc2":
+        behavioral["reward"] = torch.randn(3, 16, generator=torch.Generator().manual_seed(6))
+        expert = None
+
+    def q_logits_not_zero(model):
+        # the Q heads' last layers start at zero, and zero logits give one value loss whatever
+        # the targets: random last layers, so that the value loss sees the rounded Q products
+        q_heads = model.Qs if model.scalar_q is None else model.scalar_q.Qs
+        with torch.no_grad():
+            q_heads.layers[-1].weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(7))
+
+    kw = dict(SMALL_MODEL, method=method)
+    _, fast, (s32, s16) = _update_in_both(kw, behavioral, expert, "bfloat16-q-rnd", init=q_logits_not_zero)
+    exact_keys = ["consistency_loss"] + (["reward_loss"] if method == "tdmpc2" else [])
+    rounded_keys = ["value_loss"] + (["reward_loss"] if method == "cdred" else [])
+    for key in exact_keys:
+        assert s16[key] == s32[key], key
+    for key in rounded_keys:
+        assert s16[key] != s32[key], key
+        assert abs(s16[key] - s32[key]) <= 2.0**-5 * (abs(s32[key]) + 1e-3), key
+    assert fast.model._bf16_parts == frozenset()
+    assert not any(isinstance(mode, bf16_products) for mode in _get_current_function_mode_stack())
+
+
+def test_bf16_parts_names_known_parts_and_restores_them():
+    model = CDREDAgent(CDREDConfig(**SMALL_MODEL), 9, 3).model
+    with pytest.raises(ValueError, match="unknown parts \\['policy'\\]"):
+        with model.bf16_parts(("q", "policy")):
+            pass
+    assert not isinstance(model.products("q"), bf16_products)
+    with model.bf16_parts(("q",)):
+        assert isinstance(model.products("q"), bf16_products)
+        assert not isinstance(model.products("rnd"), bf16_products)
+    with pytest.raises(RuntimeError):
+        with model.bf16_parts(("rnd",)):
+            raise RuntimeError("an update that fails")
+    assert model._bf16_parts == frozenset()

@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..precision import matmul_precision, products_in
+from ..precision import matmul_precision
 from .common import Method
 
 #: Expert actions are clamped to ``[-ACTION_BOUND, ACTION_BOUND]`` before ``atanh`` (SPEC section 7:
@@ -209,7 +209,7 @@ class BC(Method):
         m.train(True)  # the pixel encoder's random shift, as in the other methods' updates
         try:
             # update_precision as in the other methods' updates (precision.bf16_products)
-            with matmul_precision(agent._update_matmul_precision), products_in(agent._update_dtype):
+            with matmul_precision(agent._update_matmul_precision), agent.update_products():
                 loss, stats = bc_loss(m, m.encode(obs), action)
                 agent.optim.zero_grad(set_to_none=True)
                 agent.pi_optim.zero_grad(set_to_none=True)

@@ -40,9 +40,10 @@ class CDRED(Method):
         # cfg.reward_input="obs" on x = [s_t ; a_t] of the real observations (no gradient into the encoder)
         states = obs[:-1] if cfg.reward_input == "obs" else zs[:-1]
         x = torch.cat([states, action], dim=-1)  # [H, N, L+A] (or [H, N, obs_dim+A])
-        rewards, loss_exp, loss_beh = m.reward_model.reward_and_predictor_loss(
-            x, nb, idx_expert=noise.target_idx[:, nb:], idx_behavioral=noise.target_idx[:, :nb]
-        )
+        with m.products("rnd"):  # bfloat16 products with update_precision="bfloat16-q-rnd"
+            rewards, loss_exp, loss_beh = m.reward_model.reward_and_predictor_loss(
+                x, nb, idx_expert=noise.target_idx[:, nb:], idx_behavioral=noise.target_idx[:, :nb]
+            )
 
         # 4. TD target y_t = r_t + gamma * Q_bar_min(z'_t, pi(z'_t)), sampled policy action
         targets = td_targets(agent, next_z, rewards, noise)

@@ -4,7 +4,9 @@
 # on seeds 1-3 (or the seeds given as arguments), with matmul_precision=medium (what "auto" is
 # on an AMX CPU) and with =highest (IEEE float32), evaluated on 10 episodes every 5,000 steps.
 # One run at a time, one thread; a finished run is skipped and a stopped one resumes.
-# PRECS="auto" runs the default instead (on an AMX CPU: "medium" acting, "highest" update).
+# PRECS="auto" runs the default instead (on an AMX CPU: "medium" acting, "highest" update);
+# PRECS="auto-q-rnd": the default with update_precision=bfloat16-q-rnd (bfloat16 products in
+# the update's Q ensemble only: this TD-MPC2 agent has no CDRED reward networks).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
@@ -12,12 +14,16 @@ seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(1 2 3)
 for seed in "${seeds[@]}"; do
   for prec in ${PRECS:-medium highest}; do
+    case $prec in
+      auto-q-rnd) settings=(matmul_precision=auto update_precision=bfloat16-q-rnd) ;;
+      *) settings=(matmul_precision="$prec") ;;
+    esac
     dir=runs/amx-medium-dmc/expert-$prec-s$seed
     [ -f "$dir/DONE" ] && continue
     resume=()
     if [ -f "$dir/checkpoint.pt" ]; then resume=(--resume); fi
     cdred-fast expert train cheetah-run --config results/cpu-gradnorm/expert.yaml --work-dir "$dir" \
-      --no-progress "${resume[@]}" seed=$seed matmul_precision=$prec eval_episodes=10
+      --no-progress "${resume[@]}" seed=$seed "${settings[@]}" eval_episodes=10
     touch "$dir/DONE"
   done
 done
