@@ -12,10 +12,10 @@ precision:
   with its matrix products in bfloat16 (`update_precision="bfloat16"`, CPU only);
 * "fused-medium": `matmul_precision="medium"` (oneDNN's products: float32 kernels on an AMD
   EPYC Zen 5, bfloat16 ones on an Intel AMX CPU; bf16-based products on CUDA).
-`fused` and the reference are IEEE float32 (`matmul_precision="highest"`); the default
-`matmul_precision="auto"` is `fused-medium` on a CPU where "medium" measures float32-class or
-that has AMX-BF16, and `fused` elsewhere (tools/cpu_report.py says which). The benchmark fixtures run a few rounds only
-(each plan is seconds on a 2-core CPU). `scripts/cpu_check.sh` runs the CPU groups and writes
+* "fused-default": the agent of `CDREDConfig()`'s defaults, its "auto" settings resolved on this
+  machine (tools/cpu_report.py says to what).
+`fused` and the reference are IEEE float32 (`matmul_precision="highest"`). The benchmark
+fixtures run a few rounds only (each plan is seconds on a 2-core CPU). `scripts/cpu_check.sh` runs the CPU groups and writes
 this CPU kind's row of bench/RESULTS-cpu.md (tools/cpu_report.py).
 Run: pytest bench/test_bench_agent.py --benchmark-only
 """
@@ -29,12 +29,14 @@ from cdred_fast import CDREDAgent, CDREDConfig
 OBS_DIM = 39
 
 
-IMPLS = ["fused", "fused-bf16", "fused-medium", "reference"]
+IMPLS = ["fused-default", "fused", "fused-bf16", "fused-medium", "reference"]
 
 
 def _agent(impl, action_dim, device, bf16_setting):
     """The agent of a variant; ``bf16_setting``: the config field that "fused-bf16" sets."""
     torch.manual_seed(0)
+    if impl == "fused-default":  # CDREDConfig's own defaults: whatever "auto" resolves to on this machine
+        return CDREDAgent(CDREDConfig(episode_length=500), OBS_DIM, action_dim, device=device)
     cfg = dict(kernels="reference" if impl == "reference" else "fused", episode_length=500)
     # IEEE float32 products unless the variant says otherwise (the default "auto" may pick
     # "medium": it is "fused-medium" on a CPU where auto resolves so, "fused" elsewhere)

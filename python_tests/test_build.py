@@ -160,29 +160,36 @@ def test_cpu_report_writes_one_section_per_cpu_kind(tmp_path):
             ("plan SPEC defaults A=38 cpu", 2.2),
             ("update B=256 cpu", update_ref),
         ):
-            for impl, t in (("reference", ref), ("fused", ref / 1.5), ("fused-bf16", ref / 2.5)):
+            for impl, t in (
+                ("reference", ref),
+                ("fused-default", ref / 2.5),
+                ("fused", ref / 1.5),
+                ("fused-bf16", ref / 2.5),
+            ):
                 rows.append({"group": group, "extra_info": {"impl": impl}, "stats": {"median": t}})
         return {"benchmarks": rows}
 
     amd = dict(model="AMD EPYC", family="26", native_bf16=["avx512_bf16"], cores=2, threads=2)
-    amd.update(default="fused-medium", capability="AVX512", torch="2.13.0+cpu")
+    amd.update(default="update products float32, matmul_precision medium (auto)", capability="AVX512")
+    amd.update(torch="2.13.0+cpu")
     text = cpu_report.section(bench(), amd, "2026-11-30", "abc1234")
     assert text.startswith("## AMD EPYC (CPU family 26; avx512_bf16)\n")
-    assert "| one plan, A = 6 | 1.800 s | 1.200 s (1.50x) | 0.720 s (2.50x) | - |" in text
+    assert "| one plan, A = 6 | 1.800 s | 0.720 s (2.50x) | 1.200 s (1.50x) | 0.720 s (2.50x) | - |" in text
     assert "- `fused`: not met (1.50-1.50x)" in text and "- `fused-bf16`: **met** (2.50-2.50x)" in text
+    assert "- `fused-default`: **met** (2.50-2.50x)" in text
     assert "- `fused-medium`: not measured at every shape" in text
-    assert 'The default (`matmul_precision="auto"`) is `fused-medium` on this CPU.' in text
+    assert "`fused-default` on this CPU: update products float32, matmul_precision medium (auto). Goal" in text
     no_update = {"benchmarks": [b for b in bench()["benchmarks"] if not b["group"].startswith("update")]}
     with pytest.raises(ValueError, match="no reference time for 'update B=256 cpu'"):
         cpu_report.section(no_update, amd, "2026-11-30", "abc1234")
 
     out = tmp_path / "RESULTS-cpu.md"
     amx = {**amd, "model": "Intel Xeon", "family": "6", "native_bf16": ["avx512_bf16", "amx_bf16"]}
-    split = {**amx, "default": {"act": "fused-medium", "update": "fused"}}  # "auto" on an AMX CPU
-    assert (
-        'The default (`matmul_precision="auto"`) is `fused-medium` for plans and `fused` for updates on this CPU.'
-        in cpu_report.section(bench(), split, "2026-11-30", "abc1234")
-    )
+    # this machine's defaults, in the words the CLI prints when a run starts
+    from cdred_fast import CDREDConfig
+    from cdred_fast.precision import describe
+
+    assert describe(CDREDConfig(), "cpu").startswith("precision: " + cpu_report.defaults_in_words() + ";")
     doc = cpu_report.merge("# An old header\n\nold words\n\n", text)
     assert "old words" not in doc
     doc = cpu_report.merge(doc, cpu_report.section(bench(), amx, "2026-11-30", "abc1234"))

@@ -7,7 +7,8 @@ BENCH_JSON is pytest-benchmark's ``--benchmark-json`` output of the CPU groups o
 bench/test_bench_agent.py: one plan at the SPEC defaults (A = 6 and A = 38) and one update
 (B = 256), each as ``reference`` (float32, pure-PyTorch ops), ``fused`` (IEEE float32,
 ``matmul_precision="highest"``), ``fused-bf16`` (``planning_precision`` /
-``update_precision="bfloat16"``) and ``fused-medium`` (``matmul_precision="medium"``). The section gives the median times, each
+``update_precision="bfloat16"``), ``fused-medium`` (``matmul_precision="medium"``) and ``fused-default``
+(``CDREDConfig()``'s own defaults, "auto" resolved on the machine). The section gives the median times, each
 variant's speed-up over the float32 reference, and whether it reaches issue 16's goal of
 >= 2x at every shape. The machine is described from this process (run it where the benchmark
 ran): the CPU model, cores, torch's CPU capability and the native bf16 instruction sets.
@@ -30,7 +31,7 @@ from pathlib import Path
 from bench_json import medians
 
 GOAL = 2.0
-VARIANTS = ("fused", "fused-bf16", "fused-medium")
+VARIANTS = ("fused-default", "fused", "fused-bf16", "fused-medium")
 # the benchmark groups of bench/test_bench_agent.py on the CPU, in the order of the table
 WORKLOADS = (
     ("plan SPEC defaults A=6 cpu", "one plan, A = 6"),
@@ -44,10 +45,11 @@ CPU groups, then tools/cpu_report.py) on an otherwise idle machine. Median secon
 is over the float32 reference path measured in the same run. The goal of issue 16 is >= 2x at
 every shape. `fused` is IEEE float32 (`matmul_precision="highest"`). `fused-medium` is
 `matmul_precision="medium"`: oneDNN's products, float32 on some CPUs (AMD EPYC Zen 5) and
-bfloat16 on others (AMX). The default `"auto"` is one of these two for plans and one for
-updates (on AMX: `fused-medium` plans, `fused` updates), and each section names which.
-`fused-bf16` is the bfloat16 reward networks in the plan and bfloat16 products in the update.
-What these do to what the agent learns is in bench/RESULTS.md.
+bfloat16 on others (AMX). `fused-bf16` is the bfloat16 reward networks in the plan and
+bfloat16 products in the update. `fused-default` is the agent of `CDREDConfig()`'s defaults, their
+`"auto"` settings resolved on the machine; each section says to what (sections written before
+it was added have no `fused-default` column and name the variant the default matched). What these
+do to what the agent learns is in bench/RESULTS.md.
 """
 
 
@@ -56,13 +58,9 @@ def machine() -> dict:
     import torch
 
     from cdred_fast._lib import cpu_native_bf16, cpuinfo_value
-    from cdred_fast.precision import MATMUL_PHASES, resolve_matmul_precision
 
     return {
-        "default": {
-            phase: "fused-medium" if resolve_matmul_precision("auto", "cpu", phase) == "medium" else "fused"
-            for phase in MATMUL_PHASES
-        },
+        "default": defaults_in_words(),
         "model": cpuinfo_value("model name") or "unknown CPU",
         "family": cpuinfo_value("cpu family") or "?",
         "native_bf16": cpu_native_bf16(),
@@ -81,12 +79,13 @@ def _commit() -> str:
         return "-"
 
 
-def _default(default) -> str:
-    """The default variant in words: one name, or the plan's and the update's."""
-    if isinstance(default, str):
-        return f"`{default}`"
-    plan, update = default["act"], default["update"]
-    return f"`{plan}`" if plan == update else f"`{plan}` for plans and `{update}` for updates"
+def defaults_in_words() -> str:
+    """What the defaults compute in on this CPU: the precisions of ``CDREDConfig()``, their
+    ``"auto"`` resolved (:func:`cdred_fast.precision.describe`, without its native-bf16 part)."""
+    from cdred_fast.config import CDREDConfig
+    from cdred_fast.precision import describe
+
+    return describe(CDREDConfig(), "cpu").removeprefix("precision: ").split(";")[0]
 
 
 def heading(m: dict) -> str:
@@ -122,8 +121,7 @@ def section(bench: dict, m: dict, stamp: str, commit: str) -> str:
         lines.append(f"| {name} | {ref:.3f} s | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f'The default (`matmul_precision="auto"`) is {_default(m["default"])} on this CPU. '
-        f"Goal, >= {GOAL:g}x the reference at every shape:",
+        f"`fused-default` on this CPU: {m['default']}. Goal, >= {GOAL:g}x the reference at every shape:",
     ]
     for v in VARIANTS:
         s = speedups[v]
