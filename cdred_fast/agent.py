@@ -136,8 +136,8 @@ class CDREDAgent:
         self.scale = RunningScale(cfg.tau, self.device)
         # the dtype of the update's matrix products (cfg.update_precision; bfloat16 on the CPU only),
         # and the parts of the model it applies to when not to all ("bfloat16-q-rnd")
-        self._update_dtype = update_dtype(cfg.update_precision, self.device)
-        self._update_parts = update_parts(cfg.update_precision)
+        self._update_dtype = update_dtype(cfg.update_precision, self.device, cfg.mlp_dim)
+        self._update_parts = update_parts(cfg.update_precision, self.device, cfg.mlp_dim)
         # the float32 matmul precisions of act and of update (cfg.matmul_precision, "auto" resolved
         # for each: on an AMX CPU "medium" acting, "highest" in the update)
         self._act_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act")

@@ -23,6 +23,8 @@ __all__ = [
     "medium_is_float32_class",
     "FLOAT32_CLASS_BOUND",
     "planning_dtype",
+    "resolve_update_precision",
+    "AUTO_UPDATE_MIN_MLP_DIM",
     "update_dtype",
     "update_parts",
     "update_products",
@@ -45,47 +47,69 @@ def cuda_native_bf16(device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-def _reduced_dtype(name: str, choices: tuple, precision: str, device, cuda: bool) -> torch.dtype:
-    """``float32`` / ``bfloat16`` / ``auto`` -> a dtype on ``device`` (see :func:`planning_dtype`);
-    ``cuda``: whether the setting's bfloat16 form runs on CUDA devices too."""
-    if precision not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {precision!r}")
-    kind = torch.device(device).type
-    if precision == "auto":
-        native = bool(cpu_native_bf16()) if kind == "cpu" else cuda and cuda_native_bf16(device)
-        return torch.bfloat16 if native else torch.float32
-    reduced = precision.startswith("bfloat16")  # "bfloat16" or a part of the model in it
-    if reduced and kind != "cpu" and not (cuda and kind == "cuda"):
-        where = "on the CPU and CUDA" if cuda else "on the CPU only"
-        raise ValueError(
-            f"{name}={precision!r} runs {where}; the model is on {device} "
-            "(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA)"
-        )
-    return torch.bfloat16 if reduced else torch.float32
-
-
 def planning_dtype(precision: str, device) -> torch.dtype:
     """The dtype of the CDRED reward networks in planning for ``CDREDConfig.planning_precision``
     on ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16 (:func:`cpu_native_bf16`) or
     a CUDA device with bf16 tensor cores (:func:`cuda_native_bf16`), float32 elsewhere;
     ``"bfloat16"`` on any other kind of device is an error."""
-    return _reduced_dtype("planning_precision", PLANNING_PRECISIONS, precision, device, cuda=True)
+    if precision not in PLANNING_PRECISIONS:
+        raise ValueError(f"planning_precision must be one of {PLANNING_PRECISIONS}, got {precision!r}")
+    kind = torch.device(device).type
+    if precision == "auto":
+        native = bool(cpu_native_bf16()) if kind == "cpu" else cuda_native_bf16(device)
+        return torch.bfloat16 if native else torch.float32
+    if precision == "bfloat16" and kind not in ("cpu", "cuda"):
+        raise ValueError(
+            f"planning_precision='bfloat16' runs on the CPU and CUDA; the model is on {device} (use 'float32' or 'auto')"
+        )
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
-def update_dtype(precision: str, device) -> torch.dtype:
-    """The dtype of the update's matrix products for ``CDREDConfig.update_precision`` on
-    ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16, float32 elsewhere; ``"bfloat16"``
-    (:func:`bf16_products`) and ``"bfloat16-q-rnd"`` (bfloat16 in the parts of :func:`update_parts`)
-    run on the CPU only."""
-    return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device, cuda=False)
+# "auto" rounds the update's Q ensemble and reward networks from this MLP width on (see
+# resolve_update_precision): measured on an AMX CPU, one update 1.56-1.74x faster at widths 256
+# and 512, 7-13 % slower at 128, where casting costs more than the bfloat16 products save
+AUTO_UPDATE_MIN_MLP_DIM = 256
 
 
-def update_parts(precision: str) -> tuple[str, ...]:
-    """The parts of the model whose products an update with ``CDREDConfig.update_precision``
-    rounds to bfloat16 when only parts are (``"bfloat16-q-rnd"``: ``("q", "rnd")``, the Q
-    ensemble and the CDRED reward networks; :meth:`WorldModel.products`); ``()`` for the
+def resolve_update_precision(precision: str, device, mlp_dim: int) -> str:
+    """``CDREDConfig.update_precision`` on ``device`` for a model of ``mlp_dim``
+    (``CDREDConfig.mlp_dim``), ``"auto"`` resolved:
+
+    * ``"bfloat16-q-rnd"`` on a CPU with AMX-BF16 when ``mlp_dim >=``
+      :data:`AUTO_UPDATE_MIN_MLP_DIM`: the products of the Q ensemble and of the CDRED reward
+      networks in bfloat16, every other product float32 (a DMControl training curve as with
+      float32, where rounding every product learned slower: results/amx-medium-dmc/);
+    * ``"float32"`` elsewhere: smaller models (no faster), CPUs without AMX (not measured), CUDA.
+
+    ``"bfloat16"`` (:func:`bf16_products`) and ``"bfloat16-q-rnd"`` run on the CPU only."""
+    if precision not in UPDATE_PRECISIONS:
+        raise ValueError(f"update_precision must be one of {UPDATE_PRECISIONS}, got {precision!r}")
+    kind = torch.device(device).type
+    if precision == "auto":
+        amx = kind == "cpu" and "amx_bf16" in cpu_native_bf16()
+        return "bfloat16-q-rnd" if amx and int(mlp_dim) >= AUTO_UPDATE_MIN_MLP_DIM else "float32"
+    if precision.startswith("bfloat16") and kind != "cpu":
+        raise ValueError(
+            f"update_precision={precision!r} runs on the CPU only; the model is on {device} "
+            "(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA)"
+        )
+    return precision
+
+
+def update_dtype(precision: str, device, mlp_dim: int) -> torch.dtype:
+    """The dtype of the update's rounded matrix products for ``CDREDConfig.update_precision`` on
+    ``device`` (:func:`resolve_update_precision`): bfloat16 for ``"bfloat16"`` (every product)
+    and ``"bfloat16-q-rnd"`` (the products of :func:`update_parts`), float32 otherwise."""
+    resolved = resolve_update_precision(precision, device, mlp_dim)
+    return torch.bfloat16 if resolved.startswith("bfloat16") else torch.float32
+
+
+def update_parts(precision: str, device, mlp_dim: int) -> tuple[str, ...]:
+    """The parts of the model whose products an update with ``CDREDConfig.update_precision`` on
+    ``device`` rounds to bfloat16 when only parts are (``"bfloat16-q-rnd"``: ``("q", "rnd")``,
+    the Q ensemble and the CDRED reward networks; :meth:`WorldModel.products`); ``()`` for the
     settings that round every product or none (:func:`update_dtype` says which)."""
-    return UPDATE_BF16_PARTS.get(precision, ())
+    return UPDATE_BF16_PARTS.get(resolve_update_precision(precision, device, mlp_dim), ())
 
 
 def update_products(model, dtype: torch.dtype, parts: tuple[str, ...]):
@@ -102,15 +126,21 @@ def describe(cfg, device) -> str:
     settings resolved (the CLI prints it when a run starts): the CDRED reward networks in
     planning, the update's matrix products, ``matmul_precision``, and the device's native bf16."""
     planning = planning_dtype(cfg.planning_precision, device)
-    update = update_dtype(cfg.update_precision, device)
+    update = update_dtype(cfg.update_precision, device, cfg.mlp_dim)
 
-    def part(what, dtype, setting):
+    def part(what, dtype, setting, where=""):
         name = str(dtype).removeprefix("torch.")
-        return f"{what} {name}" + (" (auto)" if setting == "auto" else "")
+        return f"{what} {name}{where}" + (" (auto)" if setting == "auto" else "")
 
-    parts = [part("update products", update, cfg.update_precision)]
-    if update_parts(cfg.update_precision):
-        parts[0] += " in the Q ensemble and reward networks, float32 elsewhere"
+    partial = " in the Q ensemble and reward networks, float32 elsewhere"
+    parts = [
+        part(
+            "update products",
+            update,
+            cfg.update_precision,
+            partial if update_parts(cfg.update_precision, device, cfg.mlp_dim) else "",
+        )
+    ]
     if cfg.method == "cdred":  # the only method with reward networks in its plan
         parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
     if cfg.matmul_precision != "highest":
