@@ -66,8 +66,9 @@ def planning_dtype(precision: str, device) -> torch.dtype:
 
 
 # "auto" rounds the update's Q ensemble and reward networks from this MLP width on (see
-# resolve_update_precision): measured on an AMX CPU, one update 1.56-1.74x faster at widths 256
-# and 512, 7-13 % slower at 128, where casting costs more than the bfloat16 products save
+# resolve_update_precision): measured on an AMX CPU, one update 1.59-1.76x faster at widths 256
+# and 512, 8-12 % slower at 128, where casting costs more than the bfloat16 products save
+# (bench/update_width_check.py; bench/RESULTS.md)
 AUTO_UPDATE_MIN_MLP_DIM = 256
 
 

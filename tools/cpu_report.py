@@ -46,10 +46,10 @@ is over the float32 reference path measured in the same run. The goal of issue 1
 every shape. `fused` is IEEE float32 (`matmul_precision="highest"`). `fused-medium` is
 `matmul_precision="medium"`: oneDNN's products, float32 on some CPUs (AMD EPYC Zen 5) and
 bfloat16 on others (AMX). `fused-bf16` is the bfloat16 reward networks in the plan and
-bfloat16 products in the update. `fused-default` is the agent of `CDREDConfig()`'s defaults, their
-`"auto"` settings resolved on the machine; each section says to what (sections written before
-it was added have no `fused-default` column and name the variant the default matched). What these
-do to what the agent learns is in bench/RESULTS.md.
+bfloat16 products in the update. `fused-default` is the agent of `CDREDConfig()`'s defaults,
+their `"auto"` settings resolved on the machine; each section says to what (sections written
+before it was added have no `fused-default` column and name the variant the default matched).
+What these do to what the agent learns is in bench/RESULTS.md.
 """
 
 

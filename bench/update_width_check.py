@@ -1,0 +1,89 @@
+"""One update in float32 against ``update_precision="bfloat16-q-rnd"`` at several model sizes:
+where rounding the Q ensemble's and reward networks' products pays (issue 16; the width from
+which ``update_precision="auto"`` rounds them on an AMX CPU, ``precision.AUTO_UPDATE_MIN_MLP_DIM``).
+
+Run from the repository root (after ``bash scripts/setup.sh``), on an otherwise idle machine:
+
+    python bench/update_width_check.py [--threads 1 2] [--sizes expert demo mlp256 spec]
+
+Sizes: ``expert`` the TD-MPC2 agent of results/cpu-gradnorm/expert.yaml (latent 64, MLPs of
+128, batch 64); ``demo`` the main job's CDRED agent (``--preset demo``); ``mlp256`` the SPEC
+defaults with latent and MLPs of 256; ``spec`` the SPEC defaults (512, predictors of 1024,
+batch 256). Both settings start from the same weights and update on the same batches, in
+turns (so that a change in the machine's load hits both); the median after two warm-ups.
+``matmul_precision="highest"`` in both: the products that are not rounded are IEEE float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from cdred_fast import CDREDAgent, CDREDConfig
+from cdred_fast.config import PRESETS
+
+OBS_DIM, ACT_DIM = 39, 6
+SIZES = {
+    "expert": dict(latent_dim=64, enc_dim=128, mlp_dim=128, num_bins=51, batch_size=64, method="tdmpc2"),
+    "demo": dict(PRESETS["demo"]),
+    "mlp256": dict(latent_dim=256, mlp_dim=256, enc_dim=256),
+    "spec": {},
+}
+SETTINGS = ("float32", "bfloat16-q-rnd")
+
+
+def time_updates(size: str, rounds: int) -> dict[str, float]:
+    """Median seconds of one update per setting at ``size``."""
+    base = {**SIZES[size], "episode_length": 500, "matmul_precision": "highest"}
+    agents = {}
+    for setting in SETTINGS:
+        torch.manual_seed(0)
+        agents[setting] = CDREDAgent(CDREDConfig(**{**base, "update_precision": setting}), OBS_DIM, ACT_DIM)
+    cfg = agents[SETTINGS[0]].cfg
+    H, B = cfg.horizon, cfg.batch_size
+    g = torch.Generator().manual_seed(1)
+
+    def batch(reward: bool) -> dict:
+        out = {
+            "obs": torch.randn(H + 1, B, OBS_DIM, generator=g),
+            "action": torch.rand(H, B, ACT_DIM, generator=g) * 2 - 1,
+        }
+        if reward:
+            out["reward"] = torch.randn(H, B, generator=g)
+        return out
+
+    env_reward = cfg.method == "tdmpc2"
+    behavioral, expert = batch(env_reward), (None if env_reward else batch(False))
+    times: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    for _ in range(rounds + 2):
+        for setting, agent in agents.items():
+            t = time.perf_counter()
+            agent.update(behavioral, expert)
+            times[setting].append(time.perf_counter() - t)
+    return {s: sorted(v[2:])[len(v[2:]) // 2] for s, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=list(SIZES))
+    parser.add_argument("--rounds", type=int, default=0, help="updates per setting (0: 38 small, 10 large)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for size in args.sizes:
+            rounds = args.rounds or (38 if size in ("expert", "demo") else 10)
+            t = time_updates(size, rounds)
+            f32, q = t["float32"], t["bfloat16-q-rnd"]
+            print(
+                f"{size:7s} threads={threads}  float32 {1e3 * f32:7.1f} ms  bfloat16-q-rnd {1e3 * q:7.1f} ms  "
+                f"float32 / bfloat16-q-rnd {f32 / q:.2f}x",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
