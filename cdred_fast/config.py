@@ -247,8 +247,8 @@ class CDREDConfig:
     # sums, the optimisers and the parameters stay float32; CPU only; "bfloat16-q-rnd": the same
     # for the products of the Q ensemble and of the CDRED reward networks only (the encoder,
     # dynamics, reward head and policy in float32); "auto" (default): "bfloat16-q-rnd" on a CPU
-    # with AMX-BF16 for mlp_dim >= 256 (smaller models are no faster with it), "float32"
-    # elsewhere (precision.resolve_update_precision). Measured:
+    # with AMX-BF16 when those parts have a hidden layer 256 wide or more (narrower ones are
+    # slower with it), "float32" elsewhere (precision.resolve_update_precision). Measured:
     # bench/RESULTS.md, "bfloat16 products in the update"; results/amx-medium-dmc/. Exact
     # float32 everywhere: update_precision="float32" with matmul_precision="highest".
     update_precision: str = "auto"

@@ -24,7 +24,8 @@ __all__ = [
     "FLOAT32_CLASS_BOUND",
     "planning_dtype",
     "resolve_update_precision",
-    "AUTO_UPDATE_MIN_MLP_DIM",
+    "AUTO_UPDATE_MIN_WIDTH",
+    "rounded_width",
     "update_dtype",
     "update_parts",
     "update_products",
@@ -65,22 +66,34 @@ def planning_dtype(precision: str, device) -> torch.dtype:
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
-# "auto" rounds the update's Q ensemble and reward networks from this MLP width on (see
-# resolve_update_precision): measured on an AMX CPU, one update 1.59-1.76x faster at widths 256
-# and 512, 8-12 % slower at 128, where casting costs more than the bfloat16 products save
-# (bench/update_width_check.py; bench/RESULTS.md)
-AUTO_UPDATE_MIN_MLP_DIM = 256
+# "auto" rounds the update's Q ensemble and reward networks from this width on (rounded_width;
+# resolve_update_precision). Measured on an AMX CPU (bench/update_width_check.py, bench/RESULTS.md):
+# one update 1.3-1.8x faster where the reward networks have SPEC's hidden widths (512 / 1024) or
+# the MLPs are 512, 1.0-1.1x for a TD-MPC2 agent with MLPs of 256 and batch 64-128, 8-12 %
+# slower at widths of 128 (the main job), where casting costs more than the products save
+AUTO_UPDATE_MIN_WIDTH = 256
 
 
-def resolve_update_precision(precision: str, device, mlp_dim: int) -> str:
-    """``CDREDConfig.update_precision`` on ``device`` for a model of ``mlp_dim``
-    (``CDREDConfig.mlp_dim``), ``"auto"`` resolved:
+def rounded_width(cfg) -> int:
+    """The widest hidden layer of the parts ``"bfloat16-q-rnd"`` rounds in an update of ``cfg``:
+    the Q ensemble's ``mlp_dim``, and for CDRED the reward networks' hidden widths
+    (``rnd_target_hidden``, ``rnd_predictor_hidden``)."""
+    widths = [cfg.mlp_dim]
+    if cfg.method == "cdred":
+        widths += [*cfg.rnd_target_hidden, *cfg.rnd_predictor_hidden]
+    return int(max(widths))
 
-    * ``"bfloat16-q-rnd"`` on a CPU with AMX-BF16 when ``mlp_dim >=``
-      :data:`AUTO_UPDATE_MIN_MLP_DIM`: the products of the Q ensemble and of the CDRED reward
-      networks in bfloat16, every other product float32 (a DMControl training curve as with
-      float32, where rounding every product learned slower: results/amx-medium-dmc/);
-    * ``"float32"`` elsewhere: smaller models (no faster), CPUs without AMX (not measured), CUDA.
+
+def resolve_update_precision(precision: str, device, width: int) -> str:
+    """``CDREDConfig.update_precision`` on ``device`` for a model whose rounded parts are
+    ``width`` wide (:func:`rounded_width`), ``"auto"`` resolved:
+
+    * ``"bfloat16-q-rnd"`` on a CPU with AMX-BF16 when ``width >=`` :data:`AUTO_UPDATE_MIN_WIDTH`:
+      the products of the Q ensemble and of the CDRED reward networks in bfloat16, every other
+      product float32 (a DMControl training curve as with float32, where rounding every product
+      learned slower: results/amx-medium-dmc/);
+    * ``"float32"`` elsewhere: narrower models (slower with it), CPUs without AMX (not
+      measured), CUDA.
 
     ``"bfloat16"`` (:func:`bf16_products`) and ``"bfloat16-q-rnd"`` run on the CPU only."""
     if precision not in UPDATE_PRECISIONS:
@@ -88,7 +101,7 @@ def resolve_update_precision(precision: str, device, mlp_dim: int) -> str:
     kind = torch.device(device).type
     if precision == "auto":
         amx = kind == "cpu" and "amx_bf16" in cpu_native_bf16()
-        return "bfloat16-q-rnd" if amx and int(mlp_dim) >= AUTO_UPDATE_MIN_MLP_DIM else "float32"
+        return "bfloat16-q-rnd" if amx and int(width) >= AUTO_UPDATE_MIN_WIDTH else "float32"
     if precision.startswith("bfloat16") and kind != "cpu":
         raise ValueError(
             f"update_precision={precision!r} runs on the CPU only; the model is on {device} "
@@ -97,20 +110,20 @@ def resolve_update_precision(precision: str, device, mlp_dim: int) -> str:
     return precision
 
 
-def update_dtype(precision: str, device, mlp_dim: int) -> torch.dtype:
+def update_dtype(precision: str, device, width: int) -> torch.dtype:
     """The dtype of the update's rounded matrix products for ``CDREDConfig.update_precision`` on
     ``device`` (:func:`resolve_update_precision`): bfloat16 for ``"bfloat16"`` (every product)
     and ``"bfloat16-q-rnd"`` (the products of :func:`update_parts`), float32 otherwise."""
-    resolved = resolve_update_precision(precision, device, mlp_dim)
+    resolved = resolve_update_precision(precision, device, width)
     return torch.bfloat16 if resolved.startswith("bfloat16") else torch.float32
 
 
-def update_parts(precision: str, device, mlp_dim: int) -> tuple[str, ...]:
+def update_parts(precision: str, device, width: int) -> tuple[str, ...]:
     """The parts of the model whose products an update with ``CDREDConfig.update_precision`` on
     ``device`` rounds to bfloat16 when only parts are (``"bfloat16-q-rnd"``: ``("q", "rnd")``,
     the Q ensemble and the CDRED reward networks; :meth:`WorldModel.products`); ``()`` for the
     settings that round every product or none (:func:`update_dtype` says which)."""
-    return UPDATE_BF16_PARTS.get(resolve_update_precision(precision, device, mlp_dim), ())
+    return UPDATE_BF16_PARTS.get(resolve_update_precision(precision, device, width), ())
 
 
 def update_products(model, dtype: torch.dtype, parts: tuple[str, ...]):
@@ -127,7 +140,7 @@ def describe(cfg, device) -> str:
     settings resolved (the CLI prints it when a run starts): the CDRED reward networks in
     planning, the update's matrix products, ``matmul_precision``, and the device's native bf16."""
     planning = planning_dtype(cfg.planning_precision, device)
-    update = update_dtype(cfg.update_precision, device, cfg.mlp_dim)
+    update = update_dtype(cfg.update_precision, device, rounded_width(cfg))
 
     def part(what, dtype, setting, where=""):
         name = str(dtype).removeprefix("torch.")
@@ -139,7 +152,7 @@ def describe(cfg, device) -> str:
             "update products",
             update,
             cfg.update_precision,
-            partial if update_parts(cfg.update_precision, device, cfg.mlp_dim) else "",
+            partial if update_parts(cfg.update_precision, device, rounded_width(cfg)) else "",
         )
     ]
     if cfg.method == "cdred":  # the only method with reward networks in its plan

@@ -19,13 +19,14 @@ from torch.overrides import _get_current_function_mode_stack
 
 from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
-from cdred_fast.config import CDREDConfig
+from cdred_fast.config import PRESETS, CDREDConfig
 from cdred_fast.precision import (
     bf16_products,
     cpu_native_bf16,
     describe,
     products_in,
     resolve_update_precision,
+    rounded_width,
     update_dtype,
     update_parts,
 )
@@ -154,8 +155,8 @@ def test_update_precision_config_and_resolution():
     assert update_parts("bfloat16", "cpu", 512) == update_parts("float32", "cpu", 512) == ()
     with pytest.raises(ValueError, match="update_precision='bfloat16-q-rnd' runs on the CPU only"):
         update_dtype("bfloat16-q-rnd", "cuda", 512)
-    # "auto" (the default): the partial setting on an AMX CPU from mlp_dim 256 on, float32 for
-    # smaller models, elsewhere and on CUDA
+    # "auto" (the default): the partial setting on an AMX CPU for parts 256 wide or more, float32
+    # for narrower ones, elsewhere and on CUDA
     assert CDREDConfig().update_precision == "auto"
     amx = "amx_bf16" in cpu_native_bf16()
     assert resolve_update_precision("auto", "cpu", 512) == ("bfloat16-q-rnd" if amx else "float32")
@@ -166,28 +167,38 @@ def test_update_precision_config_and_resolution():
     assert resolve_update_precision("bfloat16", "cpu", 128) == "bfloat16"
 
 
-def test_auto_update_precision_follows_the_cpu_flags_and_the_model_width(monkeypatch):
-    """The default "auto" from the CPU's native-bf16 flags and the model's MLP width: AMX-BF16
-    gives "bfloat16-q-rnd" from mlp_dim 256 on; a smaller model, AVX512-BF16 alone (an AMD
-    EPYC Zen 4 / 5) and no flags give float32. The agent and the CLI's line follow it."""
+def test_rounded_width_is_the_widest_rounded_hidden_layer():
+    """The Q ensemble's MLP width, and for CDRED the reward networks' hidden widths too."""
+    assert rounded_width(CDREDConfig()) == 1024  # SPEC: predictors of [1024, 1024, 1024]
+    assert rounded_width(CDREDConfig(**PRESETS["demo"])) == 128
+    narrow_rnd = dict(mlp_dim=384, rnd_target_hidden=(64, 64), rnd_predictor_hidden=(128,))
+    assert rounded_width(CDREDConfig(**narrow_rnd)) == 384
+    assert rounded_width(CDREDConfig(method="tdmpc2", mlp_dim=128)) == 128  # no reward networks
+    assert rounded_width(CDREDConfig(method="iqmpc", mlp_dim=256)) == 256
+
+
+def test_auto_update_precision_follows_the_cpu_flags_and_the_width(monkeypatch):
+    """The default "auto" from the CPU's native-bf16 flags and the rounded parts' width: AMX-BF16
+    gives "bfloat16-q-rnd" from 256 on; narrower parts, AVX512-BF16 alone (an AMD EPYC Zen 4 /
+    5) and no flags give float32. The agent and the CLI's line follow it."""
     import cdred_fast.precision as precision
 
-    for flags, mlp_dim, resolved in (
-        (["avx512_bf16", "amx_bf16"], 512, "bfloat16-q-rnd"),
+    for flags, width, resolved in (
+        (["avx512_bf16", "amx_bf16"], 1024, "bfloat16-q-rnd"),
         (["amx_bf16"], 256, "bfloat16-q-rnd"),
         (["amx_bf16"], 255, "float32"),
         (["avx512_bf16", "amx_bf16"], 128, "float32"),
-        (["avx512_bf16"], 512, "float32"),
-        ([], 512, "float32"),
+        (["avx512_bf16"], 1024, "float32"),
+        ([], 1024, "float32"),
     ):
         monkeypatch.setattr(precision, "cpu_native_bf16", lambda flags=flags: flags)
-        assert precision.resolve_update_precision("auto", "cpu", mlp_dim) == resolved, (flags, mlp_dim)
+        assert precision.resolve_update_precision("auto", "cpu", width) == resolved, (flags, width)
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: ["amx_bf16"])
-    wide = CDREDConfig(**{**SMALL_MODEL, "update_precision": "auto", "mlp_dim": 256})
+    wide = CDREDConfig(**{**SMALL_MODEL, "update_precision": "auto", "rnd_predictor_hidden": (256,)})
     assert CDREDAgent(wide, 9, 3)._update_parts == ("q", "rnd")
     line = "update products bfloat16 in the Q ensemble and reward networks, float32 elsewhere (auto)"
     assert line in describe(wide, "cpu")
-    small = CDREDConfig(**{**SMALL_MODEL, "update_precision": "auto"})  # mlp_dim 32
+    small = CDREDConfig(**{**SMALL_MODEL, "update_precision": "auto"})  # widths 16-32
     assert CDREDAgent(small, 9, 3)._update_parts == () and "update products float32 (auto)" in describe(small, "cpu")
 
 
@@ -206,7 +217,7 @@ def test_describe_names_the_resolved_precisions():
     assert line.startswith(
         f"precision: planning reward networks {auto} (auto), update products bfloat16, matmul_precision medium;"
     )
-    auto_update = (  # CDREDConfig's mlp_dim: 512
+    auto_update = (  # CDREDConfig's widths: 512 and 1024
         "bfloat16 in the Q ensemble and reward networks, float32 elsewhere"
         if "amx_bf16" in cpu_native_bf16()
         else "float32"

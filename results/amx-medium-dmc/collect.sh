@@ -25,3 +25,7 @@ if [ -d "$HERE/runs/auto-q-rnd" ]; then
   python results/precision-seeds/paired.py "$HERE/runs" --base auto --arms auto-q-rnd --metric episode_return \
     --mean-of 10000 15000 20000
 fi
+if [ -d "$HERE/runs/w256-q-rnd" ]; then
+  python results/precision-seeds/paired.py "$HERE/runs" --base w256 --arms w256-q-rnd --metric episode_return \
+    --mean-of 10000 15000 20000
+fi

@@ -6,7 +6,8 @@
 # One run at a time, one thread; a finished run is skipped and a stopped one resumes.
 # PRECS="auto" runs the default instead (on an AMX CPU: "medium" acting, "highest" update);
 # PRECS="auto-q-rnd": the default with update_precision=bfloat16-q-rnd (bfloat16 products in
-# the update's Q ensemble only: this TD-MPC2 agent has no CDRED reward networks).
+# the update's Q ensemble only: this TD-MPC2 agent has no CDRED reward networks);
+# PRECS="w256 w256-q-rnd": the same two with MLPs of 256, where update_precision="auto" rounds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
@@ -16,6 +17,8 @@ for seed in "${seeds[@]}"; do
   for prec in ${PRECS:-medium highest}; do
     case $prec in
       auto-q-rnd) settings=(matmul_precision=auto update_precision=bfloat16-q-rnd) ;;
+      w256) settings=(matmul_precision=auto update_precision=float32 mlp_dim=256) ;;
+      w256-q-rnd) settings=(matmul_precision=auto update_precision=bfloat16-q-rnd mlp_dim=256) ;;
       *) settings=(matmul_precision="$prec") ;;
     esac
     dir=runs/amx-medium-dmc/expert-$prec-s$seed
