@@ -24,10 +24,7 @@ OBS_DIM, ACT_DIM = 39, 6
 
 def run(precision: str, device: str) -> dict:
     torch.manual_seed(0)
-    # update_precision="float32": matmul_precision's own effect, without the default's rounding
-    # of the Q ensemble and reward networks on an AMX CPU
-    cfg = CDREDConfig(episode_length=500, matmul_precision=precision, update_precision="float32")
-    agent = CDREDAgent(cfg, OBS_DIM, ACT_DIM, device=device)
+    agent = CDREDAgent(CDREDConfig(episode_length=500, matmul_precision=precision), OBS_DIM, ACT_DIM, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     obs = torch.randn(OBS_DIM, generator=torch.Generator().manual_seed(0))
     agent.act(obs, t0=True)

@@ -1,17 +1,16 @@
 """One update in float32 against ``update_precision="bfloat16-q-rnd"`` at several model sizes:
-where rounding the Q ensemble's and reward networks' products pays (issue 16; the width from
-which ``update_precision="auto"`` rounds them on an AMX CPU, ``precision.AUTO_UPDATE_MIN_WIDTH``).
+where rounding the Q ensemble's and reward networks' products pays (issue 16).
 
 Run from the repository root (after ``bash scripts/setup.sh``), on an otherwise idle machine:
 
     python bench/update_width_check.py [--threads 1 2] [--sizes tdmpc2-128 demo spec ...]
 
-Sizes (each line also prints ``precision.rounded_width``, the width ``"auto"`` decides by):
-``tdmpc2-128`` the TD-MPC2 agent of results/cpu-gradnorm/expert.yaml (latent 64, MLPs of 128,
-batch 64), ``tdmpc2-256`` the same with MLPs of 256; ``demo`` the main job's CDRED agent
-(``--preset demo``: MLPs and reward networks of 128 or less, batch 64); ``spec-mlp128`` and
-``spec-mlp256`` the SPEC defaults with latent and MLPs of 128 / 256 (the reward networks and
-batch 256 of SPEC); ``spec-b64`` the SPEC defaults with batch 64; ``spec`` the SPEC defaults.
+Sizes: ``tdmpc2-128`` the TD-MPC2 agent of results/cpu-gradnorm/expert.yaml (latent 64,
+MLPs of 128, batch 64), ``tdmpc2-256`` the same with MLPs of 256; ``demo`` the main job's
+CDRED agent (``--preset demo``: MLPs and reward networks of 128 or less, batch 64);
+``spec-mlp128`` and ``spec-mlp256`` the SPEC defaults with latent and MLPs of 128 / 256 (the
+reward networks and batch 256 of SPEC); ``spec-b64`` the SPEC defaults with batch 64; ``spec``
+the SPEC defaults.
 Both settings start from the same weights and update on the same batches, in turns (so that a
 change in the machine's load hits both); the median after two warm-ups.
 ``matmul_precision="highest"`` in both: the products that are not rounded are IEEE float32.
@@ -26,7 +25,6 @@ import torch
 
 from cdred_fast import CDREDAgent, CDREDConfig
 from cdred_fast.config import PRESETS
-from cdred_fast.precision import rounded_width
 
 OBS_DIM, ACT_DIM = 39, 6
 EXPERT = dict(latent_dim=64, enc_dim=128, mlp_dim=128, num_bins=51, batch_size=64, method="tdmpc2")
@@ -88,9 +86,8 @@ def main() -> None:
             rounds = args.rounds or (38 if size in SMALL else 10)
             t = time_updates(size, rounds)
             f32, q = t["float32"], t["bfloat16-q-rnd"]
-            width = rounded_width(CDREDConfig(**SIZES[size]))
             print(
-                f"{size:11s} width {width:4d}  threads={threads}  float32 {1e3 * f32:7.1f} ms  bfloat16-q-rnd {1e3 * q:7.1f} ms  "
+                f"{size:11s} threads={threads}  float32 {1e3 * f32:7.1f} ms  bfloat16-q-rnd {1e3 * q:7.1f} ms  "
                 f"float32 / bfloat16-q-rnd {f32 / q:.2f}x",
                 flush=True,
             )

@@ -38,14 +38,7 @@ from . import methods
 from .config import CDREDConfig
 from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
-from .precision import (
-    matmul_precision,
-    resolve_matmul_precision,
-    rounded_width,
-    update_dtype,
-    update_parts,
-    update_products,
-)
+from .precision import matmul_precision, resolve_matmul_precision, update_dtype, update_parts, update_products
 from .world_model import WorldModel
 
 
@@ -143,8 +136,8 @@ class CDREDAgent:
         self.scale = RunningScale(cfg.tau, self.device)
         # the dtype of the update's matrix products (cfg.update_precision; bfloat16 on the CPU only),
         # and the parts of the model it applies to when not to all ("bfloat16-q-rnd")
-        self._update_dtype = update_dtype(cfg.update_precision, self.device, rounded_width(cfg))
-        self._update_parts = update_parts(cfg.update_precision, self.device, rounded_width(cfg))
+        self._update_dtype = update_dtype(cfg.update_precision, self.device)
+        self._update_parts = update_parts(cfg.update_precision)
         # the float32 matmul precisions of act and of update (cfg.matmul_precision, "auto" resolved
         # for each: on an AMX CPU "medium" acting, "highest" in the update)
         self._act_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act")

@@ -246,12 +246,9 @@ class CDREDConfig:
     # returned in float32 (precision.bf16_products); biases, LayerNorm, Mish, losses, gradients'
     # sums, the optimisers and the parameters stay float32; CPU only; "bfloat16-q-rnd": the same
     # for the products of the Q ensemble and of the CDRED reward networks only (the encoder,
-    # dynamics, reward head and policy in float32); "auto" (default): "bfloat16-q-rnd" on a CPU
-    # with AMX-BF16 when those parts have a hidden layer 256 wide or more (narrower ones are
-    # slower with it), "float32" elsewhere (precision.resolve_update_precision). Measured:
-    # bench/RESULTS.md, "bfloat16 products in the update"; results/amx-medium-dmc/. Exact
-    # float32 everywhere: update_precision="float32" with matmul_precision="highest".
-    update_precision: str = "auto"
+    # dynamics, reward head and policy in float32); "auto": bfloat16 on a CPU with native bf16,
+    # float32 elsewhere. Measured: bench/RESULTS.md, "bfloat16 products in the update".
+    update_precision: str = "float32"
     # CPU threads of a training run (torch.set_num_threads when the Trainer starts); None keeps
     # torch's default (one per core). Small models run as fast on one thread and do not slow
     # down when another process takes a core (bench/threads_check.py, docs/training.md).

@@ -23,9 +23,6 @@ __all__ = [
     "medium_is_float32_class",
     "FLOAT32_CLASS_BOUND",
     "planning_dtype",
-    "resolve_update_precision",
-    "AUTO_UPDATE_MIN_WIDTH",
-    "rounded_width",
     "update_dtype",
     "update_parts",
     "update_products",
@@ -48,82 +45,47 @@ def cuda_native_bf16(device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def _reduced_dtype(name: str, choices: tuple, precision: str, device, cuda: bool) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``auto`` -> a dtype on ``device`` (see :func:`planning_dtype`);
+    ``cuda``: whether the setting's bfloat16 form runs on CUDA devices too."""
+    if precision not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {precision!r}")
+    kind = torch.device(device).type
+    if precision == "auto":
+        native = bool(cpu_native_bf16()) if kind == "cpu" else cuda and cuda_native_bf16(device)
+        return torch.bfloat16 if native else torch.float32
+    reduced = precision.startswith("bfloat16")  # "bfloat16" or a part of the model in it
+    if reduced and kind != "cpu" and not (cuda and kind == "cuda"):
+        where = "on the CPU and CUDA" if cuda else "on the CPU only"
+        raise ValueError(
+            f"{name}={precision!r} runs {where}; the model is on {device} "
+            "(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA)"
+        )
+    return torch.bfloat16 if reduced else torch.float32
+
+
 def planning_dtype(precision: str, device) -> torch.dtype:
     """The dtype of the CDRED reward networks in planning for ``CDREDConfig.planning_precision``
     on ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16 (:func:`cpu_native_bf16`) or
     a CUDA device with bf16 tensor cores (:func:`cuda_native_bf16`), float32 elsewhere;
     ``"bfloat16"`` on any other kind of device is an error."""
-    if precision not in PLANNING_PRECISIONS:
-        raise ValueError(f"planning_precision must be one of {PLANNING_PRECISIONS}, got {precision!r}")
-    kind = torch.device(device).type
-    if precision == "auto":
-        native = bool(cpu_native_bf16()) if kind == "cpu" else cuda_native_bf16(device)
-        return torch.bfloat16 if native else torch.float32
-    if precision == "bfloat16" and kind not in ("cpu", "cuda"):
-        raise ValueError(
-            f"planning_precision='bfloat16' runs on the CPU and CUDA; the model is on {device} (use 'float32' or 'auto')"
-        )
-    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+    return _reduced_dtype("planning_precision", PLANNING_PRECISIONS, precision, device, cuda=True)
 
 
-# "auto" rounds the update's Q ensemble and reward networks from this width on (rounded_width;
-# resolve_update_precision). Measured on an AMX CPU (bench/update_width_check.py, bench/RESULTS.md):
-# one update 1.3-1.8x faster where the reward networks have SPEC's hidden widths (512 / 1024) or
-# the MLPs are 512, 1.0-1.1x for a TD-MPC2 agent with MLPs of 256 and batch 64-128, 8-12 %
-# slower at widths of 128 (the main job), where casting costs more than the products save
-AUTO_UPDATE_MIN_WIDTH = 256
+def update_dtype(precision: str, device) -> torch.dtype:
+    """The dtype of the update's matrix products for ``CDREDConfig.update_precision`` on
+    ``device``: ``"auto"`` is bfloat16 on a CPU with native bf16, float32 elsewhere; ``"bfloat16"``
+    (:func:`bf16_products`) and ``"bfloat16-q-rnd"`` (bfloat16 in the parts of :func:`update_parts`)
+    run on the CPU only."""
+    return _reduced_dtype("update_precision", UPDATE_PRECISIONS, precision, device, cuda=False)
 
 
-def rounded_width(cfg) -> int:
-    """The widest hidden layer of the parts ``"bfloat16-q-rnd"`` rounds in an update of ``cfg``:
-    the Q ensemble's ``mlp_dim``, and for CDRED the reward networks' hidden widths
-    (``rnd_target_hidden``, ``rnd_predictor_hidden``)."""
-    widths = [cfg.mlp_dim]
-    if cfg.method == "cdred":
-        widths += [*cfg.rnd_target_hidden, *cfg.rnd_predictor_hidden]
-    return int(max(widths))
-
-
-def resolve_update_precision(precision: str, device, width: int) -> str:
-    """``CDREDConfig.update_precision`` on ``device`` for a model whose rounded parts are
-    ``width`` wide (:func:`rounded_width`), ``"auto"`` resolved:
-
-    * ``"bfloat16-q-rnd"`` on a CPU with AMX-BF16 when ``width >=`` :data:`AUTO_UPDATE_MIN_WIDTH`:
-      the products of the Q ensemble and of the CDRED reward networks in bfloat16, every other
-      product float32 (a DMControl training curve as with float32, where rounding every product
-      learned slower: results/amx-medium-dmc/);
-    * ``"float32"`` elsewhere: narrower models (slower with it), CPUs without AMX (not
-      measured), CUDA.
-
-    ``"bfloat16"`` (:func:`bf16_products`) and ``"bfloat16-q-rnd"`` run on the CPU only."""
-    if precision not in UPDATE_PRECISIONS:
-        raise ValueError(f"update_precision must be one of {UPDATE_PRECISIONS}, got {precision!r}")
-    kind = torch.device(device).type
-    if precision == "auto":
-        amx = kind == "cpu" and "amx_bf16" in cpu_native_bf16()
-        return "bfloat16-q-rnd" if amx and int(width) >= AUTO_UPDATE_MIN_WIDTH else "float32"
-    if precision.startswith("bfloat16") and kind != "cpu":
-        raise ValueError(
-            f"update_precision={precision!r} runs on the CPU only; the model is on {device} "
-            "(use 'float32' or 'auto', or matmul_precision for reduced-precision products on CUDA)"
-        )
-    return precision
-
-
-def update_dtype(precision: str, device, width: int) -> torch.dtype:
-    """The dtype of the update's rounded matrix products for ``CDREDConfig.update_precision`` on
-    ``device`` (:func:`resolve_update_precision`): bfloat16 for ``"bfloat16"`` (every product)
-    and ``"bfloat16-q-rnd"`` (the products of :func:`update_parts`), float32 otherwise."""
-    resolved = resolve_update_precision(precision, device, width)
-    return torch.bfloat16 if resolved.startswith("bfloat16") else torch.float32
-
-
-def update_parts(precision: str, device, width: int) -> tuple[str, ...]:
-    """The parts of the model whose products an update with ``CDREDConfig.update_precision`` on
-    ``device`` rounds to bfloat16 when only parts are (``"bfloat16-q-rnd"``: ``("q", "rnd")``,
-    the Q ensemble and the CDRED reward networks; :meth:`WorldModel.products`); ``()`` for the
+def update_parts(precision: str) -> tuple[str, ...]:
+    """The parts of the model whose products an update with ``CDREDConfig.update_precision``
+    rounds to bfloat16 when only parts are (``"bfloat16-q-rnd"``: ``("q", "rnd")``, the Q
+    ensemble and the CDRED reward networks; :meth:`WorldModel.products`); ``()`` for the
     settings that round every product or none (:func:`update_dtype` says which)."""
-    return UPDATE_BF16_PARTS.get(resolve_update_precision(precision, device, width), ())
+    return UPDATE_BF16_PARTS.get(precision, ())
 
 
 def update_products(model, dtype: torch.dtype, parts: tuple[str, ...]):
@@ -140,21 +102,15 @@ def describe(cfg, device) -> str:
     settings resolved (the CLI prints it when a run starts): the CDRED reward networks in
     planning, the update's matrix products, ``matmul_precision``, and the device's native bf16."""
     planning = planning_dtype(cfg.planning_precision, device)
-    update = update_dtype(cfg.update_precision, device, rounded_width(cfg))
+    update = update_dtype(cfg.update_precision, device)
 
-    def part(what, dtype, setting, where=""):
+    def part(what, dtype, setting):
         name = str(dtype).removeprefix("torch.")
-        return f"{what} {name}{where}" + (" (auto)" if setting == "auto" else "")
+        return f"{what} {name}" + (" (auto)" if setting == "auto" else "")
 
-    partial = " in the Q ensemble and reward networks, float32 elsewhere"
-    parts = [
-        part(
-            "update products",
-            update,
-            cfg.update_precision,
-            partial if update_parts(cfg.update_precision, device, rounded_width(cfg)) else "",
-        )
-    ]
+    parts = [part("update products", update, cfg.update_precision)]
+    if update_parts(cfg.update_precision):
+        parts[0] += " in the Q ensemble and reward networks, float32 elsewhere"
     if cfg.method == "cdred":  # the only method with reward networks in its plan
         parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
     if cfg.matmul_precision != "highest":

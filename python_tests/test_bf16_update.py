@@ -19,14 +19,12 @@ from torch.overrides import _get_current_function_mode_stack
 
 from cdred_fast import ops
 from cdred_fast.agent import CDREDAgent
-from cdred_fast.config import PRESETS, CDREDConfig
+from cdred_fast.config import CDREDConfig
 from cdred_fast.precision import (
     bf16_products,
     cpu_native_bf16,
     describe,
     products_in,
-    resolve_update_precision,
-    rounded_width,
     update_dtype,
     update_parts,
 )
@@ -144,62 +142,19 @@ def test_fused_ensemble_forward_without_gradient_runs_its_bfloat16_form():
 def test_update_precision_config_and_resolution():
     with pytest.raises(ValueError, match="update_precision"):
         CDREDConfig(update_precision="float16")
-    assert update_dtype("float32", "cpu", 512) == torch.float32
-    assert update_dtype("bfloat16", "cpu", 512) == torch.bfloat16
+    assert update_dtype("float32", "cpu") == torch.float32
+    assert update_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert update_dtype("auto", "cpu") == (torch.bfloat16 if cpu_native_bf16() else torch.float32)
     with pytest.raises(ValueError, match="update_precision='bfloat16' runs on the CPU only"):
-        update_dtype("bfloat16", "cuda", 512)
+        update_dtype("bfloat16", "cuda")
+    assert update_dtype("auto", "cuda") == torch.float32
     assert isinstance(products_in(torch.bfloat16), bf16_products)
     # the partial setting: bfloat16, in the Q ensemble and the reward networks only, CPU only
-    assert update_dtype("bfloat16-q-rnd", "cpu", 512) == torch.bfloat16
-    assert update_parts("bfloat16-q-rnd", "cpu", 128) == ("q", "rnd")
-    assert update_parts("bfloat16", "cpu", 512) == update_parts("float32", "cpu", 512) == ()
+    assert update_dtype("bfloat16-q-rnd", "cpu") == torch.bfloat16
+    assert update_parts("bfloat16-q-rnd") == ("q", "rnd")
+    assert update_parts("bfloat16") == update_parts("float32") == update_parts("auto") == ()
     with pytest.raises(ValueError, match="update_precision='bfloat16-q-rnd' runs on the CPU only"):
-        update_dtype("bfloat16-q-rnd", "cuda", 512)
-    # "auto" (the default): the partial setting on an AMX CPU for parts 256 wide or more, float32
-    # for narrower ones, elsewhere and on CUDA
-    assert CDREDConfig().update_precision == "auto"
-    amx = "amx_bf16" in cpu_native_bf16()
-    assert resolve_update_precision("auto", "cpu", 512) == ("bfloat16-q-rnd" if amx else "float32")
-    assert update_dtype("auto", "cpu", 512) == (torch.bfloat16 if amx else torch.float32)
-    assert update_parts("auto", "cpu", 256) == (("q", "rnd") if amx else ())
-    assert resolve_update_precision("auto", "cpu", 128) == "float32"
-    assert resolve_update_precision("auto", "cuda", 512) == "float32" and update_parts("auto", "cuda", 512) == ()
-    assert resolve_update_precision("bfloat16", "cpu", 128) == "bfloat16"
-
-
-def test_rounded_width_is_the_widest_rounded_hidden_layer():
-    """The Q ensemble's MLP width, and for CDRED the reward networks' hidden widths too."""
-    assert rounded_width(CDREDConfig()) == 1024  # SPEC: predictors of [1024, 1024, 1024]
-    assert rounded_width(CDREDConfig(**PRESETS["demo"])) == 128
-    narrow_rnd = dict(mlp_dim=384, rnd_target_hidden=(64, 64), rnd_predictor_hidden=(128,))
-    assert rounded_width(CDREDConfig(**narrow_rnd)) == 384
-    assert rounded_width(CDREDConfig(method="tdmpc2", mlp_dim=128)) == 128  # no reward networks
-    assert rounded_width(CDREDConfig(method="iqmpc", mlp_dim=256)) == 256
-
-
-def test_auto_update_precision_follows_the_cpu_flags_and_the_width(monkeypatch):
-    """The default "auto" from the CPU's native-bf16 flags and the rounded parts' width: AMX-BF16
-    gives "bfloat16-q-rnd" from 256 on; narrower parts, AVX512-BF16 alone (an AMD EPYC Zen 4 /
-    5) and no flags give float32. The agent and the CLI's line follow it."""
-    import cdred_fast.precision as precision
-
-    for flags, width, resolved in (
-        (["avx512_bf16", "amx_bf16"], 1024, "bfloat16-q-rnd"),
-        (["amx_bf16"], 256, "bfloat16-q-rnd"),
-        (["amx_bf16"], 255, "float32"),
-        (["avx512_bf16", "amx_bf16"], 128, "float32"),
-        (["avx512_bf16"], 1024, "float32"),
-        ([], 1024, "float32"),
-    ):
-        monkeypatch.setattr(precision, "cpu_native_bf16", lambda flags=flags: flags)
-        assert precision.resolve_update_precision("auto", "cpu", width) == resolved, (flags, width)
-    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: ["amx_bf16"])
-    wide = CDREDConfig(**{**SMALL_MODEL, "update_precision": "auto", "rnd_predictor_hidden": (256,)})
-    assert CDREDAgent(wide, 9, 3)._update_parts == ("q", "rnd")
-    line = "update products bfloat16 in the Q ensemble and reward networks, float32 elsewhere (auto)"
-    assert line in describe(wide, "cpu")
-    small = CDREDConfig(**{**SMALL_MODEL, "update_precision": "auto"})  # widths 16-32
-    assert CDREDAgent(small, 9, 3)._update_parts == () and "update products float32 (auto)" in describe(small, "cpu")
+        update_dtype("bfloat16-q-rnd", "cuda")
 
 
 def test_describe_names_the_resolved_precisions():
@@ -217,13 +172,8 @@ def test_describe_names_the_resolved_precisions():
     assert line.startswith(
         f"precision: planning reward networks {auto} (auto), update products bfloat16, matmul_precision medium;"
     )
-    auto_update = (  # CDREDConfig's widths: 512 and 1024
-        "bfloat16 in the Q ensemble and reward networks, float32 elsewhere"
-        if "amx_bf16" in cpu_native_bf16()
-        else "float32"
-    )
     assert describe(CDREDConfig(method="bc", update_precision="auto", matmul_precision="highest"), "cpu").startswith(
-        f"precision: update products {auto_update} (auto);"
+        f"precision: update products {auto} (auto);"
     )
     assert describe(
         CDREDConfig(method="tdmpc2", update_precision="bfloat16-q-rnd", matmul_precision="highest"), "cpu"
@@ -256,8 +206,8 @@ def _update_in_both(kw, behavioral, expert, precision="bfloat16", init=None):
     to it (the update did run in bfloat16); returns both agents and both updates' statistics.
     ``init(model)``, if given, changes the weights before they are copied."""
     torch.manual_seed(0)
-    exact = CDREDAgent(CDREDConfig(**{**kw, "update_precision": "float32", "dropout": 0.0}), 9, 3)
-    fast = CDREDAgent(CDREDConfig(**{**kw, "update_precision": precision, "dropout": 0.0}), 9, 3)
+    exact = CDREDAgent(CDREDConfig(update_precision="float32", dropout=0.0, **kw), 9, 3)
+    fast = CDREDAgent(CDREDConfig(update_precision=precision, dropout=0.0, **kw), 9, 3)
     if init is not None:
         init(exact.model)
     fast.model.load_state_dict(exact.model.state_dict())

@@ -49,10 +49,9 @@ SMALL_MODEL = dict(
     rnd_predictor_hidden=(32, 32, 32),
     num_targets=3,
     episode_length=100,
-    # IEEE float32 products: the tolerances of the numeric comparisons assume them, and the defaults
-    # "auto" are bfloat16 products on an AMX CPU (test_agent.py and test_bf16_update.py test them)
+    # IEEE float32 products: the tolerances of the numeric comparisons assume them, and the default
+    # "auto" is bfloat16 products on an AMX CPU (test_agent.py tests "auto" on its own)
     matmul_precision="highest",
-    update_precision="float32",
 )
 
 # A tiny CDRED model for end-to-end tests: every part of the method, sizes that run in
@@ -72,7 +71,6 @@ TINY = dict(
     num_pi_trajs=2,
     iterations=2,
     matmul_precision="highest",  # as SMALL_MODEL
-    update_precision="float32",
 )
 
 

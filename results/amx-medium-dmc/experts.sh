@@ -7,7 +7,7 @@
 # PRECS="auto" runs the default instead (on an AMX CPU: "medium" acting, "highest" update);
 # PRECS="auto-q-rnd": the default with update_precision=bfloat16-q-rnd (bfloat16 products in
 # the update's Q ensemble only: this TD-MPC2 agent has no CDRED reward networks);
-# PRECS="w256 w256-q-rnd": the same two with MLPs of 256, where update_precision="auto" rounds.
+# PRECS="w256 w256-q-rnd": a float32 and a "bfloat16-q-rnd" update with MLPs of 256.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
