@@ -15,8 +15,9 @@ precision:
 * "fused-default": the agent of `CDREDConfig()`'s defaults, its "auto" settings resolved on this
   machine (tools/cpu_report.py says to what).
 `fused` and the reference are IEEE float32 (`matmul_precision="highest"`). The benchmark
-fixtures run a few rounds only (each plan is seconds on a 2-core CPU). `scripts/cpu_check.sh` runs the CPU groups and writes
-this CPU kind's row of bench/RESULTS-cpu.md (tools/cpu_report.py).
+fixtures run a few rounds only (each plan is seconds on a 2-core CPU). `scripts/cpu_check.sh`
+runs the CPU groups and writes this CPU kind's row of bench/RESULTS-cpu.md
+(tools/cpu_report.py).
 Run: pytest bench/test_bench_agent.py --benchmark-only
 """
 
