@@ -14,6 +14,7 @@ import argparse
 import time
 
 import torch
+from update_batch import update_batch
 
 from cdred_fast import CDREDAgent, CDREDConfig
 from cdred_fast.planner import trajectory_value
@@ -41,11 +42,7 @@ def run(precision: str, device: str) -> dict:
         values = trajectory_value(fns, z.expand(512, -1), actions, agent.discount)
     H, B = agent.cfg.horizon, agent.cfg.batch_size
     g = torch.Generator().manual_seed(1)
-    batch = lambda: {
-        "obs": torch.randn(H + 1, B, OBS_DIM, generator=g),
-        "action": torch.rand(H, B, ACT_DIM, generator=g) * 2 - 1,
-    }
-    behavioral, expert = batch(), batch()
+    behavioral, expert = (update_batch(H, B, OBS_DIM, ACT_DIM, g) for _ in range(2))
     torch.manual_seed(9)
     agent.update(behavioral, expert, generator=torch.Generator(device).manual_seed(5))
     update_times = []

@@ -24,6 +24,7 @@ Run: pytest bench/test_bench_agent.py --benchmark-only
 import pytest
 import torch
 from bench_utils import DEVICES, sync, time_plan
+from update_batch import update_batch
 
 from cdred_fast import CDREDAgent, CDREDConfig
 
@@ -65,11 +66,7 @@ def test_bench_update(benchmark, impl, device):
     agent = _agent(impl, 6, device, "update_precision")
     H, B = agent.cfg.horizon, agent.cfg.batch_size
     g = torch.Generator().manual_seed(1)
-    batch = lambda: {
-        "obs": torch.randn(H + 1, B, OBS_DIM, generator=g),
-        "action": torch.rand(H, B, 6, generator=g) * 2 - 1,
-    }
-    behavioral, expert = batch(), batch()
+    behavioral, expert = (update_batch(H, B, OBS_DIM, 6, g) for _ in range(2))
     benchmark.group = f"update B={B} {device}"
     benchmark.extra_info["impl"] = impl
 

@@ -17,6 +17,7 @@ Run: pytest bench/test_bench_iqmpc.py --benchmark-only
 import pytest
 import torch
 from bench_utils import DEVICES, sync, time_plan
+from update_batch import update_batch
 
 from cdred_fast import CDREDAgent, CDREDConfig
 
@@ -46,11 +47,7 @@ def test_bench_iqmpc_update(benchmark, impl, grad_pen, device):
     agent = _agent(impl, device, grad_pen=grad_pen)
     H, B = agent.cfg.horizon, agent.cfg.batch_size
     g = torch.Generator().manual_seed(1)
-    batch = lambda: {
-        "obs": torch.randn(H + 1, B, OBS_DIM, generator=g),
-        "action": torch.rand(H, B, ACT, generator=g) * 2 - 1,
-    }
-    behavioral, expert = batch(), batch()
+    behavioral, expert = (update_batch(H, B, OBS_DIM, ACT, g) for _ in range(2))
     benchmark.group = f"iqmpc update B={B}{' grad_pen' if grad_pen else ''} {device}"
     benchmark.extra_info["impl"] = impl
 

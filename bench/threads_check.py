@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from update_batch import update_batch
 
 from cdred_fast import CDREDAgent, CDREDConfig
 from cdred_fast.config import PRESETS
@@ -31,10 +32,7 @@ def main() -> None:
     agent = CDREDAgent(cfg, obs_dim=39, action_dim=4)
     obs = np.zeros(39, np.float32)
     g = torch.Generator().manual_seed(0)
-    batch = {
-        "obs": torch.randn(cfg.horizon + 1, cfg.batch_size, 39, generator=g),
-        "action": torch.rand(cfg.horizon, cfg.batch_size, 4, generator=g) * 2 - 1,
-    }
+    batch = update_batch(cfg.horizon, cfg.batch_size, 39, 4, g)
     for _ in range(3):
         agent.act(obs)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None

@@ -22,6 +22,7 @@ import argparse
 import time
 
 import torch
+from update_batch import update_batch
 
 from cdred_fast import CDREDAgent, CDREDConfig
 from cdred_fast.config import PRESETS
@@ -52,18 +53,9 @@ def time_updates(size: str, rounds: int) -> dict[str, float]:
     cfg = agents[SETTINGS[0]].cfg
     H, B = cfg.horizon, cfg.batch_size
     g = torch.Generator().manual_seed(1)
-
-    def batch(reward: bool) -> dict:
-        out = {
-            "obs": torch.randn(H + 1, B, OBS_DIM, generator=g),
-            "action": torch.rand(H, B, ACT_DIM, generator=g) * 2 - 1,
-        }
-        if reward:
-            out["reward"] = torch.randn(H, B, generator=g)
-        return out
-
     env_reward = cfg.method == "tdmpc2"
-    behavioral, expert = batch(env_reward), (None if env_reward else batch(False))
+    behavioral = update_batch(H, B, OBS_DIM, ACT_DIM, g, reward=env_reward)
+    expert = None if env_reward else update_batch(H, B, OBS_DIM, ACT_DIM, g)
     times: dict[str, list[float]] = {s: [] for s in SETTINGS}
     for _ in range(rounds + 2):
         for setting, agent in agents.items():
