@@ -47,6 +47,7 @@ from cdred_fast import build_info
 from cdred_fast._lib import cpuinfo_value
 from cdred_fast.checkpoint import agent_from_checkpoint, config_from_checkpoint, load_checkpoint
 from cdred_fast.precision import matmul_precision
+from cdred_fast.report import paired_bootstrap
 from cdred_fast.trainer import EVAL_SEED_OFFSET, evaluate_episodes, make_env
 
 # setting -> the config fields it changes (every setting also planning_precision / matmul_precision)
@@ -117,9 +118,7 @@ def paired_difference(base: list, other: list, resamples: int = 10_000) -> str:
     pairs = np.array(
         [[o[0] - b[0], float(o[1]) - float(b[1])] for bs, os_ in zip(base, other) for b, o in zip(bs, os_)]
     )
-    rng = np.random.default_rng(0)
-    means = pairs[rng.integers(0, len(pairs), size=(resamples, len(pairs)))].mean(axis=1)
-    lo, hi = np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+    lo, hi = paired_bootstrap(pairs, n_resamples=resamples)
     d = pairs.mean(axis=0)
     return (
         f"paired over {len(pairs)} episodes: return {d[0]:+.1f} [{lo[0]:+.1f}, {hi[0]:+.1f}], "

@@ -53,7 +53,7 @@ import numpy as np
 from . import paper
 from .checkpoint import atomic_write
 
-__all__ = ["ReportError", "Run", "Table", "bootstrap_ci", "find_runs", "summarize", "write_report"]
+__all__ = ["ReportError", "Run", "Table", "bootstrap_ci", "find_runs", "paired_bootstrap", "summarize", "write_report"]
 
 # (eval.csv column, label)
 METRICS = (("success", "success (last step)"), ("success_any", "success (any step)"), ("episode_return", "return"))
@@ -230,6 +230,21 @@ def bootstrap_ci(
     )
     low, high = res.confidence_interval.low, res.confidence_interval.high
     return (float(low), float(high)) if x.ndim == 1 else (np.asarray(low), np.asarray(high))
+
+
+def paired_bootstrap(differences, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple:
+    """Percentile bootstrap interval (95 %) of the mean of paired ``differences``, resampling
+    the pairs with numpy's generator of ``seed``: the interval of the paired comparisons
+    (results/precision-seeds/paired.py, bench/precision_outcome.py), whose committed numbers
+    come from these draws. ``differences``: ``[n]`` gives two floats; ``[n, m]`` (m measures
+    per pair, resampled together) two arrays ``[m]``."""
+    x = np.asarray(differences, dtype=float)
+    if x.ndim not in (1, 2) or len(x) < 1:
+        raise ValueError(f"paired_bootstrap takes [n] or [n, m] differences, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_resamples, len(x)))].mean(axis=1)
+    low, high = np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+    return (float(low), float(high)) if x.ndim == 1 else (low, high)
 
 
 def describe(values, n_resamples: int = N_RESAMPLES) -> Optional[dict]:

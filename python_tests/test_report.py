@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cdred_fast import paper
-from cdred_fast.report import ReportError, bootstrap_ci, find_runs, learning_curve, write_report
+from cdred_fast.report import ReportError, bootstrap_ci, find_runs, learning_curve, paired_bootstrap, write_report
 
 
 def make_run(directory, task, method, seed, evals=None, train=None, **config):
@@ -178,6 +178,24 @@ def test_bootstrap_interval_against_exact_enumeration():
     assert exact_low <= np.mean(values) <= exact_high
     assert bootstrap_ci(values) == (low, high)  # a fixed seed: reproducible
     assert bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
+
+
+def test_paired_bootstrap_against_exact_enumeration():
+    """The paired scripts' interval: within one lattice step of the exact bootstrap quantiles,
+    reproducible, each column of [n, m] differences resampled with the rows (the same interval
+    as the column alone), and a clear error for a shape it cannot read."""
+    d = [0.0, 1.0, 2.0, 3.0, 10.0]
+    low, high = paired_bootstrap(d)
+    exact_low, exact_high = exact_bootstrap_interval(d)
+    assert low == pytest.approx(exact_low, abs=0.2 + 1e-9) and high == pytest.approx(exact_high, abs=0.2 + 1e-9)
+    assert paired_bootstrap(d) == (low, high)
+    assert paired_bootstrap([-0.25] * 4) == (-0.25, -0.25)
+    two = np.stack([np.asarray(d), -2 * np.asarray(d)], axis=1)  # [5, 2]
+    lows, highs = paired_bootstrap(two)
+    assert (lows[0], highs[0]) == pytest.approx((low, high))
+    assert (lows[1], highs[1]) == pytest.approx((-2 * high, -2 * low))  # the same resamples, scaled by -2
+    with pytest.raises(ValueError, match="paired_bootstrap takes"):
+        paired_bootstrap(np.zeros((2, 2, 2)))
 
 
 def test_config_decides_not_directory_names(tmp_path):

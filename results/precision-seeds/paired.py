@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cdred_fast.report import paired_bootstrap
+
 BASE = "float32"
 ARMS = ("bfloat16", "planning-bfloat16", "medium")
 
@@ -38,12 +40,6 @@ def eval_values(runs: Path, arm: str, metric: str = "success") -> dict[int, dict
     if not out:
         raise SystemExit(f"no runs of arm {arm!r}: expected {runs / arm}/seed=N/eval.csv")
     return out
-
-
-def bootstrap_mean(x: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS, metric: str = "success", mean_of: tuple = ()) -> None:
@@ -64,7 +60,7 @@ def main(runs: Path, base_arm: str = BASE, arms: tuple = ARMS, metric: str = "su
             label = "mean of " + ", ".join(str(x) for x in mean_of)
             rows.append((label, np.array([np.mean([other[s][x] - base[s][x] for x in mean_of]) for s in seeds])))
         for label, d in rows:
-            lo, hi = bootstrap_mean(d)
+            lo, hi = paired_bootstrap(d)
             counts = f"{int((d < 0).sum())} / {int((d == 0).sum())} / {int((d > 0).sum())}"
             cell = f"{fmt.format(d.mean())} [{fmt.format(lo)}, {fmt.format(hi)}]"
             print(f"| {arm} | {label} | {len(seeds)} | {cell} | {counts} |")
