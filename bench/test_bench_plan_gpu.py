@@ -56,6 +56,7 @@ import sys
 import pytest
 import torch
 from bench_utils import cuda_skip_reason, sync
+from testing_utils import TINY
 
 from cdred_fast import CDREDAgent, CDREDConfig, Planner
 from cdred_fast.planner import mppi_plan
@@ -68,24 +69,10 @@ REDUCED = {
     "fused-graph-tf32": dict(matmul_precision="high"),
     "fused-graph-bf16": dict(matmul_precision="high", planning_precision="bfloat16"),
 }
-# TINY sizes of python_tests/testing_utils.py with J = 1, H = 2: the CPU smoke compiles in ~30 s, not minutes
-SMOKE = dict(
-    latent_dim=16,
-    enc_dim=32,
-    mlp_dim=32,
-    num_bins=11,
-    num_targets=3,
-    rnd_dim=8,
-    rnd_target_hidden=(16, 16),
-    rnd_predictor_hidden=(16, 16),
-    num_samples=16,
-    num_elites=4,
-    num_pi_trajs=2,
-    iterations=1,
-    horizon=2,
-    # IEEE float32 products: the smoke test compares plans to 1e-5 ("auto" is bfloat16 on AMX CPUs)
-    matmul_precision="highest",
-)
+# TINY sizes of python_tests/testing_utils.py (IEEE float32 products: the smoke test compares
+# plans to 1e-5, and "auto" is bfloat16 on AMX CPUs) with J = 1, H = 2: the CPU smoke compiles
+# in ~30 s, not minutes
+SMOKE = {**TINY, "iterations": 1, "horizon": 2}
 
 
 def _agent(kernels: str, action_dim: int, device: str, **kw) -> CDREDAgent:
