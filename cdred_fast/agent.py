@@ -38,7 +38,14 @@ from . import methods
 from .config import CDREDConfig
 from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
-from .precision import matmul_precision, resolve_matmul_precision, update_dtype, update_parts, update_products
+from .precision import (
+    acting_width,
+    matmul_precision,
+    resolve_matmul_precision,
+    update_dtype,
+    update_parts,
+    update_products,
+)
 from .world_model import WorldModel
 
 
@@ -139,9 +146,11 @@ class CDREDAgent:
         self._update_dtype = update_dtype(cfg.update_precision, self.device)
         self._update_parts = update_parts(cfg.update_precision)
         # the float32 matmul precisions of act and of update (cfg.matmul_precision, "auto" resolved
-        # for each: on an AMX CPU "medium" acting, "highest" in the update)
-        self._act_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act")
-        self._update_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "update")
+        # for each: on an AMX CPU "medium" acting for models at least AUTO_ACT_MIN_WIDTH wide,
+        # "highest" in the update)
+        width = acting_width(cfg)
+        self._act_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act", width)
+        self._update_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "update", width)
         self.planner = MPPIPlanner(
             MPPISettings.from_config(cfg, self.action_dim),
             self.discount,

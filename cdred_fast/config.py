@@ -220,7 +220,9 @@ class CDREDConfig:
     # on a CPU where its products measure float32-class (precision.medium_is_float32_class, once
     # per process: oneDNN's float32 kernels, 2x MKL's on an AMD EPYC Zen 5); on a CPU with
     # AMX-BF16 "medium" (bfloat16 products) for acting only (plans 2.9-3.9x the float32 reference
-    # path at the SPEC sizes; trained agents' evaluation unchanged) and "highest" for the update
+    # path at the SPEC sizes; trained agents' evaluation unchanged), and only for models whose
+    # widest acting layer is 256 or more (precision.acting_width: narrower ones, the main job's
+    # included, plan faster in IEEE float32), and "highest" for the update
     # (bfloat16 updates learned slower on a DMControl task: results/amx-medium-dmc/); "highest"
     # elsewhere (CUDA included); "highest" = IEEE float32 through MKL / cuBLAS (the exact switch; the
     # tolerances of the tests); "high" = TF32 tensor cores on CUDA (no effect on CPU); "medium" =

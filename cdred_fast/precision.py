@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,8 @@ from .ops.rnd import _needs_grad
 __all__ = [
     "matmul_precision",
     "resolve_matmul_precision",
+    "acting_width",
+    "AUTO_ACT_MIN_WIDTH",
     "medium_matmul_error",
     "medium_is_float32_class",
     "FLOAT32_CLASS_BOUND",
@@ -114,7 +116,10 @@ def describe(cfg, device) -> str:
     if cfg.method == "cdred":  # the only method with reward networks in its plan
         parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
     if cfg.matmul_precision != "highest":
-        acting, updating = (resolve_matmul_precision(cfg.matmul_precision, device, phase) for phase in MATMUL_PHASES)
+        width = acting_width(cfg)
+        acting, updating = (
+            resolve_matmul_precision(cfg.matmul_precision, device, phase, width) for phase in MATMUL_PHASES
+        )
         resolved = acting if acting == updating else f"{acting} acting, {updating} in the update"
         parts.append(f"matmul_precision {resolved}" + (" (auto)" if cfg.matmul_precision == "auto" else ""))
     device = torch.device(device)
@@ -233,6 +238,22 @@ MATMUL_PHASES = ("act", "update")
 # A 'medium' probe error (medium_matmul_error) at or below this is float32-class: float32
 # products have errors of order 1e-6 on the probe, bfloat16-rounded operands of order 2**-9.
 FLOAT32_CLASS_BOUND = 2.0**-12
+# On a CPU where 'medium' rounds to bfloat16 (AMX), "auto" acts in 'medium' only for models whose
+# widest acting layer (acting_width) is at least this wide: oneDNN's fixed cost per product
+# outweighs its faster arithmetic below (bench/act_width_check.py on an Intel Xeon with AMX,
+# bench/RESULTS.md: one plan 9-15 % slower at the main job's widths of 128, 0.89-1.17x at 256,
+# 2.0-2.2x at SPEC's sizes).
+AUTO_ACT_MIN_WIDTH = 256
+
+
+def acting_width(cfg) -> int:
+    """The widest hidden layer of the networks an agent of ``cfg`` acts with: ``mlp_dim``
+    (dynamics, Q heads, policy, reward head), and for CDRED the reward networks' hidden widths
+    (``rnd_target_hidden``, ``rnd_predictor_hidden``), which its plans run."""
+    widths = [cfg.mlp_dim]
+    if cfg.method == "cdred":
+        widths += [*cfg.rnd_target_hidden, *cfg.rnd_predictor_hidden]
+    return int(max(widths))
 
 
 def medium_matmul_error(shapes=((64, 18, 256), (64, 256, 256), (64, 256, 16), (256, 512, 512))) -> tuple[float, float]:
@@ -267,9 +288,10 @@ def medium_is_float32_class() -> bool:
     return medium_matmul_error()[0] <= FLOAT32_CLASS_BOUND
 
 
-def resolve_matmul_precision(precision: str, device, phase: str = "act") -> str:
+def resolve_matmul_precision(precision: str, device, phase: str = "act", width: Optional[int] = None) -> str:
     """``CDREDConfig.matmul_precision`` on ``device`` for one phase of the agent (``"act"``:
-    acting and planning; ``"update"``: the update) as a torch float32 matmul precision.
+    acting and planning; ``"update"``: the update) as a torch float32 matmul precision, for a
+    model whose widest acting layer is ``width`` (:func:`acting_width`; None: SPEC's sizes).
 
     ``"auto"``:
 
@@ -277,23 +299,27 @@ def resolve_matmul_precision(precision: str, device, phase: str = "act") -> str:
       (:func:`medium_is_float32_class`: oneDNN's float32 kernels, faster than MKL's on AMD CPUs);
     * on a CPU with AMX-BF16, where 'medium' is oneDNN's bfloat16 AMX products: ``"medium"`` for
       acting (trained agents' closed-loop evaluation unchanged within noise on three checkpoints)
+      when ``width >=`` :data:`AUTO_ACT_MIN_WIDTH` (narrower models plan faster in IEEE float32),
       and ``"highest"`` for the update (a DMControl training curve was slower with bfloat16
       products: results/amx-medium-dmc/);
     * ``"highest"`` elsewhere (other CPUs where 'medium' rounds to bfloat16, which were not
       measured, and CUDA, where it would mean TF32 or bfloat16).
 
-    Any other setting is returned as it is, for both phases."""
+    Any other setting is returned as it is, for both phases and every width."""
     if precision not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
     if phase not in MATMUL_PHASES:
         raise ValueError(f"phase must be one of {MATMUL_PHASES}, got {phase!r}")
+    if width is not None and int(width) < 1:
+        raise ValueError(f"width must be a positive layer width, got {width!r}")
     if precision != "auto":
         return precision
     if torch.device(device).type != "cpu":
         return "highest"
     if medium_is_float32_class():
         return "medium"
-    return "medium" if phase == "act" and "amx_bf16" in cpu_native_bf16() else "highest"
+    wide = width is None or int(width) >= AUTO_ACT_MIN_WIDTH
+    return "medium" if phase == "act" and wide and "amx_bf16" in cpu_native_bf16() else "highest"
 
 
 @contextlib.contextmanager

@@ -19,7 +19,9 @@ from cdred_fast.agent import CDREDAgent, RunningScale
 from cdred_fast.config import CDREDConfig
 from cdred_fast.planner import trajectory_value
 from cdred_fast.precision import (
+    AUTO_ACT_MIN_WIDTH,
     FLOAT32_CLASS_BOUND,
+    acting_width,
     cpu_native_bf16,
     describe,
     matmul_precision,
@@ -467,7 +469,9 @@ def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     """cfg.matmul_precision="auto": 'medium' on a CPU whose 'medium' products measure
     float32-class against float64 (oneDNN's float32 kernels); on an AMX CPU 'medium' for acting
     and 'highest' for the update; 'highest' where they would be bfloat16 on another CPU and on
-    CUDA. The agent acts and updates in the resolved precisions, and the CLI's line names them."""
+    CUDA. On the AMX CPU acting uses 'medium' only for models whose widest acting layer is at
+    least AUTO_ACT_MIN_WIDTH (256). The agent acts and updates in the resolved precisions, and the
+    CLI's line names them."""
     e_medium, e_highest = medium_matmul_error()
     float32_class = e_medium <= FLOAT32_CLASS_BOUND
     assert medium_is_float32_class() is float32_class
@@ -479,13 +483,24 @@ def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     exact = x.double() @ w.double().t()
     rounded = (x.bfloat16().float() @ w.bfloat16().float().t()).double()
     assert ((rounded - exact).abs().max() / exact.abs().max()).item() > 4 * FLOAT32_CLASS_BOUND
-    # on an AMX CPU, where it is bfloat16: acting only (results/amx-medium-seeds/, amx-medium-dmc/)
+    # on an AMX CPU, where it is bfloat16: acting only (results/amx-medium-seeds/, amx-medium-dmc/),
+    # for wide models (bench/act_width_check.py)
     amx = "amx_bf16" in cpu_native_bf16()
-    expected_act = "medium" if float32_class or amx else "highest"
+    expected_act = "medium" if float32_class or amx else "highest"  # at SPEC's widths
+    expected_narrow = "medium" if float32_class else "highest"  # below AUTO_ACT_MIN_WIDTH
     expected_update = "medium" if float32_class else "highest"
-    assert resolve_matmul_precision("auto", "cpu") == expected_act  # "act" is the default phase
+    assert AUTO_ACT_MIN_WIDTH == 256
+    assert resolve_matmul_precision("auto", "cpu") == expected_act  # "act" and SPEC's widths by default
     assert resolve_matmul_precision("auto", "cpu", "act") == expected_act
+    assert resolve_matmul_precision("auto", "cpu", "act", acting_width(CDREDConfig())) == expected_act
+    assert resolve_matmul_precision("auto", "cpu", "act", 256) == expected_act
+    assert resolve_matmul_precision("auto", "cpu", "act", 255) == expected_narrow
     assert resolve_matmul_precision("auto", "cpu", "update") == expected_update
+    for width in (32, 255, 256, 1024):
+        assert resolve_matmul_precision("auto", "cpu", "update", width) == expected_update
+        assert resolve_matmul_precision("auto", "cuda", "act", width) == "highest"
+    with pytest.raises(ValueError, match="width must be a positive layer width"):
+        resolve_matmul_precision("auto", "cpu", "act", 0)
     assert (
         resolve_matmul_precision("auto", "cuda", "act")
         == "highest"
@@ -501,20 +516,28 @@ def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     with pytest.raises(ValueError, match="resolve it first"):
         with matmul_precision("auto"):
             pass
-    agent = make_agent(kernels="fused", matmul_precision="auto")
-    seen = []
-    agent.model.dynamics.register_forward_hook(lambda *a: seen.append(torch.get_float32_matmul_precision()))
-    agent.act(torch.randn(OBS), t0=True, generator=torch.Generator().manual_seed(0))
-    assert seen and set(seen) == {expected_act}, (seen, e_medium, e_highest, cpu_bf16_features())
-    seen.clear()
-    agent.update(*make_batches(), generator=torch.Generator().manual_seed(1))
-    assert seen and set(seen) == {expected_update}, (seen, e_medium, e_highest, cpu_bf16_features())
-    assert torch.get_float32_matmul_precision() == "highest"
-    line = describe(small_cfg(matmul_precision="auto"), "cpu")
-    if expected_act == expected_update:
-        assert f"matmul_precision {expected_act} (auto)" in line
-    else:
-        assert f"matmul_precision {expected_act} acting, {expected_update} in the update (auto)" in line
+    # SMALL_MODEL is 32 wide; with predictors of 256 the model is wide (acting_width: the widest
+    # of the MLPs and, for CDRED, the reward networks)
+    for extra, act in (({}, expected_narrow), ({"rnd_predictor_hidden": (256, 256)}, expected_act)):
+        assert acting_width(small_cfg(**extra)) == (256 if extra else 32)
+        agent = make_agent(kernels="fused", matmul_precision="auto", **extra)
+        seen = []
+        agent.model.dynamics.register_forward_hook(
+            lambda *a, seen=seen: seen.append(torch.get_float32_matmul_precision())
+        )
+        agent.act(torch.randn(OBS), t0=True, generator=torch.Generator().manual_seed(0))
+        assert seen and set(seen) == {act}, (extra, seen, e_medium, e_highest, cpu_bf16_features())
+        seen.clear()
+        agent.update(*make_batches(), generator=torch.Generator().manual_seed(1))
+        assert seen and set(seen) == {expected_update}, (extra, seen, e_medium, e_highest, cpu_bf16_features())
+        assert torch.get_float32_matmul_precision() == "highest"
+        line = describe(small_cfg(matmul_precision="auto", **extra), "cpu")
+        if act == expected_update:
+            assert f"matmul_precision {act} (auto)" in line
+        else:
+            assert f"matmul_precision {act} acting, {expected_update} in the update (auto)" in line
+    # the reward networks count for CDRED only: a TD-MPC2 agent of the same config is 32 wide
+    assert acting_width(small_cfg(method="tdmpc2", rnd_predictor_hidden=(256, 256))) == 32
 
 
 def _plan_values(precision):
