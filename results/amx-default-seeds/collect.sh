@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copies each finished run's config.yaml, eval.csv and train.csv from runs/amx-default-sN
-# (run.sh) into runs/amx-default/seed=N here, then prints the paired table against the update
-# in bfloat16 (results/amx-medium-seeds, the same CPU kind).
+# (run.sh) into runs/amx-default/seed=N here, then prints the paired table against bfloat16
+# products in acting and update (results/amx-medium-seeds, the same CPU kind).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=results/amx-default-seeds

@@ -2,8 +2,8 @@
 # The main job with the defaults as they are (`cdred-fast train --preset demo seed=N`, nothing
 # else set) on the seeds given (default 1-8), two runs at a time, one thread each. A finished run
 # (DONE) is skipped; a stopped one resumes from its checkpoint. Run on an Intel Xeon with AMX,
-# where "auto" resolves to "medium" (bfloat16 products) for acting and "highest" (IEEE float32)
-# for the update.
+# where "auto" resolves, for the main job's widths (128) since 4fe56b6, to "highest" (IEEE
+# float32 products) for acting and for the update.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
