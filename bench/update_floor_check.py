@@ -7,7 +7,8 @@ products that were tried and measured here (bench/RESULTS.md, session 16):
 * ``bf16x3``: a float32 product from three bfloat16 products (operands split into a bfloat16
   part and a bfloat16 remainder, the small x small term dropped), computed as ONE product of
   the operands concatenated along K under ``matmul_precision="medium"`` (oneDNN: bfloat16
-  operands, float32 accumulation and result).
+  operands, float32 accumulation and result); beside it a product of bfloat16 tensors, whose
+  result torch rounds to bfloat16 (so it cannot carry the split's precision).
 
 Run from the repository root (after ``bash scripts/setup.sh``), on an otherwise idle machine:
 
@@ -136,6 +137,9 @@ def bf16x3() -> None:
                 row.append(f"{name} {flop / s / 1e9:.0f} GFLOP/s (error {error:.1e})")
         s = median_seconds(split_both, a, b)
         row.append(f"the split itself {1e3 * s:.2f} ms")
+        ab, bb = a.bfloat16(), b.bfloat16()  # torch's CPU bfloat16 product rounds its result to bfloat16
+        s = median_seconds(torch.mm, ab, bb)
+        row.append(f"bfloat16 operands and result {flop / s / 1e9:.0f} GFLOP/s")
         print(f"{M} x {K} x {N}: " + ", ".join(row))
 
 

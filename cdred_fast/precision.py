@@ -241,7 +241,7 @@ FLOAT32_CLASS_BOUND = 2.0**-12
 # On a CPU where 'medium' rounds to bfloat16 (AMX), "auto" acts in 'medium' only for models whose
 # widest acting layer (acting_width) is at least this wide: oneDNN's fixed cost per product
 # outweighs its faster arithmetic below (bench/act_width_check.py on an Intel Xeon with AMX,
-# bench/RESULTS.md: one plan 9-15 % slower at the main job's widths of 128, 0.89-1.17x at 256,
+# bench/RESULTS.md: one plan 9-18 % slower at the main job's widths of 128, 0.89-1.17x at 256,
 # 2.0-2.2x at SPEC's sizes).
 AUTO_ACT_MIN_WIDTH = 256
 
