@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from update_width_check import ACT_DIM, OBS_DIM, SIZES
+from update_width_check import ACT_DIM, OBS_DIM, SIZES, print_grid
 
 from cdred_fast import CDREDAgent, CDREDConfig
 from cdred_fast.precision import medium_is_float32_class
@@ -62,17 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     kind = "float32-class (oneDNN float32)" if medium_is_float32_class() else "bfloat16-rounded"
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}; 'medium' is {kind}")
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for size in args.sizes:
-            rounds = args.rounds or (40 if size in SMALL else 10)
-            t = time_plans(size, rounds)
-            hi, med = t["highest"], t["medium"]
-            print(
-                f"{size:11s} threads={threads}  highest {1e3 * hi:7.1f} ms  medium {1e3 * med:7.1f} ms  "
-                f"highest / medium {hi / med:.2f}x",
-                flush=True,
-            )
+    print_grid(args.threads, args.sizes, args.rounds or None, SMALL, 40, time_plans, SETTINGS)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,23 @@ def time_updates(size: str, rounds: int) -> dict[str, float]:
     return {s: sorted(v[2:])[len(v[2:]) // 2] for s, v in times.items()}
 
 
+def print_grid(threads_list, sizes, rounds, small, small_rounds: int, time_fn, settings) -> None:
+    """For each thread count and size, one line: the median seconds of the two ``settings``
+    (``time_fn(size, rounds) -> {setting: seconds}``; ``rounds`` None: ``small_rounds`` for the
+    ``small`` sizes, 10 for the others) and the first over the second."""
+    first, second = settings
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for size in sizes:
+            t = time_fn(size, rounds or (small_rounds if size in small else 10))
+            a, b = t[first], t[second]
+            print(
+                f"{size:11s} threads={threads}  {first} {1e3 * a:7.1f} ms  {second} {1e3 * b:7.1f} ms  "
+                f"{first} / {second} {a / b:.2f}x",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -72,17 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="updates per setting (0: 38 small, 10 large)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for size in args.sizes:
-            rounds = args.rounds or (38 if size in SMALL else 10)
-            t = time_updates(size, rounds)
-            f32, q = t["float32"], t["bfloat16-q-rnd"]
-            print(
-                f"{size:11s} threads={threads}  float32 {1e3 * f32:7.1f} ms  bfloat16-q-rnd {1e3 * q:7.1f} ms  "
-                f"float32 / bfloat16-q-rnd {f32 / q:.2f}x",
-                flush=True,
-            )
+    print_grid(args.threads, args.sizes, args.rounds or None, SMALL, 38, time_updates, SETTINGS)
 
 
 if __name__ == "__main__":
