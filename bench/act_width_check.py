@@ -16,11 +16,11 @@ oneDNN's float32 kernels (docs/kernels.md).
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
 import numpy as np
 import torch
-from update_width_check import ACT_DIM, OBS_DIM, SIZES, print_grid
+from update_width_check import ACT_DIM, OBS_DIM, SIZES, median_in_turns, print_grid
 
 from cdred_fast import CDREDAgent, CDREDConfig
 from cdred_fast.precision import medium_is_float32_class
@@ -45,13 +45,7 @@ def time_plans(size: str, rounds: int) -> dict[str, float]:
     obs = np.random.default_rng(0).standard_normal(OBS_DIM).astype(np.float32)
     for agent in agents.values():
         agent.act(obs, t0=True)
-    times: dict[str, list[float]] = {s: [] for s in SETTINGS}
-    for _ in range(rounds + 2):
-        for setting, agent in agents.items():
-            t = time.perf_counter()
-            agent.act(obs, t0=False)
-            times[setting].append(time.perf_counter() - t)
-    return {s: sorted(v[2:])[len(v[2:]) // 2] for s, v in times.items()}
+    return median_in_turns({s: functools.partial(a.act, obs, t0=False) for s, a in agents.items()}, rounds)
 
 
 def main() -> None:

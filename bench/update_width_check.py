@@ -19,6 +19,7 @@ change in the machine's load hits both); the median after two warm-ups.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -43,6 +44,19 @@ SMALL = ("tdmpc2-128", "tdmpc2-256", "demo")
 SETTINGS = ("float32", "bfloat16-q-rnd")
 
 
+def median_in_turns(calls: dict, rounds: int) -> dict[str, float]:
+    """Median seconds of each of ``calls`` (name -> function of no arguments) over ``rounds``
+    calls after two warm-ups, the functions called in turns, so that a change in the machine's
+    load hits every one."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds + 2):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t)
+    return {name: sorted(v[2:])[len(v[2:]) // 2] for name, v in times.items()}
+
+
 def time_updates(size: str, rounds: int) -> dict[str, float]:
     """Median seconds of one update per setting at ``size``."""
     base = {**SIZES[size], "episode_length": 500, "matmul_precision": "highest"}
@@ -56,13 +70,7 @@ def time_updates(size: str, rounds: int) -> dict[str, float]:
     env_reward = cfg.method == "tdmpc2"
     behavioral = update_batch(H, B, OBS_DIM, ACT_DIM, g, reward=env_reward)
     expert = None if env_reward else update_batch(H, B, OBS_DIM, ACT_DIM, g)
-    times: dict[str, list[float]] = {s: [] for s in SETTINGS}
-    for _ in range(rounds + 2):
-        for setting, agent in agents.items():
-            t = time.perf_counter()
-            agent.update(behavioral, expert)
-            times[setting].append(time.perf_counter() - t)
-    return {s: sorted(v[2:])[len(v[2:]) // 2] for s, v in times.items()}
+    return median_in_turns({s: functools.partial(a.update, behavioral, expert) for s, a in agents.items()}, rounds)
 
 
 def print_grid(threads_list, sizes, rounds, small, small_rounds: int, time_fn, settings) -> None:
