@@ -60,7 +60,7 @@ from testing_utils import TINY
 
 from cdred_fast import CDREDAgent, CDREDConfig, Planner
 from cdred_fast.planner import mppi_plan
-from cdred_fast.precision import acting_width, matmul_precision, resolve_matmul_precision
+from cdred_fast.precision import matmul_precision, matmul_precisions
 
 OBS_DIM = 39
 VARIANTS = ["fused", "reference", "reference-compiled", "fused-graph", "fused-graph-tf32", "fused-graph-bf16"]
@@ -113,7 +113,7 @@ def _plan_runner(impl: str, action_dim: int, device: str, **cfg):
     z = _latent(agent)
     info = {"impl": impl, "iterations": agent.planner.iterations}
     info.update({k: getattr(agent.cfg, k) for k in ("matmul_precision", "planning_precision")})
-    precision = resolve_matmul_precision(agent.cfg.matmul_precision, device, "act", acting_width(agent.cfg))
+    precision = matmul_precisions(agent.cfg, device)[0]  # acting's, as agent.act plans
     with matmul_precision(precision):  # compiling and capturing too
         run, info = _runner(impl, agent, z, device, info)
 

@@ -38,14 +38,7 @@ from . import methods
 from .config import CDREDConfig
 from .methods.common import UpdateNoise
 from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
-from .precision import (
-    acting_width,
-    matmul_precision,
-    resolve_matmul_precision,
-    update_dtype,
-    update_parts,
-    update_products,
-)
+from .precision import matmul_precision, matmul_precisions, update_dtype, update_parts, update_products
 from .world_model import WorldModel
 
 
@@ -148,9 +141,7 @@ class CDREDAgent:
         # the float32 matmul precisions of act and of update (cfg.matmul_precision, "auto" resolved
         # for each: on an AMX CPU "medium" acting for models at least AUTO_ACT_MIN_WIDTH wide,
         # "highest" in the update)
-        width = acting_width(cfg)
-        self._act_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "act", width)
-        self._update_matmul_precision = resolve_matmul_precision(cfg.matmul_precision, self.device, "update", width)
+        self._act_matmul_precision, self._update_matmul_precision = matmul_precisions(cfg, self.device)
         self.planner = MPPIPlanner(
             MPPISettings.from_config(cfg, self.action_dim),
             self.discount,

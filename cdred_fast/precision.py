@@ -20,6 +20,7 @@ __all__ = [
     "matmul_precision",
     "resolve_matmul_precision",
     "acting_width",
+    "matmul_precisions",
     "AUTO_ACT_MIN_WIDTH",
     "medium_matmul_error",
     "medium_is_float32_class",
@@ -116,10 +117,7 @@ def describe(cfg, device) -> str:
     if cfg.method == "cdred":  # the only method with reward networks in its plan
         parts.insert(0, part("planning reward networks", planning, cfg.planning_precision))
     if cfg.matmul_precision != "highest":
-        width = acting_width(cfg)
-        acting, updating = (
-            resolve_matmul_precision(cfg.matmul_precision, device, phase, width) for phase in MATMUL_PHASES
-        )
+        acting, updating = matmul_precisions(cfg, device)
         resolved = acting if acting == updating else f"{acting} acting, {updating} in the update"
         parts.append(f"matmul_precision {resolved}" + (" (auto)" if cfg.matmul_precision == "auto" else ""))
     device = torch.device(device)
@@ -320,6 +318,14 @@ def resolve_matmul_precision(precision: str, device, phase: str = "act", width: 
         return "medium"
     wide = width is None or int(width) >= AUTO_ACT_MIN_WIDTH
     return "medium" if phase == "act" and wide and "amx_bf16" in cpu_native_bf16() else "highest"
+
+
+def matmul_precisions(cfg, device) -> tuple[str, ...]:
+    """``cfg.matmul_precision`` resolved on ``device`` for each phase of :data:`MATMUL_PHASES`
+    (acting, update), for the model of ``cfg`` (:func:`acting_width`): what an agent of ``cfg``
+    computes in."""
+    width = acting_width(cfg)
+    return tuple(resolve_matmul_precision(cfg.matmul_precision, device, phase, width) for phase in MATMUL_PHASES)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from cdred_fast.precision import (
     cpu_native_bf16,
     describe,
     matmul_precision,
+    matmul_precisions,
     medium_is_float32_class,
     medium_matmul_error,
     resolve_matmul_precision,
@@ -520,6 +521,7 @@ def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     # of the MLPs and, for CDRED, the reward networks)
     for extra, act in (({}, expected_narrow), ({"rnd_predictor_hidden": (256, 256)}, expected_act)):
         assert acting_width(small_cfg(**extra)) == (256 if extra else 32)
+        assert matmul_precisions(small_cfg(matmul_precision="auto", **extra), "cpu") == (act, expected_update)
         agent = make_agent(kernels="fused", matmul_precision="auto", **extra)
         seen = []
         agent.model.dynamics.register_forward_hook(
