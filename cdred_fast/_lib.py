@@ -11,6 +11,10 @@ import warnings
 import torch
 
 _load_error: str | None = None
+# A path to the op library built by tools/cuda_emu/build.py: loaded instead of cdred_fast._C, so
+# that every op runs its CUDA kernels, emulated on the CPU, on CPU tensors (the test suite's
+# python_tests/test_cuda_emulation.py sets it in a child process).
+EMULATION_LIBRARY_ENV = "CDRED_FAST_CUDA_EMULATION_LIBRARY"
 
 
 @functools.lru_cache(maxsize=None)
@@ -25,6 +29,14 @@ def load() -> bool:
     if os.environ.get("CDRED_FAST_DISABLE_EXTENSION") == "1":
         _load_error = "disabled by CDRED_FAST_DISABLE_EXTENSION=1"
         return False
+    emulated = os.environ.get(EMULATION_LIBRARY_ENV)
+    if emulated:  # the CUDA emulator's build (tools/cuda_emu), for tests: no fallback, no _C
+        if not os.path.isfile(emulated):
+            raise RuntimeError(
+                f"{EMULATION_LIBRARY_ENV}={emulated}: no such file (build it: python tools/cuda_emu/build.py)"
+            )
+        torch.ops.load_library(emulated)
+        return True
     try:
         importlib.import_module("cdred_fast._C")  # runs the TORCH_LIBRARY registrations
     except ModuleNotFoundError:
@@ -72,7 +84,8 @@ def build_info() -> dict:
     ``cpu_kernels`` and ``cuda_kernels`` (bools), ``cuda_arch_list`` (list of str),
     ``cuda_version`` (torch's CUDA version the kernels were built for, or None),
     ``nvcc_version`` (the CUDA version of the nvcc that compiled them, or None),
-    ``extension_loaded`` and ``load_error``; and ``cpu_native_bf16``, this CPU's native bfloat16
+    ``extension_loaded`` and ``load_error``; ``cuda_emulation`` (True only for the CUDA emulator's
+    test build, tools/cuda_emu, whose ops run their CUDA kernels on the CPU); and ``cpu_native_bf16``, this CPU's native bfloat16
     instruction sets (:func:`cpu_native_bf16`).
     """
 
@@ -84,6 +97,7 @@ def build_info() -> dict:
         "cuda_arch_list": [],
         "cuda_version": None,
         "nvcc_version": None,
+        "cuda_emulation": False,
         "extension_loaded": load(),
         "load_error": _load_error,
         "cpu_native_bf16": cpu_native_bf16(),

@@ -46,9 +46,15 @@ std::string build_info() {
   archs += "]";
   const std::string cuda_version = with_cuda ? std::string("\"") + CDRED_CUDA_VERSION + "\"" : "null";
   const std::string nvcc_version = with_cuda ? std::string("\"") + CDRED_NVCC_VERSION + "\"" : "null";
+#ifdef CDRED_EMULATE_CUDA
+  const char* emulation = "true";  // tools/cuda_emu: every op runs its CUDA kernels on the CPU
+#else
+  const char* emulation = "false";
+#endif
   return std::string("{\"torch_version\": \"") + CDRED_TORCH_VERSION + "\", \"cpu_kernels\": true" +
          ", \"cuda_kernels\": " + (with_cuda ? "true" : "false") + ", \"cuda_arch_list\": " + archs +
-         ", \"cuda_version\": " + cuda_version + ", \"nvcc_version\": " + nvcc_version + "}";
+         ", \"cuda_version\": " + cuda_version + ", \"nvcc_version\": " + nvcc_version +
+         ", \"cuda_emulation\": " + emulation + "}";
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from test_mppi_ops import _elites, _gen, _good
+from testing_utils import cpu_path_only
 
 from cdred_fast import ops
 
@@ -90,6 +91,7 @@ def test_bad_impl_and_non_tensor_and_types():
         ops.mppi_sample(**{**good["sample"], "generator": 3})
 
 
+@cpu_path_only
 def test_invalid_weights_are_rejected_on_cpu():
     """torch.multinomial's checks (finite, >= 0, positive row sum), made by the CPU kernel itself,
     before anything is drawn."""

@@ -6,12 +6,14 @@ bench/bench_utils.py imports the device helpers from here (pytest puts python_te
 on the path: ``pythonpath`` in pyproject.toml).
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from cdred_fast import ops
-from cdred_fast._lib import cpuinfo_value
+from cdred_fast._lib import EMULATION_LIBRARY_ENV, cpuinfo_value
 
 
 def cuda_skip_reason(need_kernels: bool = True) -> str:
@@ -36,6 +38,14 @@ HAS_CUDA = not CUDA_SKIP_REASON
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON or "CUDA is available")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
+
+# Set in the child processes of test_cuda_emulation.py, whose op library runs every op's CUDA
+# kernels on CPU tensors (tools/cuda_emu): tests of what only the CPU path of a front does
+# are skipped there.
+CUDA_EMULATION = bool(os.environ.get(EMULATION_LIBRARY_ENV))
+cpu_path_only = pytest.mark.skipif(
+    CUDA_EMULATION, reason="checks the CPU path of an op's front; the CUDA emulator's build takes the CUDA path"
+)
 
 
 # A small CDRED model for unit and parity tests of the model parts, the planner and the methods

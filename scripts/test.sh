@@ -10,7 +10,8 @@ bash scripts/setup.sh
 echo; echo "[test] lint: ruff (check + format) and clang-format (configs: pyproject.toml, .clang-format)"
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
-clang-format --dry-run -Werror csrc/*.cpp csrc/*.h csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh
+clang-format --dry-run -Werror csrc/*.cpp csrc/*.h csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh \
+  tools/cuda_emu/*.h tools/cuda_emu/*.cpp tools/cuda_emu/*.cu tools/cuda_emu/include/*.h tools/cuda_emu/include/*/*/*.h
 
 echo; echo "[test] CUDA build (configure, compile every csrc/**/*.cu, link against a CUDA torch, import)"
 if [ "${CDRED_FAST_SKIP_CUDA_BUILD:-0}" = 1 ]; then

@@ -197,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mppi_elit
   const at::Tensor actions = actions_in.contiguous();
   const int64_t B = actions.size(0), H = actions.size(1), N = actions.size(2), A = actions.size(3);
   const int64_t k = num_elites;
-  if (values.is_cuda()) {  // the CUDA kernel's limits: one block per problem, 32-bit candidate indices
+  if (cuda_path(values)) {  // the CUDA kernel's limits: one block per problem, 32-bit candidate indices
     TORCH_CHECK_VALUE(B <= int64_t(std::numeric_limits<int32_t>::max()), op, ": too many batch problems (B = ", B,
                       ") for one launch");
     TORCH_CHECK_VALUE(N < int64_t(kEliteSortPadIndex), op, ": argument 'values' has too many candidates (N = ", N, ")");
@@ -226,7 +226,7 @@ at::Tensor mppi_select(const at::Tensor& elite_actions_in, const at::Tensor& eli
   // Draw 1: one elite per problem with probability w. On the CPU the weights are
   // checked first, as torch.multinomial does, so a bad row consumes no random
   // numbers; on CUDA nothing is read back on the host (capturable, see above).
-  if (!elite_actions.is_cuda()) check_elite_weights_cpu(op, elite_weights);
+  if (!cuda_path(elite_actions)) check_elite_weights_cpu(op, elite_weights);
   const at::Tensor choice = draw_elite_index(elite_weights, generator);  // [B]
   // Draw 2 (after draw 1, and only when not evaluating): eps ~ N(0, 1) of shape [B, A].
   at::Tensor out = eval_mode ? at::empty({B, A}, opts) : at::randn({B, A}, generator, opts);

@@ -47,7 +47,7 @@ at::Tensor run(const char* op, const at::Tensor& pred0_in, const at::Tensor& pre
   const at::Tensor pred1 = npred == 2 ? pred1_in.contiguous() : pred0;
   const int64_t N = targets.size(1);
   // The CUDA kernel runs one block per row.
-  TORCH_CHECK_VALUE(!targets.is_cuda() || N <= int64_t(std::numeric_limits<int32_t>::max()), op,
+  TORCH_CHECK_VALUE(!cuda_path(targets) || N <= int64_t(std::numeric_limits<int32_t>::max()), op,
                     ": too many rows (N = ", N, ") for one launch");
   at::Tensor out = at::empty({N}, pred0.options());
   if (N == 0) return out;

@@ -321,7 +321,7 @@ at::Tensor ensemble_reward(const at::Tensor& x_in, at::TensorList weights, at::T
   const int64_t K = s.E, N = s.N, D = s.out[s.layers - 1];
   at::Tensor out = at::empty({N}, pe.options());
   if (N == 0) return out;
-  const int64_t tile_bytes = x.is_cuda() ? kCudaRewardTileBytes : kCpuRewardTileBytes;
+  const int64_t tile_bytes = cuda_path(x) ? kCudaRewardTileBytes : kCpuRewardTileBytes;
   const int64_t per_row = K * D * static_cast<int64_t>(x.element_size());
   const int64_t T = std::min<int64_t>(N, std::max<int64_t>(1, tile_bytes / per_row));
   at::Tensor buffer = at::empty({K * T * D}, x.options());

@@ -1,0 +1,145 @@
+"""The CUDA kernels, run on the CPU by the emulator of tools/cuda_emu (docs/DEV.md).
+
+No GPU is needed: tools/cuda_emu/build.py compiles csrc/**/*.cu (launches and shared memory
+rewritten) with the op fronts into a library whose every op runs its CUDA kernels on CPU
+tensors. Child processes load it in place of cdred_fast._C (CDRED_FAST_CUDA_EMULATION_LIBRARY)
+and run this suite's op and model tests: parity with the pure-PyTorch reference, edge cases,
+opcheck, agent-level parity. They run in three orders of the threads between barriers, so that
+a missing __syncthreads / __syncwarp changes a result in at least one of them. The emulator
+checks itself first: kernels with known defects must be reported.
+
+What this cannot see (cuda_emu.h says more): device arithmetic (FMA contraction, expf),
+the memory model beyond barriers, timing. scripts/gpu_check.sh covers those on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdred_fast._lib import EMULATION_LIBRARY_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    platform.machine() != "x86_64" or sys.platform != "linux",
+    reason="the CUDA emulator runs on x86-64 Linux only (its fiber switch is x86-64 assembly)",
+)
+
+# Tests of the ops (every kernel, its edge cases and bad inputs) ...
+OP_TESTS = [
+    "test_reward_ops.py",
+    "test_rnd_ops.py",
+    "test_block_ops.py",
+    "test_mppi_ops.py",
+    "test_mppi_ops_errors.py",
+    "test_rnd_ops_errors.py",
+    "test_fuzz_ops.py",
+    "test_op_robustness.py",
+    "test_ops_dispatch.py",
+]
+# ... and of what is built on them: planning, updates, bfloat16 planning, the drop-in planner.
+MODEL_TESTS = [
+    "test_input_validation.py",
+    "test_bf16_planning.py",
+    "test_bf16_update.py",
+    "test_planner_reference.py",
+    "test_planner.py",
+    "test_plan_compile.py",
+    "test_update_parity.py",
+    "test_agent_planning.py",
+    "test_iqmpc_planning.py",
+    "test_agent.py",
+    "test_world_model.py",
+    "test_layers.py",
+]
+
+
+def _tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def library() -> str:
+    """Build (or bring up to date) the emulator's op library; its path."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "cuda_emu" / "build.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        pytest.fail("building the CUDA emulator's op library failed:\n" + _tail(proc.stdout + proc.stderr))
+    path = proc.stdout.strip().splitlines()[-1]
+    assert Path(path).is_file(), proc.stdout
+    return path
+
+
+def _run(library: str, args: list[str], order: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, EMULATION_LIBRARY_ENV: library, "CUDA_EMU_ORDER": order}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _pytest(library: str, files: list[str], order: str, *extra: str) -> None:
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable", "-m", "not cuda"]
+    proc = _run(library, [*args, *extra, *(f"python_tests/{f}" for f in files)], order)
+    assert proc.returncode == 0, f"CUDA_EMU_ORDER={order}:\n" + _tail(proc.stdout + proc.stderr)
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) > 0, proc.stdout
+
+
+SELFTEST = r"""
+import json, torch
+import cdred_fast
+out = {"build_info": cdred_fast.build_info()}
+x = torch.arange(64, dtype=torch.float32)
+ops = torch.ops.cuda_emu_selftest
+out["sum"] = ops.sum(x).item()
+out["racy_sum"] = ops.racy_sum(x).item()
+out["dynamic_ok"] = ops.dynamic_shared(x, 256).tolist()
+for name, args in [("divergent", (x,)), ("partial_warp", (x,)), ("dynamic_shared", (x, 65536))]:
+    try:
+        getattr(ops, name)(*args)
+        out[name] = "no error"
+    except RuntimeError as e:
+        out[name] = str(e).splitlines()[0]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_the_emulator_reports_the_defects_it_is_for(library, order):
+    proc = _run(library, ["-c", SELFTEST], order, timeout=300)
+    assert proc.returncode == 0, _tail(proc.stdout + proc.stderr)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["build_info"]["cuda_emulation"] is True and out["build_info"]["extension_loaded"]
+    assert out["sum"] == sum(range(64))  # a correct block reduction (shuffles + shared memory)
+    assert out["dynamic_ok"] == [1.0] * 64
+    # thread 0 reads the others' shared values without a barrier: when it runs first (forward),
+    # it reads shared memory as the block found it (0xff bytes, NaN); in reverse order the
+    # others have written first and the race goes unseen, hence the several orders below
+    racy = out["racy_sum"]
+    assert (racy != racy) if order == "forward" else racy == sum(range(64))
+    assert "deadlock" in out["divergent"] and "16 at __syncthreads, 48 ended" in out["divergent"]
+    assert "partial warp" in out["partial_warp"]
+    assert "65536 bytes of dynamic shared memory" in out["dynamic_shared"]
+
+
+def test_cuda_kernels_pass_the_op_and_model_tests(library):
+    """Every op and model test of this suite (CPU tensors), with the CUDA kernels doing the work."""
+    _pytest(library, OP_TESTS + MODEL_TESTS, "forward")
+
+
+@pytest.mark.parametrize("order", ["reverse", "random:1"])
+def test_cuda_kernels_pass_the_op_tests_in_other_thread_orders(library, order):
+    """The op tests again with the threads between barriers run in reverse and in a random
+    order (the largest reward shapes left out: they are the slowest to emulate)."""
+    _pytest(library, OP_TESTS, order, "-k", "not 4097")

@@ -1,0 +1,419 @@
+// The scheduler of the CUDA emulator (cuda_emu.h has the model): fibers, barriers, shuffles,
+// shared memory and the launch checks.
+#include "cuda_emu.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+#include <vector>
+
+#include <c10/util/Exception.h>
+
+// cuda_emu_switch(save, next): saves the callee-saved registers, MXCSR and the x87 control word
+// on the current stack, stores the stack pointer in *save, and resumes the context whose stack
+// pointer is `next`. A new fiber's stack is laid out as if it had called cuda_emu_switch from
+// cuda_emu_trampoline, which calls cuda_emu_fiber_main (and never returns).
+extern "C" void cuda_emu_switch(void** save, void* next);
+extern "C" void cuda_emu_trampoline();
+extern "C" void cuda_emu_fiber_main();
+asm(R"(
+  .text
+  .globl cuda_emu_switch
+  .type cuda_emu_switch, @function
+cuda_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size cuda_emu_switch, .-cuda_emu_switch
+
+  .globl cuda_emu_trampoline
+  .type cuda_emu_trampoline, @function
+cuda_emu_trampoline:
+  call cuda_emu_fiber_main
+  ud2
+  .size cuda_emu_trampoline, .-cuda_emu_trampoline
+)");
+
+namespace cuda_emu {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kMaxThreads = 1024;
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kDefaultDynamicLimit = 48 * 1024;
+
+enum class State : uint8_t { kReady, kAtSyncthreads, kAtWarpBarrier, kDone };
+
+struct Fiber {
+  void* sp = nullptr;
+  State state = State::kReady;
+};
+
+struct Launch {
+  KernelBody body = nullptr;
+  void* closure = nullptr;
+  int threads = 0;
+  std::vector<Fiber> fibers;
+  void* scheduler_sp = nullptr;
+  int current = -1;
+  std::vector<int> ready;    // threads to run, the next at the back
+  std::vector<int> at_warp;  // per warp: lanes waiting at a warp barrier
+  int at_syncthreads = 0, done = 0;
+  std::vector<uint64_t> slots;          // [2][threads]: the values of a thread's even and odd shuffles
+  std::vector<uint32_t> shuffles_done;  // per thread: its shuffles so far in this block
+  std::vector<unsigned char> dynamic;
+  bool discovery = false;   // a run that only measures the static __shared__ arrays
+  size_t static_bytes = 0;  // (discovery) their bytes
+  std::vector<const void*> statics;
+  std::string error;
+};
+
+thread_local Launch* g_launch = nullptr;
+thread_local uint64_t g_block_serial = 0;
+thread_local std::unordered_map<const void*, uint64_t> g_fresh;       // static __shared__ -> block
+thread_local std::unordered_map<const void*, int> g_dynamic_limit;    // kernel -> bytes
+thread_local std::unordered_map<const void*, size_t> g_static_bytes;  // kernel -> bytes
+thread_local std::vector<char*> g_stacks;                             // one per thread slot
+thread_local std::mt19937_64 g_rng;
+thread_local bool g_rng_seeded = false;
+
+enum class Order { kForward, kReverse, kRandom };
+
+Order order() {
+  const char* s = std::getenv("CUDA_EMU_ORDER");
+  const std::string o = s ? s : "forward";
+  if (o == "forward") return Order::kForward;
+  if (o == "reverse") return Order::kReverse;
+  if (o.rfind("random", 0) == 0) {
+    if (!g_rng_seeded) {
+      const auto colon = o.find(':');
+      g_rng.seed(colon == std::string::npos ? 0 : std::stoull(o.substr(colon + 1)));
+      g_rng_seeded = true;
+    }
+    return Order::kRandom;
+  }
+  TORCH_CHECK(false, "cuda_emu: CUDA_EMU_ORDER must be forward, reverse or random[:SEED], got '", o, "'");
+}
+
+int lanes_of_warp(const Launch& L, int w) {
+  return std::min(kWarp, L.threads - w * kWarp);
+}
+
+// Queue `tids` (ascending) to run in the chosen order.
+void enqueue(Launch& L, std::vector<int>& tids, Order o) {
+  if (o == Order::kRandom) std::shuffle(tids.begin(), tids.end(), g_rng);
+  if (o == Order::kForward) std::reverse(tids.begin(), tids.end());  // the back runs first
+  for (int t : tids) {
+    L.fibers[t].state = State::kReady;
+    L.ready.push_back(t);
+  }
+}
+
+char* stack_for(int slot) {
+  while (int(g_stacks.size()) <= slot) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK(p != MAP_FAILED, "cuda_emu: could not map a fiber stack");
+    TORCH_CHECK(mprotect(p, page, PROT_NONE) == 0, "cuda_emu: could not protect a fiber stack's guard page");
+    g_stacks.push_back(static_cast<char*>(p) + page);
+  }
+  return g_stacks[slot];
+}
+
+// A fresh context that enters cuda_emu_trampoline: the frame cuda_emu_switch pops.
+void* fresh_context(int slot) {
+  char* top = stack_for(slot) + kStackBytes;
+  auto* sp = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(top - 64) & ~uintptr_t(15));
+  uint32_t csr = 0;
+  uint16_t cw = 0;
+  asm volatile("stmxcsr %0" : "=m"(csr));
+  asm volatile("fnstcw %0" : "=m"(cw));
+  sp[0] = csr | (uint64_t(cw) << 32);      // the caller's MXCSR and x87 control word (denormal modes)
+  for (int i = 1; i <= 6; ++i) sp[i] = 0;  // r15 r14 r13 r12 rbx rbp
+  sp[7] = reinterpret_cast<uint64_t>(&cuda_emu_trampoline);
+  return sp;
+}
+
+[[noreturn]] void fail_in_fiber(Launch& L, const std::string& what) {
+  if (L.error.empty()) L.error = what;
+  Fiber& f = L.fibers[L.current];
+  f.state = State::kDone;
+  for (;;) cuda_emu_switch(&f.sp, L.scheduler_sp);  // the scheduler never resumes it
+}
+
+std::string describe(const Launch& L) {
+  std::ostringstream os;
+  os << "block " << blockIdx.x << " of " << gridDim.x << ", " << L.threads << " threads: ";
+  int sync = 0, done = 0;
+  for (const auto& f : L.fibers) sync += f.state == State::kAtSyncthreads, done += f.state == State::kDone;
+  os << sync << " at __syncthreads, " << done << " ended";
+  for (int w = 0; w * kWarp < L.threads; ++w) {
+    if (L.at_warp[w] > 0)
+      os << ", warp " << w << ": " << L.at_warp[w] << " of " << lanes_of_warp(L, w) << " lanes at a warp barrier";
+  }
+  return os.str();
+}
+
+void wait(State s) {
+  Launch& L = *g_launch;
+  Fiber& f = L.fibers[L.current];
+  f.state = s;
+  cuda_emu_switch(&f.sp, L.scheduler_sp);
+}
+
+void check_full_mask(unsigned mask, const char* what) {
+  Launch& L = *g_launch;
+  const int w = L.current / kWarp;
+  const int lanes = lanes_of_warp(L, w);
+  const unsigned full = lanes == kWarp ? 0xffffffffu : ((1u << lanes) - 1u);
+  if (mask != full) {
+    std::ostringstream os;
+    os << "cuda_emu: " << what << " with mask 0x" << std::hex << mask << std::dec << " in warp " << w << " of " << lanes
+       << " lanes (thread " << L.current << ", " << describe(L)
+       << "); the emulator supports the mask of every lane of the warp only";
+    if (lanes < kWarp && mask == 0xffffffffu) os << ": this mask names lanes that do not exist (a partial warp)";
+    fail_in_fiber(L, os.str());
+  }
+}
+
+void warp_barrier() {
+  Launch& L = *g_launch;
+  ++L.at_warp[L.current / kWarp];
+  wait(State::kAtWarpBarrier);
+}
+
+// Runs the block blockIdx.x to its end.
+void run_block(Launch& L, Order o) {
+  ++g_block_serial;
+  if (!L.dynamic.empty()) std::fill(L.dynamic.begin(), L.dynamic.end(), 0xff);
+  L.ready.clear();
+  std::fill(L.at_warp.begin(), L.at_warp.end(), 0);
+  L.at_syncthreads = L.done = 0;
+  std::fill(L.shuffles_done.begin(), L.shuffles_done.end(), 0u);
+  std::vector<int> all(L.threads);
+  std::iota(all.begin(), all.end(), 0);
+  for (int t = 0; t < L.threads; ++t) L.fibers[t].sp = fresh_context(t);
+  enqueue(L, all, o);
+  for (;;) {
+    while (!L.ready.empty()) {
+      const int t = L.ready.back();
+      L.ready.pop_back();
+      L.current = t;
+      threadIdx = uint3{unsigned(t), 0, 0};
+      cuda_emu_switch(&L.scheduler_sp, L.fibers[t].sp);
+      if (!L.error.empty()) TORCH_CHECK(false, L.error);
+    }
+    L.at_syncthreads = L.done = 0;
+    for (const auto& f : L.fibers)
+      L.at_syncthreads += f.state == State::kAtSyncthreads, L.done += f.state == State::kDone;
+    if (L.done == L.threads) return;
+    bool released = false;
+    for (int w = 0; w * kWarp < L.threads; ++w) {
+      if (L.at_warp[w] == 0) continue;
+      if (L.at_warp[w] == lanes_of_warp(L, w)) {
+        std::vector<int> lanes(lanes_of_warp(L, w));
+        std::iota(lanes.begin(), lanes.end(), w * kWarp);
+        L.at_warp[w] = 0;
+        enqueue(L, lanes, o);
+        released = true;
+      }
+    }
+    if (released) continue;
+    const bool no_warp_waits = std::all_of(L.at_warp.begin(), L.at_warp.end(), [](int n) { return n == 0; });
+    if (L.at_syncthreads > 0 && no_warp_waits && L.done == 0) {
+      std::vector<int> tids(all);
+      enqueue(L, tids, o);
+      continue;
+    }
+    TORCH_CHECK(false, "cuda_emu: deadlock, a barrier that not every thread reaches (", describe(L),
+                "). __syncthreads must be reached by every thread of the block, and a warp barrier or shuffle "
+                "by every lane of the warp, before any of them ends or waits elsewhere");
+  }
+}
+
+}  // namespace
+
+int lane_id() {
+  return g_launch->current % kWarp;
+}
+
+void syncthreads() {
+  Launch& L = *g_launch;
+  (void)L;
+  wait(State::kAtSyncthreads);
+}
+
+void syncwarp(unsigned mask) {
+  check_full_mask(mask, "__syncwarp");
+  warp_barrier();
+}
+
+uint64_t shuffle(unsigned mask, uint64_t bits, int src, int /*width*/) {
+  check_full_mask(mask, "a warp shuffle");
+  Launch& L = *g_launch;
+  const int t = L.current, w = t / kWarp;
+  // Double-buffered: shuffle n of a lane writes buffer n % 2. A lane can only write buffer n % 2
+  // again (shuffle n + 2) after shuffle n + 1's barrier, which every lane reaches only once done
+  // reading shuffle n: one barrier per shuffle suffices.
+  uint64_t* buffer = L.slots.data() + size_t(L.shuffles_done[t]++ % 2) * size_t(L.threads);
+  buffer[t] = bits;
+  warp_barrier();  // every lane has published
+  if (src >= lanes_of_warp(L, w)) fail_in_fiber(L, "cuda_emu: a shuffle reads a lane that does not exist");
+  return src < 0 ? bits : buffer[w * kWarp + src];
+}
+
+void* dynamic_shared() {
+  Launch& L = *g_launch;
+  return L.dynamic.empty() ? nullptr : L.dynamic.data();
+}
+
+void fresh_shared(void* p, size_t n) {
+  Launch& L = *g_launch;
+  if (L.discovery) {
+    if (std::find(L.statics.begin(), L.statics.end(), p) == L.statics.end()) {
+      L.statics.push_back(p);
+      L.static_bytes += n;
+    }
+    return;
+  }
+  uint64_t& seen = g_fresh[p];
+  if (seen != g_block_serial) {
+    std::memset(p, 0xff, n);
+    seen = g_block_serial;
+  }
+}
+
+int smem_optin() {
+  const char* s = std::getenv("CUDA_EMU_SMEM_OPTIN");
+  return s ? std::atoi(s) : 232448;  // H100 / H200: 227 KiB
+}
+
+void statics_declared() {
+  Launch& L = *g_launch;
+  if (!L.discovery) return;
+  Fiber& f = L.fibers[L.current];  // the discovery run ends here, before any of the kernel's work
+  f.state = State::kDone;
+  for (;;) cuda_emu_switch(&f.sp, L.scheduler_sp);
+}
+
+size_t static_shared_bytes(const void* kernel, KernelBody body, void* closure) {
+  const auto it = g_static_bytes.find(kernel);
+  if (it != g_static_bytes.end()) return it->second;
+  TORCH_CHECK(g_launch == nullptr, "cuda_emu: a launch from inside a kernel");
+  Launch L;
+  L.discovery = true;
+  L.body = body;
+  L.closure = closure;
+  L.threads = 1;
+  L.fibers.resize(1);
+  L.at_warp.assign(1, 0);
+  L.slots.assign(2, 0);
+  L.shuffles_done.assign(1, 0);
+  blockDim = dim3(1);
+  gridDim = dim3(1);
+  blockIdx = uint3{0, 0, 0};
+  g_launch = &L;
+  try {
+    run_block(L, Order::kForward);
+  } catch (...) {
+    g_launch = nullptr;
+    throw;
+  }
+  g_launch = nullptr;
+  g_static_bytes[kernel] = L.static_bytes;
+  return L.static_bytes;
+}
+
+size_t max_dynamic_shared(const void* kernel, size_t static_bytes) {
+  const auto it = g_dynamic_limit.find(kernel);
+  return it != g_dynamic_limit.end() ? size_t(it->second)
+                                     : kDefaultDynamicLimit - std::min(static_bytes, kDefaultDynamicLimit);
+}
+
+bool set_max_dynamic_shared(const void* kernel, size_t static_bytes, int bytes) {
+  if (bytes < 0 || static_bytes + size_t(bytes) > size_t(smem_optin())) return false;
+  g_dynamic_limit[kernel] = bytes;
+  return true;
+}
+
+void run(const void* kernel, dim3 grid, dim3 block, size_t smem, size_t static_bytes, KernelBody body, void* closure) {
+  TORCH_CHECK(g_launch == nullptr, "cuda_emu: a launch from inside a kernel");
+  const int64_t threads = int64_t(block.x) * block.y * block.z;
+  TORCH_CHECK(threads >= 1 && threads <= kMaxThreads && block.x <= 1024 && block.y <= 1024 && block.z <= 64,
+              "cuda_emu: invalid launch configuration: block (", block.x, ", ", block.y, ", ", block.z,
+              "): at most 1024 threads");
+  TORCH_CHECK(grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 && grid.z <= 65535,
+              "cuda_emu: invalid launch configuration: grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
+  TORCH_CHECK(block.y == 1 && block.z == 1 && grid.y == 1 && grid.z == 1,
+              "cuda_emu: only 1-D grids and blocks are emulated");
+  const bool raised = g_dynamic_limit.count(kernel) > 0;
+  const size_t limit = max_dynamic_shared(kernel, static_bytes);
+  TORCH_CHECK(smem <= limit, "cuda_emu: invalid launch: ", smem, " bytes of dynamic shared memory with ", static_bytes,
+              " bytes of static shared memory, above the kernel's limit of ", limit, " bytes of dynamic shared memory",
+              raised ? " (set by cudaFuncSetAttribute)"
+                     : " (48 KiB in all without cudaFuncSetAttribute(MaxDynamicSharedMemorySize))");
+  const Order o = order();
+  Launch L;
+  L.body = body;
+  L.closure = closure;
+  L.threads = int(threads);
+  L.fibers.resize(threads);
+  L.at_warp.assign((threads + kWarp - 1) / kWarp, 0);
+  L.slots.assign(2 * threads, 0);
+  L.shuffles_done.assign(threads, 0);
+  L.dynamic.assign(smem, 0xff);
+  blockDim = block;
+  gridDim = grid;
+  g_launch = &L;
+  try {
+    for (unsigned b = 0; b < grid.x; ++b) {
+      blockIdx = uint3{b, 0, 0};
+      run_block(L, o);
+    }
+  } catch (...) {
+    g_launch = nullptr;
+    throw;
+  }
+  g_launch = nullptr;
+}
+
+}  // namespace cuda_emu
+
+extern "C" void cuda_emu_fiber_main() {
+  cuda_emu::Launch& L = *cuda_emu::g_launch;
+  try {
+    L.body(L.closure);
+  } catch (const std::exception& e) {
+    if (L.error.empty()) L.error = std::string("cuda_emu: an exception in the kernel: ") + e.what();
+  } catch (...) {
+    if (L.error.empty()) L.error = "cuda_emu: an exception in the kernel";
+  }
+  cuda_emu::Fiber& f = L.fibers[L.current];
+  f.state = cuda_emu::State::kDone;
+  for (;;) cuda_emu_switch(&f.sp, L.scheduler_sp);
+}
