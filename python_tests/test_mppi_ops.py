@@ -143,6 +143,10 @@ ELITE_SHAPES = [  # (B, H, N, A, k)
     (2, 2, 63, 3, 63),  # k = N
     (3, 4, 513, 5, 1),  # k = 1
     (2, 3, 513, 6, 100),
+    # CUDA: 4096 candidates sort in exactly 48 KiB of dynamic shared memory, 2049 in the same
+    # padded length; with the kernel's static shared memory that is past the default limit
+    (1, 2, 4096, 3, 64),
+    (2, 1, 2049, 2, 16),
     (1, 2, 5000, 4, 64),
     (2, 1, 5000, 2, 5000),
     (0, 3, 16, 2, 4),  # empty batch

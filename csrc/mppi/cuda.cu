@@ -199,14 +199,22 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
 }
 
-// Largest power-of-two candidate count the in-block sort supports on `device`.
-int64_t max_sort_candidates(int device, size_t static_smem) {
+// The most shared memory one block may use on `device` after opting in (static + dynamic).
+int64_t smem_optin(int device) {
   int optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return optin;
+}
+
+// Largest power-of-two candidate count the in-block sort supports with `optin` bytes.
+int64_t max_sort_candidates(int64_t optin, size_t static_smem) {
   int64_t p = 1;
   while (2 * p * kSortBytesPerCandidate + int64_t(static_smem) <= optin) p *= 2;
   return p;
 }
+
+// Without opting in, a block may use 48 KiB of shared memory, static and dynamic together.
+constexpr size_t kDefaultSmemBytes = 48 * 1024;
 
 template <typename scalar_t>
 void run_elite_update(const at::Tensor& values, const at::Tensor& actions, const EliteArgs& args_in,
@@ -218,15 +226,19 @@ void run_elite_update(const at::Tensor& values, const at::Tensor& actions, const
   while (P < N) P *= 2;
   cudaFuncAttributes attr{};
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, elite_update_kernel<scalar_t, false>));
-  const bool in_block = P <= max_sort_candidates(values.device().index(), attr.sharedSizeBytes);
+  const int64_t optin = smem_optin(values.device().index());
+  const bool in_block = P <= max_sort_candidates(optin, attr.sharedSizeBytes);
   const dim3 grid(static_cast<unsigned>(B));
   if (in_block) {
     args.P = static_cast<int>(P);
     const int threads = static_cast<int>(std::clamp<int64_t>(P / 2, 256, kMaxThreads));
     const size_t smem = size_t(P) * kSortBytesPerCandidate;
     auto kernel = elite_update_kernel<scalar_t, false>;
-    if (smem > 48 * 1024) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    if (smem + attr.sharedSizeBytes > kDefaultSmemBytes) {
+      // Opt in to the device's whole limit, the same value from every caller: a call setting
+      // just its own size could lower the limit under another host thread's launch.
+      const int max_dynamic = static_cast<int>(optin - int64_t(attr.sharedSizeBytes));
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_dynamic));
     }
     kernel<<<grid, threads, smem, stream>>>(values.data_ptr<scalar_t>(), actions.data_ptr<scalar_t>(), nullptr,
                                             mean.data_ptr<scalar_t>(), stdev.data_ptr<scalar_t>(),
