@@ -118,6 +118,21 @@ def test_hand_computed_bonus_and_reward():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prediction_at_plus_or_minus_the_target_mean_has_no_root_term(dtype, device):
+    """|f| == |mu| gives |f^2 - mu^2| = 0 exactly, on every device: the two squares are rounded
+    before their difference (a fused multiply-add would leave mu^2's rounding error, which the
+    square root magnifies: ~2e-4 in float32 at f = mu = 0.1, var = 0.01)."""
+    m = torch.tensor([0.1, 0.3, 1.7, -0.7], dtype=dtype, device=device)
+    targets = torch.stack([torch.zeros_like(m), 2 * m]).view(2, 1, 4)  # mu = m, var = m^2 (exact)
+    for f in (m, -m):
+        got = ops.moment_bonus(f.view(1, 4), targets, 0.0)  # alpha = 0: the root term alone
+        assert torch.equal(got, torch.zeros(1, dtype=dtype, device=device)), got
+    ref = ops.moment_bonus(m.view(1, 4), targets, 0.0, impl="reference")
+    assert torch.equal(ref, torch.zeros(1, dtype=dtype, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 def test_zero_variance_gives_documented_finite_result(impl, device):
     """K = 1 or identical targets: the inverse-count term is 0, so b = alpha*||f - t||^2."""

@@ -55,12 +55,32 @@ CDRED_HOST_DEVICE inline Moments<acc_t> moments_from_sums(acc_t sum, acc_t comp,
   return {mu, degenerate ? acc_t(1) : var, degenerate};
 }
 
+// a * b rounded on its own, never contracted with a following sum into a fused
+// multiply-add: nvcc contracts by default, hence the _rn intrinsics; on the host,
+// reward/cpu.cpp is compiled with -ffp-contract=off (CMakeLists.txt), since its
+// avx512f clone has FMA instructions to contract to.
+template <typename acc_t>
+CDRED_HOST_DEVICE inline acc_t mul_rounded(acc_t a, acc_t b) {
+#ifdef __CUDA_ARCH__
+  if constexpr (sizeof(acc_t) == 4) {
+    return __fmul_rn(a, b);
+  } else {
+    return __dmul_rn(a, b);
+  }
+#else
+  return a * b;
+#endif
+}
+
 // One coordinate's contribution to sum_d (f_d - mu_d)^2 and to sum_d sqrt(|f^2 - mu^2| / var).
+// f^2 - mu^2 is the difference of the two rounded squares, as on the host and in the reference:
+// an FMA would leave mu^2's rounding error where |f| == |mu| gives exactly 0, and the root
+// would magnify it (to ~2e-4 in float32 for f = mu = 0.1, var = 0.01).
 template <typename acc_t>
 CDRED_HOST_DEVICE inline void accumulate_coordinate(acc_t f, const Moments<acc_t>& m, acc_t& distill, acc_t& root) {
   const acc_t diff = f - m.mu;
   distill += diff * diff;
-  const acc_t ratio = std::fabs(f * f - m.mu * m.mu) / m.var;
+  const acc_t ratio = std::fabs(mul_rounded(f, f) - mul_rounded(m.mu, m.mu)) / m.var;
   root += m.degenerate ? acc_t(0) : std::sqrt(ratio);
 }
 
