@@ -5,8 +5,10 @@ rewritten) with the op fronts into a library whose every op runs its CUDA kernel
 tensors. Child processes load it in place of cdred_fast._C (CDRED_FAST_CUDA_EMULATION_LIBRARY)
 and run this suite's op and model tests: parity with the pure-PyTorch reference, edge cases,
 opcheck, agent-level parity. They run in three orders of the threads between barriers, so that
-a missing __syncthreads / __syncwarp changes a result in at least one of them. The emulator
-checks itself first: kernels with known defects must be reported.
+a missing __syncthreads / __syncwarp changes a result in at least one of them, and once more
+with the library built with AddressSanitizer, which reports a kernel's read or write outside
+its tensors (what compute-sanitizer's memcheck does on a GPU). The emulator checks itself
+first: kernels with known defects must be reported.
 
 What this cannot see (cuda_emu.h says more): device arithmetic (FMA contraction, expf),
 the memory model beyond barriers, timing. scripts/gpu_check.sh covers those on a GPU.
@@ -14,6 +16,7 @@ the memory model beyond barriers, timing. scripts/gpu_check.sh covers those on a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -66,11 +69,10 @@ def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-@pytest.fixture(scope="module")
-def library() -> str:
+def _build(*flags: str) -> str:
     """Build (or bring up to date) the emulator's op library; its path."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "cuda_emu" / "build.py")],
+        [sys.executable, str(ROOT / "tools" / "cuda_emu" / "build.py"), *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -83,14 +85,38 @@ def library() -> str:
     return path
 
 
-def _run(library: str, args: list[str], order: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, EMULATION_LIBRARY_ENV: library, "CUDA_EMU_ORDER": order}
+@pytest.fixture(scope="module")
+def library() -> str:
+    return _build()
+
+
+def _asan_runtime() -> dict[str, str]:
+    """tools/cuda_emu/build.py's environment for its AddressSanitizer builds (skips without them)."""
+    spec = importlib.util.spec_from_file_location("cuda_emu_build", ROOT / "tools" / "cuda_emu" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.asan_environment()
+    except (OSError, RuntimeError) as exc:
+        pytest.skip(f"no AddressSanitizer runtime: {exc}")
+
+
+@pytest.fixture(scope="module")
+def asan_library() -> tuple[str, dict[str, str]]:
+    env = _asan_runtime()
+    return _build("--asan"), env
+
+
+def _run(
+    library: str, args: list[str], order: str, timeout: int = 1800, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), EMULATION_LIBRARY_ENV: library, "CUDA_EMU_ORDER": order}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _pytest(library: str, files: list[str], order: str, *extra: str) -> None:
+def _pytest(library: str, files: list[str], order: str, *extra: str, env: dict[str, str] | None = None) -> None:
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable", "-m", "not cuda"]
-    proc = _run(library, [*args, *extra, *(f"python_tests/{f}" for f in files)], order)
+    proc = _run(library, [*args, *extra, *(f"python_tests/{f}" for f in files)], order, env=env)
     assert proc.returncode == 0, f"CUDA_EMU_ORDER={order}:\n" + _tail(proc.stdout + proc.stderr)
     passed = re.search(r"(\d+) passed", proc.stdout)
     assert passed and int(passed.group(1)) > 0, proc.stdout
@@ -143,3 +169,17 @@ def test_cuda_kernels_pass_the_op_tests_in_other_thread_orders(library, order):
     """The op tests again with the threads between barriers run in reverse and in a random
     order (the largest reward shapes left out: they are the slowest to emulate)."""
     _pytest(library, OP_TESTS, order, "-k", "not 4097")
+
+
+def test_the_asan_build_reports_an_out_of_bounds_read(asan_library):
+    library, env = asan_library
+    code = "import torch, cdred_fast; torch.ops.cuda_emu_selftest.out_of_bounds(torch.zeros(64))"
+    proc = _run(library, ["-c", code], "forward", timeout=300, env=env)
+    assert proc.returncode != 0 and "heap-buffer-overflow" in proc.stderr, _tail(proc.stdout + proc.stderr)
+    assert "out_of_bounds_kernel" in proc.stderr  # the report names the kernel
+
+
+def test_cuda_kernels_stay_inside_their_tensors(asan_library):
+    """The op tests under AddressSanitizer: no kernel reads or writes outside its tensors."""
+    library, env = asan_library
+    _pytest(library, OP_TESTS, "forward", "-k", "not 4097 and not fuzz", env=env)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def rewrite(path: Path) -> str:
     return f'#include "cuda_emu.h"\n#line 1 "{rel}"\n{body}'
 
 
-def build(build_dir: Path, verbose: bool = False) -> Path:
+def build(build_dir: Path, verbose: bool = False, asan: bool = False) -> Path:
     import torch
     from torch.utils.cpp_extension import load
 
@@ -173,10 +174,11 @@ def build(build_dir: Path, verbose: bool = False) -> Path:
     for stale in set(gen.iterdir()) - {Path(s) for s in sources}:
         stale.unlink()
     load(
-        name=NAME,
+        name=NAME + ("_asan" if asan else ""),
         sources=sources,
         extra_include_paths=[str(HERE / "include"), str(HERE), str(ROOT / "csrc")],
         extra_cflags=[
+            *(["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []),
             "-O2",
             "-std=c++20",
             "-fopenmp",
@@ -184,22 +186,48 @@ def build(build_dir: Path, verbose: bool = False) -> Path:
             "-DCDRED_EMULATE_CUDA=1",
             f'-DCDRED_TORCH_VERSION=\\"{torch.__version__.split("+")[0]}\\"',  # quoted through ninja's shell
         ],
-        extra_ldflags=["-fopenmp"],
+        extra_ldflags=["-fopenmp", *(["-fsanitize=address"] if asan else [])],
         build_directory=str(build_dir),
         is_python_module=False,
         with_cuda=False,
         verbose=verbose,
     )
-    return build_dir / f"{NAME}.so"
+    return build_dir / f"{NAME}{'_asan' if asan else ''}.so"
+
+
+def asan_environment() -> dict[str, str]:
+    """What runs an AddressSanitizer build in a Python process: GCC's ASan runtime preloaded
+    first, then libstdc++ (whose __cxa_throw ASan intercepts), leak checks off (Python's)."""
+    libs = []
+    for name in ("libasan.so", "libstdc++.so"):
+        path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(path):
+            raise RuntimeError(f"AddressSanitizer builds need GCC's {name} (gcc -print-file-name={name} found none)")
+        libs.append(path)
+    return {"LD_PRELOAD": " ".join(libs), "ASAN_OPTIONS": "detect_leaks=0"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build" / "cuda_emu")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--asan",
+        action="store_true",
+        help="instrument with AddressSanitizer (default directory build/cuda_emu_asan); run it with "
+        "LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0",
+    )
     args = parser.parse_args()
+    if args.asan and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        # torch's builder loads what it built, which an ASan library allows only in a process
+        # started with the runtime preloaded: start again so
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **asan_environment()})
+    if args.asan:
+        os.environ.pop("LD_PRELOAD")  # the compilers run without it
+    if args.asan and args.build_dir == ROOT / "build" / "cuda_emu":
+        args.build_dir = ROOT / "build" / "cuda_emu_asan"
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
-    path = build(args.build_dir.resolve(), verbose=args.verbose)
+    path = build(args.build_dir.resolve(), verbose=args.verbose, asan=args.asan)
     print(path)
     sys.stdout.flush()
 

@@ -59,6 +59,14 @@ cuda_emu_trampoline:
   .size cuda_emu_trampoline, .-cuda_emu_trampoline
 )");
 
+#if defined(__SANITIZE_ADDRESS__)
+// AddressSanitizer builds (build.py --asan) tell ASan about every stack switch.
+extern "C" void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
+extern "C" void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old);
+extern "C" void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
+#define CUDA_EMU_ASAN 1
+#endif
+
 namespace cuda_emu {
 namespace {
 
@@ -100,6 +108,8 @@ thread_local std::unordered_map<const void*, int> g_dynamic_limit;    // kernel 
 thread_local std::unordered_map<const void*, size_t> g_static_bytes;  // kernel -> bytes
 thread_local std::vector<char*> g_stacks;                             // one per thread slot
 thread_local std::mt19937_64 g_rng;
+thread_local const void* g_scheduler_stack = nullptr;  // (ASan builds) the OS thread's stack
+thread_local size_t g_scheduler_stack_size = 0;
 thread_local bool g_rng_seeded = false;
 
 enum class Order { kForward, kReverse, kRandom };
@@ -147,6 +157,10 @@ char* stack_for(int slot) {
 
 // A fresh context that enters cuda_emu_trampoline: the frame cuda_emu_switch pops.
 void* fresh_context(int slot) {
+#ifdef CUDA_EMU_ASAN
+  // A fiber abandoned at an error leaves its frames' poison on this stack: clear it.
+  __asan_unpoison_memory_region(stack_for(slot), kStackBytes);
+#endif
   char* top = stack_for(slot) + kStackBytes;
   auto* sp = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(top - 64) & ~uintptr_t(15));
   uint32_t csr = 0;
@@ -159,11 +173,41 @@ void* fresh_context(int slot) {
   return sp;
 }
 
+// From the scheduler to thread t's fiber, until it yields.
+void enter_fiber(Launch& L, int t) {
+#ifdef CUDA_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, stack_for(t), kStackBytes);
+#endif
+  cuda_emu_switch(&L.scheduler_sp, L.fibers[t].sp);
+#ifdef CUDA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+}
+
+// From the running fiber to the scheduler; `ending`: the fiber is never resumed.
+void leave_fiber(Launch& L, bool ending) {
+  Fiber& f = L.fibers[L.current];
+#ifdef CUDA_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(ending ? nullptr : &fake_stack, g_scheduler_stack, g_scheduler_stack_size);
+#endif
+  cuda_emu_switch(&f.sp, L.scheduler_sp);
+#ifdef CUDA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  (void)ending;
+#endif
+}
+
+[[noreturn]] void end_fiber(Launch& L) {
+  L.fibers[L.current].state = State::kDone;
+  for (;;) leave_fiber(L, true);  // the scheduler never resumes it
+}
+
 [[noreturn]] void fail_in_fiber(Launch& L, const std::string& what) {
   if (L.error.empty()) L.error = what;
-  Fiber& f = L.fibers[L.current];
-  f.state = State::kDone;
-  for (;;) cuda_emu_switch(&f.sp, L.scheduler_sp);  // the scheduler never resumes it
+  end_fiber(L);
 }
 
 std::string describe(const Launch& L) {
@@ -181,9 +225,8 @@ std::string describe(const Launch& L) {
 
 void wait(State s) {
   Launch& L = *g_launch;
-  Fiber& f = L.fibers[L.current];
-  f.state = s;
-  cuda_emu_switch(&f.sp, L.scheduler_sp);
+  L.fibers[L.current].state = s;
+  leave_fiber(L, false);
 }
 
 void check_full_mask(unsigned mask, const char* what) {
@@ -225,7 +268,7 @@ void run_block(Launch& L, Order o) {
       L.ready.pop_back();
       L.current = t;
       threadIdx = uint3{unsigned(t), 0, 0};
-      cuda_emu_switch(&L.scheduler_sp, L.fibers[t].sp);
+      enter_fiber(L, t);
       if (!L.error.empty()) TORCH_CHECK(false, L.error);
     }
     L.at_syncthreads = L.done = 0;
@@ -316,9 +359,7 @@ int smem_optin() {
 void statics_declared() {
   Launch& L = *g_launch;
   if (!L.discovery) return;
-  Fiber& f = L.fibers[L.current];  // the discovery run ends here, before any of the kernel's work
-  f.state = State::kDone;
-  for (;;) cuda_emu_switch(&f.sp, L.scheduler_sp);
+  end_fiber(L);  // the discovery run ends here, before any of the kernel's work
 }
 
 size_t static_shared_bytes(const void* kernel, KernelBody body, void* closure) {
@@ -405,6 +446,9 @@ void run(const void* kernel, dim3 grid, dim3 block, size_t smem, size_t static_b
 }  // namespace cuda_emu
 
 extern "C" void cuda_emu_fiber_main() {
+#ifdef CUDA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &cuda_emu::g_scheduler_stack, &cuda_emu::g_scheduler_stack_size);
+#endif
   cuda_emu::Launch& L = *cuda_emu::g_launch;
   try {
     L.body(L.closure);
@@ -413,7 +457,5 @@ extern "C" void cuda_emu_fiber_main() {
   } catch (...) {
     if (L.error.empty()) L.error = "cuda_emu: an exception in the kernel";
   }
-  cuda_emu::Fiber& f = L.fibers[L.current];
-  f.state = cuda_emu::State::kDone;
-  for (;;) cuda_emu_switch(&f.sp, L.scheduler_sp);
+  cuda_emu::end_fiber(L);
 }

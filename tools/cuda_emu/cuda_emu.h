@@ -28,6 +28,9 @@
 // their size, also what cudaFuncGetAttributes reports, comes from a discovery
 // run of the kernel up to its last __shared__ declaration (static_shared_bytes).
 //
+// Built with AddressSanitizer (build.py --asan), a kernel's read or write outside
+// its tensors is reported, as compute-sanitizer's memcheck does on a GPU.
+//
 // What it does not model: warp-synchronous execution inside a warp (lanes are
 // never in lockstep here, which is the stricter contract since Volta), the
 // memory model beyond barriers (there are no concurrent threads), device math

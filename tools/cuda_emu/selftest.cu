@@ -46,6 +46,11 @@ __global__ void partial_warp_kernel(float* out) {
   if (threadIdx.x % kWarpSize == 0) out[threadIdx.x / kWarpSize] = s;
 }
 
+// Defect: every thread reads the element after its own, the last one past the end of x.
+__global__ void out_of_bounds_kernel(const float* x, float* out) {
+  out[threadIdx.x] = x[threadIdx.x + 1];
+}
+
 __global__ void dynamic_shared_kernel(float* out) {
   extern __shared__ float buf[];
   buf[threadIdx.x] = 1.f;
@@ -78,6 +83,14 @@ at::Tensor partial_warp(const at::Tensor& like) {
   return out;
 }
 
+// Reads one element past the end of x (64 values): AddressSanitizer builds report it.
+at::Tensor out_of_bounds(const at::Tensor& x) {
+  TORCH_CHECK(x.numel() == 64, "out_of_bounds takes 64 values");
+  at::Tensor out = at::empty({64}, x.options());
+  out_of_bounds_kernel<<<1, 64, 0, c10::cuda::getCurrentCUDAStream()>>>(x.data_ptr<float>(), out.data_ptr<float>());
+  return out;
+}
+
 // `bytes` of dynamic shared memory, without raising the kernel's limit.
 at::Tensor dynamic_shared(const at::Tensor& like, int64_t bytes) {
   at::Tensor out = at::empty({64}, like.options());
@@ -95,4 +108,5 @@ TORCH_LIBRARY(cuda_emu_selftest, m) {
   m.def("divergent(Tensor like) -> Tensor", &cuda_emu_selftest::divergent);
   m.def("partial_warp(Tensor like) -> Tensor", &cuda_emu_selftest::partial_warp);
   m.def("dynamic_shared(Tensor like, int bytes) -> Tensor", &cuda_emu_selftest::dynamic_shared);
+  m.def("out_of_bounds(Tensor x) -> Tensor", &cuda_emu_selftest::out_of_bounds);
 }
