@@ -183,3 +183,10 @@ def test_cuda_kernels_stay_inside_their_tensors(asan_library):
     """The op tests under AddressSanitizer: no kernel reads or writes outside its tensors."""
     library, env = asan_library
     _pytest(library, OP_TESTS, "forward", "-k", "not 4097 and not fuzz", env=env)
+
+
+def test_elite_update_on_a_device_with_less_shared_memory(library):
+    """With 48 KiB of shared memory per block (CUDA_EMU_SMEM_OPTIN), mppi_elite_update sorts at
+    most 2,048 candidates in the block; the MPPI op tests' larger shapes (2,049 to 5,000
+    candidates) then take its at::sort fallback."""
+    _pytest(library, ["test_mppi_ops.py"], "forward", env={"CUDA_EMU_SMEM_OPTIN": "49152"})
