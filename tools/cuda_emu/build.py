@@ -27,30 +27,20 @@ HERE = Path(__file__).resolve().parent
 NAME = "cdred_fast_cuda_emu"
 
 
-def _match_back(text: str, end: int, open_ch: str, close_ch: str) -> int:
-    """Index of the ``open_ch`` matching the ``close_ch`` at ``end``."""
-    depth = 0
-    for i in range(end, -1, -1):
-        if text[i] == close_ch:
+def _matching(text: str, at: int, open_ch: str, close_ch: str, step: int = 1) -> int:
+    """Index of the bracket matching the one at ``at``: the ``close_ch`` of an ``open_ch``
+    (``step`` 1, scanning forward) or the ``open_ch`` of a ``close_ch`` (``step`` -1)."""
+    inward, outward = (open_ch, close_ch) if step == 1 else (close_ch, open_ch)
+    depth, i = 0, at
+    while 0 <= i < len(text):
+        if text[i] == inward:
             depth += 1
-        elif text[i] == open_ch:
+        elif text[i] == outward:
             depth -= 1
             if depth == 0:
                 return i
-    raise ValueError(f"unbalanced {open_ch}{close_ch} before offset {end}")
-
-
-def _match_forward(text: str, start: int, open_ch: str, close_ch: str) -> int:
-    """Index of the ``close_ch`` matching the ``open_ch`` at ``start``."""
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == open_ch:
-            depth += 1
-        elif text[i] == close_ch:
-            depth -= 1
-            if depth == 0:
-                return i
-    raise ValueError(f"unbalanced {open_ch}{close_ch} after offset {start}")
+        i += step
+    raise ValueError(f"unbalanced {open_ch}{close_ch} at offset {at}")
 
 
 def _split_top_level(s: str) -> list[str]:
@@ -79,7 +69,7 @@ def rewrite_launches(src: str) -> str:
         while out[i].isspace():
             i -= 1
         if out[i] == ">":
-            i = _match_back(out, i, "<", ">") - 1
+            i = _matching(out, i, "<", ">", step=-1) - 1
         while i >= 0 and (out[i].isalnum() or out[i] in "_:"):
             i -= 1
         callee_start = i + 1
@@ -94,7 +84,7 @@ def rewrite_launches(src: str) -> str:
             paren += 1
         if out[paren] != "(":
             raise ValueError(f"no argument list after {out[pos : close + 3]}")
-        end = _match_forward(out, paren, "(", ")")
+        end = _matching(out, paren, "(", ")")
         args = out[paren + 1 : end]
         call = f"::cuda_emu::launch({callee}, {', '.join(config)}" + (f", {args})" if args.strip() else ")")
         out = out[:callee_start] + call + out[end + 1 :]
@@ -116,12 +106,12 @@ def mark_statics(src: str, name: str) -> str:
         while True:  # the parameter list: the first "(" that is not __launch_bounds__'s
             k = out.index("(", j)
             if out[j:k].rstrip().endswith("__launch_bounds__"):
-                j = _match_forward(out, k, "(", ")") + 1
+                j = _matching(out, k, "(", ")") + 1
                 continue
             break
         kernel = re.findall(r"\w+", out[j:k])[-1]
-        brace = out.index("{", _match_forward(out, k, "(", ")"))
-        body = out[brace + 1 : _match_forward(out, brace, "{", "}")]
+        brace = out.index("{", _matching(out, k, "(", ")"))
+        body = out[brace + 1 : _matching(out, brace, "{", "}")]
         statics = [d for d in re.finditer(r"(extern\s+)?__shared__[^;]*;", body) if not d.group(1)]
         cut = statics[-1].end() if statics else 0
         for statement in _COMMENTS.sub("", body[:cut]).split(";"):
