@@ -84,9 +84,9 @@ def build_info() -> dict:
     ``cpu_kernels`` and ``cuda_kernels`` (bools), ``cuda_arch_list`` (list of str),
     ``cuda_version`` (torch's CUDA version the kernels were built for, or None),
     ``nvcc_version`` (the CUDA version of the nvcc that compiled them, or None),
-    ``extension_loaded`` and ``load_error``; ``cuda_emulation`` (True only for the CUDA emulator's
-    test build, tools/cuda_emu, whose ops run their CUDA kernels on the CPU); and ``cpu_native_bf16``, this CPU's native bfloat16
-    instruction sets (:func:`cpu_native_bf16`).
+    ``extension_loaded`` and ``load_error``; ``cuda_emulation`` (True only for the CUDA
+    emulator's test build, tools/cuda_emu, whose ops run their CUDA kernels on the CPU); and
+    ``cpu_native_bf16``, this CPU's native bfloat16 instruction sets (:func:`cpu_native_bf16`).
     """
 
     info = {
