@@ -29,6 +29,7 @@ torch's global RNG.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Optional
 
 import torch
@@ -196,8 +197,20 @@ class CDREDAgent:
         with self.model.planning():
             z = z.reshape(1, -1).to(self.device)
             return self.planner.plan(
-                self.rollout_functions(generator), z, bool(t0), eval_mode=bool(eval_mode), generator=generator
+                self.rollout_functions(generator),
+                z,
+                bool(t0),
+                eval_mode=bool(eval_mode),
+                generator=generator,
+                graph_tensors=self._graph_tensors(),
             )[0]
+
+    def _graph_tensors(self):
+        """With capture_graph, what a recorded plan reads besides its inputs: the model's
+        parameters and buffers (a change of their storage records a new graph)."""
+        if not self.planner.capture_graph:
+            return None
+        return itertools.chain(self.model.parameters(), self.model.buffers())
 
     @contextlib.contextmanager
     def preserve_plan_state(self):

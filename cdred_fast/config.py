@@ -260,8 +260,9 @@ class CDREDConfig:
     # whole plan at the cost of one). Needs a CUDA device and kernels="fused" with the CUDA
     # kernels built (the reference mppi_select calls torch.multinomial, which synchronises);
     # the agent checks both when it is built. Same draws as the eager plan from the same
-    # generator state; the graph reads the model's parameters in place, so update them in
-    # place (optimiser steps and load_state_dict do).
+    # generator state (recording a graph draws nothing). The graph reads the model's parameters
+    # in place, so in-place updates (optimiser steps, load_state_dict) are seen; a parameter
+    # given other storage makes the next plan record a new graph (planner.MAX_GRAPHS are kept).
     capture_graph: bool = False
 
     # ----------------------------------------------------------------- construction

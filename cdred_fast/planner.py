@@ -25,9 +25,10 @@ their bootstrap ``Q(z_H, pi(z_H))`` is redrawn in every iteration, like every ot
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -36,6 +37,11 @@ from . import ops
 from .config import mppi_iterations
 from .ops import resolve_impl
 from .ops._checks import FLOAT_DTYPES
+
+# With capture_graph, the CUDA graphs an MPPIPlanner keeps (each has its own memory pool): one per
+# batch size, eval_mode, generator, graph_key and parameter storage seen, the least recently
+# replayed dropped first.
+MAX_GRAPHS = 16
 
 
 # =============================================================================== settings and the model
@@ -313,17 +319,29 @@ def _record_plan_graph(
     body: Callable[[], tuple[Tensor, Tensor]], device: torch.device, generator: Optional[torch.Generator]
 ) -> tuple["torch.cuda.CUDAGraph", Tensor, Tensor]:
     """Record ``body() -> (action, mean)`` in a CUDA graph: two warm-up runs on a side stream
-    (lazy initialisation, cuBLAS workspaces: they draw from the generator like any plan), then
-    the capture. ``generator`` (None: the default CUDA generator, which graphs track by
+    (lazy initialisation, cuBLAS workspaces), then the capture, all with ``device`` current.
+    ``generator`` (None: the default CUDA generator of ``device``, which graphs track by
     themselves) is registered with the graph, so each replay draws from its state at that
-    moment and advances it. Returns ``(graph, action, mean)``: the outputs are the graph's
-    static tensors, overwritten by every replay."""
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            body()
-    torch.cuda.current_stream(device).wait_stream(side)
+    moment and advances it. The warm-up runs draw from it like any plan; its state is put back
+    afterwards, so recording consumes no random numbers and the first replay is the plan the
+    eager planner makes from the same state. Returns ``(graph, action, mean)``: the outputs are
+    the graph's static tensors, overwritten by every replay."""
+    with torch.cuda.device(device):
+        state = torch.cuda.get_rng_state(device) if generator is None else generator.get_state()
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream(device).wait_stream(side)
+        if generator is None:
+            torch.cuda.set_rng_state(state, device)
+        else:
+            generator.set_state(state)
+        return _capture(body, device, generator)
+
+
+def _capture(body, device: torch.device, generator: Optional[torch.Generator]):
     graph = torch.cuda.CUDAGraph()
     if generator is not None:
         register = getattr(graph, "register_generator_state", None)
@@ -334,7 +352,7 @@ def _record_plan_graph(
             )
         register(generator)
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=device)):
             action, mean = body()
     except Exception as exc:  # the model did something a CUDA graph cannot record
         raise RuntimeError(
@@ -372,8 +390,12 @@ class _PlanGraph:
             self.prev.zero_()
         else:
             self.prev.copy_(prev)
-        self.t0.copy_(torch.as_tensor(t0, dtype=torch.bool, device=self.t0.device).expand_as(self.t0))
-        self.graph.replay()
+        if isinstance(t0, (bool, int)):  # a fill, not a host-to-device copy (which waits for the GPU)
+            self.t0.fill_(bool(t0))
+        else:
+            self.t0.copy_(torch.as_tensor(t0, dtype=torch.bool, device=self.t0.device).expand_as(self.t0))
+        with torch.cuda.device(self.t0.device):
+            self.graph.replay()
         return self.action.clone(), self.mean.clone()
 
 
@@ -425,7 +447,7 @@ class MPPIPlanner:
             if self.device is not None:
                 _check_capturable_impl(self.impl, "MPPIPlanner")
         self.capture_graph = capture_graph
-        self._graphs: dict = {}
+        self._graphs: collections.OrderedDict = collections.OrderedDict()
         self._prev_mean: Optional[Tensor] = None  # the last plan's mean [B, H, A]
 
     @property
@@ -481,6 +503,7 @@ class MPPIPlanner:
         mask: Optional[Tensor] = None,
         discount: Union[None, float, Tensor] = None,
         graph_key: Any = None,
+        graph_tensors: Optional[Iterable[Tensor]] = None,
     ) -> Tensor:
         """Plan for the latents ``z [B, L]`` and return the actions ``[B, A]``.
 
@@ -488,7 +511,12 @@ class MPPIPlanner:
         from its previous mean shifted one step. ``mask`` and ``discount`` as in :func:`mppi_plan`
         (``discount`` defaults to the planner's). ``generator``: every MPPI draw, and whatever
         draws ``fns`` takes from it. With ``capture_graph``, ``graph_key`` tells apart plans whose
-        ``fns``, ``mask`` or ``discount`` differ (those of the first plan with a key are recorded).
+        ``fns``, ``mask`` or ``discount`` differ (those of the first plan with a key are recorded),
+        and ``graph_tensors`` are the tensors the plan reads besides its arguments (the model's
+        parameters): a graph reads their memory, so a plan after one of them got other storage
+        (``model.double()``, ``load_state_dict(..., assign=True)``; not in-place updates such as
+        optimiser steps) records a new graph instead of replaying one that reads freed memory.
+        The planner keeps the last :data:`MAX_GRAPHS` graphs.
         """
         B, device = z.shape[0], z.device
         dtype = z.dtype if z.dtype in FLOAT_DTYPES else torch.float32
@@ -522,9 +550,13 @@ class MPPIPlanner:
                 raise RuntimeError(
                     f"capture_graph=True records the plan in a CUDA graph and needs CUDA tensors; z is on {device}"
                 )
-            key = (B, dtype, str(device), bool(eval_mode), None if generator is None else id(generator), graph_key)
+            storage = () if graph_tensors is None else tuple(t.data_ptr() for t in graph_tensors)
+            gen = None if generator is None else id(generator)  # the graph keeps the generator alive
+            key = (B, dtype, str(device), bool(eval_mode), gen, graph_key, storage)
             graph = self._graphs.get(key)
-            if graph is None:
+            if graph is not None:
+                self._graphs.move_to_end(key)
+            else:
                 _check_capturable_impl(impl, "MPPIPlanner")
                 graph = _PlanGraph(
                     z,
@@ -536,6 +568,8 @@ class MPPIPlanner:
                     keep_alive=(fns, mask, discount, generator),
                 )
                 self._graphs[key] = graph
+                while len(self._graphs) > MAX_GRAPHS:  # the least recently replayed goes
+                    self._graphs.popitem(last=False)
             action, mean = graph.replay(z, self._prev_mean, t0)
         else:
             action, mean = plan(z, self.initial_mean(t0, B, dtype, device))

@@ -10,6 +10,7 @@ per-task discounts, two-hot reward decoding, episodic termination) and plans thr
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -509,8 +510,16 @@ class Planner:
             mask=mask,
             discount=discount,
             graph_key=task_key,
+            graph_tensors=self._graph_tensors(),
         )
         return action[0] if unbatched else action
+
+    def _graph_tensors(self):
+        """With capture_graph and a torch.nn.Module model, its parameters and buffers (a recorded
+        plan reads their memory: a change of their storage records a new graph)."""
+        if not self._mppi.capture_graph or not isinstance(self.model, torch.nn.Module):
+            return None
+        return itertools.chain(self.model.parameters(), self.model.buffers())
 
     @staticmethod
     def _t0(t0, B: int) -> Union[bool, Tensor]:

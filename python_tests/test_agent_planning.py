@@ -7,7 +7,7 @@ from testing_utils import SMALL_MODEL, needs_cuda
 
 from cdred_fast.agent import CDREDAgent
 from cdred_fast.config import CDREDConfig
-from cdred_fast.planner import MPPIPlanner, MPPISettings
+from cdred_fast.planner import MAX_GRAPHS, MPPIPlanner, MPPISettings
 from cdred_fast.tdmpc2_planner import Planner
 
 # float32 planning: these tests hold the fused ops to the reference at float32 tolerances
@@ -101,6 +101,62 @@ def test_agent_capture_graph_replays_the_eager_plan(eval_mode, planning_precisio
         torch.testing.assert_close(graphed.planner.prev_mean, eager.planner.prev_mean, rtol=1e-6, atol=1e-6)
         assert torch.equal(g_graph.get_state(), g_eager.get_state())  # a replay advances the generator as a plan
     assert len(graphed.planner._graphs) == 1
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("own_generator", [True, False])
+def test_recording_a_graph_draws_no_random_numbers(own_generator):
+    """The first plan of a graph (two warm-up plans, the capture, the first replay) is the eager
+    plan from the same generator state, and leaves the generator where the eager plan does: a
+    run with capture_graph=True is the run without it, from its first step (and a resumed run,
+    which records its graphs again, the uninterrupted one)."""
+    graphed, eager = _cuda_agents()
+    obs = torch.randn(6)
+    if own_generator:
+        g_graph, g_eager = (torch.Generator(device="cuda").manual_seed(3) for _ in range(2))
+        a_g = graphed.act(obs, t0=True, generator=g_graph)
+        a_e = eager.act(obs, t0=True, generator=g_eager)
+        assert torch.equal(g_graph.get_state(), g_eager.get_state())
+    else:  # the default CUDA generator
+        torch.cuda.manual_seed(3)
+        a_g = graphed.act(obs, t0=True)
+        after_graph = torch.cuda.get_rng_state()
+        torch.cuda.manual_seed(3)
+        a_e = eager.act(obs, t0=True)
+        assert torch.equal(after_graph, torch.cuda.get_rng_state())
+    torch.testing.assert_close(a_g, a_e, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_a_parameter_with_new_storage_records_a_new_graph():
+    """A graph reads the parameters' memory: after one of them gets other storage (here the
+    same values, copied), the next plan records a new graph, and plans as the eager agent."""
+    graphed, eager = _cuda_agents()
+    obs = torch.randn(6)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    graphed.act(obs, t0=True, generator=g)
+    p = next(graphed.model.parameters())
+    p.data = p.data.clone()
+    g_eager = torch.Generator(device="cuda")
+    g_eager.set_state(g.get_state())
+    a_g = graphed.act(obs, t0=True, generator=g)
+    a_e = eager.act(obs, t0=True, generator=g_eager)
+    torch.testing.assert_close(a_g, a_e, rtol=1e-6, atol=1e-6)
+    assert len(graphed.planner._graphs) == 2
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_the_planner_keeps_at_most_max_graphs():
+    """One graph per generator object: a fresh generator per plan records a graph each time, and
+    the planner keeps the last MAX_GRAPHS of them (each holds a memory pool)."""
+    graphed, _ = _cuda_agents()
+    obs = torch.randn(6)
+    for seed in range(MAX_GRAPHS + 2):
+        graphed.act(obs, t0=True, generator=torch.Generator(device="cuda").manual_seed(seed))
+    assert len(graphed.planner._graphs) == MAX_GRAPHS
 
 
 @pytest.mark.cuda
