@@ -159,6 +159,13 @@ def compare_updates(device: str, dtype: torch.dtype, monkeypatch, seed: int = 0)
         masks.append((positions, numel, p))
         return positions
 
+    def record_dense(x, p, training, kernels):  # on CUDA the fused Blocks use F.dropout: draw its mask here
+        if not (training and p > 0):
+            return block_dropout(x, p, training, kernels)
+        drop = torch.rand(x.shape, device=x.device) < p
+        masks.append((drop.flatten().nonzero().squeeze(1), x.numel(), p))
+        return x * (~drop).to(x.dtype).div_(1 - p)
+
     def replay(x, p, training, kernels):
         if not (training and p > 0):
             return block_dropout(x, p, training, kernels)
@@ -172,8 +179,9 @@ def compare_updates(device: str, dtype: torch.dtype, monkeypatch, seed: int = 0)
 
     beh, exp = _batches(fused.cfg.batch_size, fused.cfg.horizon, seed + 1)
     logs, stats = {}, {}
+    sparse = torch.device(device).type == "cpu"  # where the fused Blocks draw sparse masks (layers._sparse_dropout)
     for name, agent, (attr, wrapper) in (
-        ("fused", fused, ("dropout_positions", record)),
+        ("fused", fused, ("dropout_positions", record) if sparse else ("block_dropout", record_dense)),
         ("reference", ref, ("block_dropout", replay)),
     ):
         monkeypatch.setattr(layers, attr, wrapper)
