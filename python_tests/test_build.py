@@ -79,7 +79,8 @@ def test_gpu_cases_run_on_the_cpu_kernels():
 
 
 def test_gpu_report_reads_results_and_checks_targets(tmp_path):
-    """tools/gpu_report.py on hand-made inputs: counts, sanitizer rows and the three plan targets."""
+    """tools/gpu_report.py on hand-made inputs: counts, sanitizer rows, the benchmark run (every
+    variant present) and the plan targets, as two verdicts (checks, targets)."""
     (tmp_path / "nvidia-smi.txt").write_text("NVIDIA H200, 570.00, 143771 MiB")
     (tmp_path / "build.status").write_text("ok 95")
     (tmp_path / "build_info.json").write_text(
@@ -91,7 +92,9 @@ def test_gpu_report_reads_results_and_checks_targets(tmp_path):
         '<testcase classname="a" name="t1"/><testcase classname="a" name="t2"/>'
         '<testcase classname="a" name="t3"><skipped/></testcase></testsuite></testsuites>'
     )
+    (tmp_path / "cuda-tests.rc").write_text("0")
     (tmp_path / "sanitizer.txt").write_text("mppi memcheck ok 12\nmppi racecheck ok 30\n")
+    (tmp_path / "bench.rc").write_text("0")
 
     def bench(times_ms):
         return {
@@ -101,6 +104,7 @@ def test_gpu_report_reads_results_and_checks_targets(tmp_path):
             ]
         }
 
+    import ast
     import json
 
     sys.path.insert(0, str(ROOT / "tools"))
@@ -108,37 +112,49 @@ def test_gpu_report_reads_results_and_checks_targets(tmp_path):
         import gpu_report
     finally:
         sys.path.pop(0)
-    (tmp_path / "bench.json").write_text(
-        json.dumps(bench({"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0}))
+    # the report expects the benchmark's variants
+    tree = ast.parse((ROOT / "bench" / "test_bench_plan_gpu.py").read_text())
+    bench_variants = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "VARIANTS"
     )
-    text, ok = gpu_report.render(tmp_path, 300)
-    assert ok, text
-    assert "2 passed, 0 failed, 1 skipped" in text and "NVIDIA H200" in text and "24.0x" in text and "4.0x" in text
-    assert "Reduced precision" not in text
-    # the reduced-precision variants are listed apart and decide nothing, even when slower
-    times = {"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0}
-    (tmp_path / "bench.json").write_text(
-        json.dumps(bench({**times, "fused-graph-tf32": 0.25, "fused-graph-bf16": 2.5}))
-    )
-    text, ok = gpu_report.render(tmp_path, 300)
-    assert ok, text
-    assert "| fused-graph-tf32 | 0.250 ms | yes | 2.00x |" in text
-    assert "| fused-graph-bf16 | 2.500 ms | no | 0.20x |" in text
-    # A missed target (19x) and a failed test each make the report FAIL.
-    (tmp_path / "bench.json").write_text(
-        json.dumps(bench({"fused-graph": 0.5, "reference": 9.5, "reference-compiled": 2.0}))
-    )
-    text, ok = gpu_report.render(tmp_path, 300)
-    assert not ok and "19.0x | **no**" in text
-    (tmp_path / "bench.json").write_text(
-        json.dumps(bench({"fused-graph": 0.5, "reference": 12.0, "reference-compiled": 2.0}))
-    )
+    assert tuple(bench_variants) == gpu_report.VARIANTS
+
+    times = {"fused": 3.1, "fused-graph": 2.9, "reference": 70.0, "reference-compiled": 9.0}
+    times |= {"fused-graph-tf32": 0.9, "fused-graph-bf16": 1.2}
+    (tmp_path / "bench.json").write_text(json.dumps(bench(times)))
+    text, ok, met = gpu_report.render(tmp_path, 300)
+    assert ok and met, text
+    assert "2 passed, 0 failed, 1 skipped" in text and "NVIDIA H200" in text and "24.1x" in text and "3.1x" in text
+    # the 1 ms line on the fastest fused variant, with the float32 plan beside it
+    assert "fastest fused plan (fused-graph-tf32) <= 1 ms | 0.900 ms (float32 fused-graph: 2.900 ms) | yes" in text
+    assert "| fused-graph-tf32 | 0.900 ms | yes | 3.22x |" in text
+    assert "| fused-graph-bf16 | 1.200 ms | no | 2.42x |" in text
+    assert "Checks: PASS. Targets: met." in text
+    # a missed target (19x) leaves the checks passing: exit status 3
+    (tmp_path / "bench.json").write_text(json.dumps(bench({**times, "reference": 55.1})))
+    text, ok, met = gpu_report.render(tmp_path, 300)
+    assert ok and not met and "19.0x | **no**" in text
+    assert gpu_report.main([str(tmp_path), "--out", str(tmp_path / "r.md")]) == 3
+    # a variant without a result (it crashed) fails the checks, and so does a stopped run
+    (tmp_path / "bench.json").write_text(json.dumps(bench({k: v for k, v in times.items() if k != "fused-graph"})))
+    text, ok, met = gpu_report.render(tmp_path, 300)
+    assert not ok and "A6: no fused-graph" in text, text
+    assert gpu_report.main([str(tmp_path), "--out", str(tmp_path / "r.md")]) == 1
+    (tmp_path / "bench.json").write_text(json.dumps(bench(times)))
+    (tmp_path / "bench.rc").write_text("124")
+    text, ok, met = gpu_report.render(tmp_path, 300)
+    assert not ok and "stopped by its time limit" in text
+    (tmp_path / "bench.rc").write_text("0")
+    # a failed test fails the checks
     (tmp_path / "cuda-tests.xml").write_text(
         '<testsuite tests="1" failures="1" errors="0" skipped="0"><testcase classname="a" name="t1">'
         "<failure/></testcase></testsuite>"
     )
-    text, ok = gpu_report.render(tmp_path, 300)
+    text, ok, met = gpu_report.render(tmp_path, 300)
     assert not ok and "`a::t1`" in text
+    assert gpu_report.main([str(tmp_path), "--out", str(tmp_path / "r.md")]) == 1
 
 
 def test_cpu_report_writes_one_section_per_cpu_kind(tmp_path):
