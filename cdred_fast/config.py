@@ -225,7 +225,8 @@ class CDREDConfig:
     # included, plan faster in IEEE float32), and "highest" for the update
     # (bfloat16 updates learned slower on a DMControl task: results/amx-medium-dmc/); "highest"
     # elsewhere (CUDA included); "highest" = IEEE float32 through MKL / cuBLAS (the exact switch; the
-    # tolerances of the tests); "high" = TF32 tensor cores on CUDA (no effect on CPU); "medium" =
+    # tolerances of the tests; on CUDA it leaves cuDNN's convolutions, the pixel encoder's, to
+    # torch.backends.cudnn.allow_tf32, which is True by default); "high" = TF32 tensor cores on CUDA (no effect on CPU); "medium" =
     # oneDNN's products, which may round to bfloat16 (CUDA; CPUs with AMX). Epilogues,
     # reductions and the MPPI ops stay float32. Measured effect and the 8-seed comparison behind
     # the default: docs/kernels.md, "Reduced-precision matrix products".

@@ -338,7 +338,11 @@ def matmul_precision(precision: str):
             f"matmul_precision must be one of {TORCH_MATMUL_PRECISIONS}, got {precision!r}"
             + (" (resolve it first: precision.resolve_matmul_precision)" if precision == "auto" else "")
         )
-    previous = torch.get_float32_matmul_precision()
+    try:
+        previous, backends = torch.get_float32_matmul_precision(), None
+    except RuntimeError:  # the caller set torch's per-backend fp32_precision API, one backend differently
+        previous = None
+        backends = (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)
     if previous == precision:
         yield
         return
@@ -346,4 +350,7 @@ def matmul_precision(precision: str):
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        if previous is not None:
+            torch.set_float32_matmul_precision(previous)
+        else:
+            torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision = backends

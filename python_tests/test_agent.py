@@ -466,6 +466,28 @@ def test_matmul_precision_is_set_while_acting_and_updating_then_restored():
         small_cfg(matmul_precision="bf16")
 
 
+def test_matmul_precision_after_the_callers_per_backend_settings():
+    """A caller that used torch's per-backend API (``torch.backends.cuda.matmul.fp32_precision``),
+    after which ``torch.get_float32_matmul_precision()`` raises, can still act and update: the
+    agent's precision context saves and restores the per-backend settings."""
+    backends = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        with pytest.raises(RuntimeError, match="legacy and new APIs"):
+            torch.get_float32_matmul_precision()
+        before = tuple(b.fp32_precision for b in backends)
+        agent = make_agent(kernels="fused", matmul_precision="medium")
+        seen = []
+        agent.model.dynamics.register_forward_hook(lambda *a: seen.append(torch.get_float32_matmul_precision()))
+        agent.act(torch.randn(OBS), t0=True, generator=torch.Generator().manual_seed(0))
+        agent.update(*make_batches(), generator=torch.Generator().manual_seed(1))
+        assert seen and set(seen) == {"medium"}
+        assert tuple(b.fp32_precision for b in backends) == before
+    finally:
+        torch.set_float32_matmul_precision("highest")  # every backend back to IEEE float32
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
 def test_matmul_precision_auto_is_medium_where_its_products_stay_float32():
     """cfg.matmul_precision="auto": 'medium' on a CPU whose 'medium' products measure
     float32-class against float64 (oneDNN's float32 kernels); on an AMX CPU 'medium' for acting
