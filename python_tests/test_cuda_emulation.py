@@ -5,13 +5,15 @@ rewritten) with the op fronts into a library whose every op runs its CUDA kernel
 tensors. Child processes load it in place of cdred_fast._C (CDRED_FAST_CUDA_EMULATION_LIBRARY)
 and run this suite's op and model tests: parity with the pure-PyTorch reference, edge cases,
 opcheck, agent-level parity. They run in three orders of the threads between barriers, so that
-a missing __syncthreads / __syncwarp changes a result in at least one of them, and once more
-with the library built with AddressSanitizer, which reports a kernel's read or write outside
-its tensors (what compute-sanitizer's memcheck does on a GPU). The emulator checks itself
-first: kernels with known defects must be reported.
+a missing __syncthreads / __syncwarp changes a result in at least one of them; with the
+library built with AddressSanitizer, which reports a kernel's read or write outside its tensors
+(what compute-sanitizer's memcheck does on a GPU); and with ThreadSanitizer, which reports two
+threads of a block touching the same memory, one writing, with no barrier between them (what
+its racecheck does). The emulator checks itself first: kernels with known defects must be
+reported.
 
 What this cannot see (cuda_emu.h says more): device arithmetic (FMA contraction, expf),
-the memory model beyond barriers, timing. scripts/gpu_check.sh covers those on a GPU.
+races between blocks, timing. scripts/gpu_check.sh covers those on a GPU.
 """
 
 from __future__ import annotations
@@ -90,21 +92,27 @@ def library() -> str:
     return _build()
 
 
-def _asan_runtime() -> dict[str, str]:
-    """tools/cuda_emu/build.py's environment for its AddressSanitizer builds (skips without them)."""
+def _sanitizer_environment(name: str) -> dict[str, str]:
+    """tools/cuda_emu/build.py's environment for its sanitizer builds (skips without the runtime)."""
     spec = importlib.util.spec_from_file_location("cuda_emu_build", ROOT / "tools" / "cuda_emu" / "build.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     try:
-        return module.asan_environment()
+        return module.sanitizer_environment(name)
     except (OSError, RuntimeError) as exc:
-        pytest.skip(f"no AddressSanitizer runtime: {exc}")
+        pytest.skip(f"no {name} runtime: {exc}")
 
 
 @pytest.fixture(scope="module")
 def asan_library() -> tuple[str, dict[str, str]]:
-    env = _asan_runtime()
-    return _build("--asan"), env
+    env = _sanitizer_environment("asan")
+    return _build("--sanitizer", "asan"), env
+
+
+@pytest.fixture(scope="module")
+def tsan_library() -> tuple[str, dict[str, str]]:
+    env = _sanitizer_environment("tsan")
+    return _build("--sanitizer", "tsan"), env
 
 
 def _run(
@@ -190,3 +198,35 @@ def test_elite_update_on_a_device_with_less_shared_memory(library):
     most 2,048 candidates in the block; the MPPI op tests' larger shapes (2,049 to 5,000
     candidates) then take its at::sort fallback."""
     _pytest(library, ["test_mppi_ops.py"], "forward", env={"CUDA_EMU_SMEM_OPTIN": "49152"})
+
+
+def _race_reports(log_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted(log_dir.glob("tsan*")))
+
+
+def test_the_tsan_build_reports_a_race(tsan_library, tmp_path):
+    library, env = tsan_library
+    env = {**env, "TSAN_OPTIONS": f"{env['TSAN_OPTIONS']} log_path={tmp_path / 'tsan'}"}
+    code = "import torch, cdred_fast; torch.ops.cuda_emu_selftest.racy_sum(torch.arange(64.0))"
+    _run(library, ["-c", code], "reverse", timeout=300, env=env)  # the order that hides the wrong result
+    reports = _race_reports(tmp_path)
+    assert "data race" in reports and "racy_sum_kernel" in reports, reports[-3000:]
+    # a correct block reduction (barriers, shuffles) is not reported
+    (tmp_path / "clean").mkdir()
+    env["TSAN_OPTIONS"] = env["TSAN_OPTIONS"].replace(str(tmp_path / "tsan"), str(tmp_path / "clean" / "tsan"))
+    code = "import torch, cdred_fast; print(torch.ops.cuda_emu_selftest.sum(torch.arange(64.0)).item())"
+    proc = _run(library, ["-c", code], "forward", timeout=300, env=env)
+    assert proc.stdout.strip() == "2016.0" and not _race_reports(tmp_path / "clean"), _tail(proc.stderr)
+
+
+def test_cuda_kernels_have_no_data_races(tsan_library, tmp_path):
+    """The kernels' parity tests under ThreadSanitizer (the emulator's racecheck): no two threads
+    of a block touch the same memory, one writing, without a barrier between them. One torch
+    thread; the largest reward shapes left out (the slowest to run instrumented)."""
+    library, env = tsan_library
+    env = {**env, "TSAN_OPTIONS": f"{env['TSAN_OPTIONS']} log_path={tmp_path / 'tsan'}"}
+    select = "not 4097 and not thread and (matches or parity or hand or ties or zero or degenerate or plus)"
+    files = ["test_mppi_ops.py", "test_block_ops.py", "test_reward_ops.py", "test_rnd_ops.py"]
+    _pytest(library, files, "forward", "-k", select, env=env)
+    reports = _race_reports(tmp_path)
+    assert not reports, reports[-6000:]

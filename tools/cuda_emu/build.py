@@ -144,7 +144,14 @@ def rewrite(path: Path) -> str:
     return f'#include "cuda_emu.h"\n#line 1 "{rel}"\n{body}'
 
 
-def build(build_dir: Path, verbose: bool = False, asan: bool = False) -> Path:
+SANITIZERS = {  # build.py --sanitizer NAME: compiler flag, runtime library, runtime options
+    "asan": ("-fsanitize=address", "libasan.so", {"ASAN_OPTIONS": "detect_leaks=0"}),
+    # one torch thread: torch's OpenMP workers synchronise in code TSan does not see
+    "tsan": ("-fsanitize=thread", "libtsan.so", {"TSAN_OPTIONS": "halt_on_error=0", "OMP_NUM_THREADS": "1"}),
+}
+
+
+def build(build_dir: Path, verbose: bool = False, sanitizer: str | None = None) -> Path:
     import torch
     from torch.utils.cpp_extension import load
 
@@ -163,12 +170,15 @@ def build(build_dir: Path, verbose: bool = False, asan: bool = False) -> Path:
         sources.append(str(target))
     for stale in set(gen.iterdir()) - {Path(s) for s in sources}:
         stale.unlink()
+    flag = [SANITIZERS[sanitizer][0]] if sanitizer else []
+    name = NAME + (f"_{sanitizer}" if sanitizer else "")
     load(
-        name=NAME + ("_asan" if asan else ""),
+        name=name,
         sources=sources,
         extra_include_paths=[str(HERE / "include"), str(HERE), str(ROOT / "csrc")],
         extra_cflags=[
-            *(["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []),
+            *flag,
+            *(["-fno-omit-frame-pointer"] if sanitizer else []),
             "-O2",
             "-std=c++20",
             "-fopenmp",
@@ -176,25 +186,27 @@ def build(build_dir: Path, verbose: bool = False, asan: bool = False) -> Path:
             "-DCDRED_EMULATE_CUDA=1",
             f'-DCDRED_TORCH_VERSION=\\"{torch.__version__.split("+")[0]}\\"',  # quoted through ninja's shell
         ],
-        extra_ldflags=["-fopenmp", *(["-fsanitize=address"] if asan else [])],
+        extra_ldflags=["-fopenmp", *flag],
         build_directory=str(build_dir),
         is_python_module=False,
         with_cuda=False,
         verbose=verbose,
     )
-    return build_dir / f"{NAME}{'_asan' if asan else ''}.so"
+    return build_dir / f"{name}.so"
 
 
-def asan_environment() -> dict[str, str]:
-    """What runs an AddressSanitizer build in a Python process: GCC's ASan runtime preloaded
-    first, then libstdc++ (whose __cxa_throw ASan intercepts), leak checks off (Python's)."""
+def sanitizer_environment(sanitizer: str) -> dict[str, str]:
+    """What runs a sanitizer build (``"asan"``, ``"tsan"``) in a Python process: GCC's runtime
+    of the sanitizer preloaded first, then libstdc++ (whose __cxa_throw the runtime intercepts),
+    and the runtime's options (no leak checks: Python's)."""
+    flag, runtime, options = SANITIZERS[sanitizer]
     libs = []
-    for name in ("libasan.so", "libstdc++.so"):
+    for name in (runtime, "libstdc++.so"):
         path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
         if not os.path.isabs(path):
-            raise RuntimeError(f"AddressSanitizer builds need GCC's {name} (gcc -print-file-name={name} found none)")
+            raise RuntimeError(f"{flag} builds need GCC's {name} (gcc -print-file-name={name} found none)")
         libs.append(path)
-    return {"LD_PRELOAD": " ".join(libs), "ASAN_OPTIONS": "detect_leaks=0"}
+    return {"LD_PRELOAD": " ".join(libs), **options}
 
 
 def main() -> None:
@@ -202,22 +214,24 @@ def main() -> None:
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build" / "cuda_emu")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument(
-        "--asan",
-        action="store_true",
-        help="instrument with AddressSanitizer (default directory build/cuda_emu_asan); run it with "
-        "LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0",
+        "--sanitizer",
+        choices=sorted(SANITIZERS),
+        help="instrument with AddressSanitizer (asan: accesses outside the tensors) or ThreadSanitizer "
+        "(tsan: data races between a block's threads); default directory build/cuda_emu_NAME. Run the "
+        "library with the environment of sanitizer_environment(NAME) (LD_PRELOAD of the runtime, ...)",
     )
     args = parser.parse_args()
-    if args.asan and "libasan" not in os.environ.get("LD_PRELOAD", ""):
-        # torch's builder loads what it built, which an ASan library allows only in a process
-        # started with the runtime preloaded: start again so
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **asan_environment()})
-    if args.asan:
+    runtime = SANITIZERS[args.sanitizer][1] if args.sanitizer else None
+    if runtime and runtime.removesuffix(".so") not in os.environ.get("LD_PRELOAD", ""):
+        # torch's builder loads what it built, which a sanitizer build allows only in a process
+        # started with its runtime preloaded: start again so
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **sanitizer_environment(args.sanitizer)})
+    if runtime:
         os.environ.pop("LD_PRELOAD")  # the compilers run without it
-    if args.asan and args.build_dir == ROOT / "build" / "cuda_emu":
-        args.build_dir = ROOT / "build" / "cuda_emu_asan"
+    if args.sanitizer and args.build_dir == ROOT / "build" / "cuda_emu":
+        args.build_dir = ROOT / "build" / f"cuda_emu_{args.sanitizer}"
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
-    path = build(args.build_dir.resolve(), verbose=args.verbose, asan=args.asan)
+    path = build(args.build_dir.resolve(), verbose=args.verbose, sanitizer=args.sanitizer)
     print(path)
     sys.stdout.flush()
 

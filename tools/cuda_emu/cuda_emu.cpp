@@ -66,6 +66,20 @@ extern "C" void __sanitizer_finish_switch_fiber(void* fake_stack_save, const voi
 extern "C" void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
 #define CUDA_EMU_ASAN 1
 #endif
+#if defined(__SANITIZE_THREAD__)
+// ThreadSanitizer builds (build.py --tsan): every thread of a block is a TSan fiber; fibers are
+// switched without synchronisation, and the barriers say what happens before what.
+extern "C" void* __tsan_get_current_fiber(void);
+extern "C" void* __tsan_create_fiber(unsigned flags);
+extern "C" void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+#define CUDA_EMU_TSAN 1
+// The emulator's own bookkeeping is not the kernels' memory: not instrumented.
+#define CUDA_EMU_INTERNAL __attribute__((no_sanitize_thread))
+#else
+#define CUDA_EMU_INTERNAL
+#endif
 
 namespace cuda_emu {
 namespace {
@@ -95,26 +109,34 @@ struct Launch {
   std::vector<uint64_t> slots;          // [2][threads]: the values of a thread's even and odd shuffles
   std::vector<uint32_t> shuffles_done;  // per thread: its shuffles so far in this block
   std::vector<unsigned char> dynamic;
-  bool discovery = false;   // a run that only measures the static __shared__ arrays
-  size_t static_bytes = 0;  // (discovery) their bytes
-  std::vector<const void*> statics;
+  bool discovery = false;                         // a run that only finds the static __shared__ arrays
+  size_t static_bytes = 0;                        // their bytes
+  std::vector<std::pair<void*, size_t>> statics;  // their addresses and sizes (filled with 0xff per block)
   std::string error;
+  // (ThreadSanitizer) the addresses of the happens-before edges: the block's start, its
+  // __syncthreads, each warp's __syncwarp (its end: join_fibers)
+  char block_start = 0, syncthreads_sync = 0;
+  std::vector<char> warp_sync;
 };
 
 thread_local Launch* g_launch = nullptr;
-thread_local uint64_t g_block_serial = 0;
-thread_local std::unordered_map<const void*, uint64_t> g_fresh;       // static __shared__ -> block
-thread_local std::unordered_map<const void*, int> g_dynamic_limit;    // kernel -> bytes
-thread_local std::unordered_map<const void*, size_t> g_static_bytes;  // kernel -> bytes
-thread_local std::vector<char*> g_stacks;                             // one per thread slot
+thread_local std::unordered_map<const void*, int> g_dynamic_limit;  // kernel -> bytes
+// kernel -> its static __shared__ arrays (found by a discovery run): bytes, (address, size)
+thread_local std::unordered_map<const void*, std::pair<size_t, std::vector<std::pair<void*, size_t>>>> g_statics;
+thread_local std::vector<char*> g_stacks;  // one per thread slot
 thread_local std::mt19937_64 g_rng;
 thread_local const void* g_scheduler_stack = nullptr;  // (ASan builds) the OS thread's stack
 thread_local size_t g_scheduler_stack_size = 0;
+#ifdef CUDA_EMU_TSAN
+thread_local std::vector<void*> g_tsan_fibers;  // one TSan fiber per thread slot
+thread_local void* g_tsan_scheduler = nullptr;
+constexpr unsigned kNoSync = 1;  // __tsan_switch_to_fiber_no_sync
+#endif
 thread_local bool g_rng_seeded = false;
 
 enum class Order { kForward, kReverse, kRandom };
 
-Order order() {
+CUDA_EMU_INTERNAL Order order() {
   const char* s = std::getenv("CUDA_EMU_ORDER");
   const std::string o = s ? s : "forward";
   if (o == "forward") return Order::kForward;
@@ -130,12 +152,12 @@ Order order() {
   TORCH_CHECK(false, "cuda_emu: CUDA_EMU_ORDER must be forward, reverse or random[:SEED], got '", o, "'");
 }
 
-int lanes_of_warp(const Launch& L, int w) {
+CUDA_EMU_INTERNAL int lanes_of_warp(const Launch& L, int w) {
   return std::min(kWarp, L.threads - w * kWarp);
 }
 
 // Queue `tids` (ascending) to run in the chosen order.
-void enqueue(Launch& L, std::vector<int>& tids, Order o) {
+CUDA_EMU_INTERNAL void enqueue(Launch& L, std::vector<int>& tids, Order o) {
   if (o == Order::kRandom) std::shuffle(tids.begin(), tids.end(), g_rng);
   if (o == Order::kForward) std::reverse(tids.begin(), tids.end());  // the back runs first
   for (int t : tids) {
@@ -144,7 +166,7 @@ void enqueue(Launch& L, std::vector<int>& tids, Order o) {
   }
 }
 
-char* stack_for(int slot) {
+CUDA_EMU_INTERNAL char* stack_for(int slot) {
   while (int(g_stacks.size()) <= slot) {
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -156,7 +178,7 @@ char* stack_for(int slot) {
 }
 
 // A fresh context that enters cuda_emu_trampoline: the frame cuda_emu_switch pops.
-void* fresh_context(int slot) {
+CUDA_EMU_INTERNAL void* fresh_context(int slot) {
 #ifdef CUDA_EMU_ASAN
   // A fiber abandoned at an error leaves its frames' poison on this stack: clear it.
   __asan_unpoison_memory_region(stack_for(slot), kStackBytes);
@@ -174,7 +196,11 @@ void* fresh_context(int slot) {
 }
 
 // From the scheduler to thread t's fiber, until it yields.
-void enter_fiber(Launch& L, int t) {
+CUDA_EMU_INTERNAL void enter_fiber(Launch& L, int t) {
+#ifdef CUDA_EMU_TSAN
+  while (int(g_tsan_fibers.size()) <= t) g_tsan_fibers.push_back(__tsan_create_fiber(0));
+  __tsan_switch_to_fiber(g_tsan_fibers[t], kNoSync);
+#endif
 #ifdef CUDA_EMU_ASAN
   void* fake_stack = nullptr;
   __sanitizer_start_switch_fiber(&fake_stack, stack_for(t), kStackBytes);
@@ -186,8 +212,11 @@ void enter_fiber(Launch& L, int t) {
 }
 
 // From the running fiber to the scheduler; `ending`: the fiber is never resumed.
-void leave_fiber(Launch& L, bool ending) {
+CUDA_EMU_INTERNAL void leave_fiber(Launch& L, bool ending) {
   Fiber& f = L.fibers[L.current];
+#ifdef CUDA_EMU_TSAN
+  __tsan_switch_to_fiber(g_tsan_scheduler, kNoSync);
+#endif
 #ifdef CUDA_EMU_ASAN
   void* fake_stack = nullptr;
   __sanitizer_start_switch_fiber(ending ? nullptr : &fake_stack, g_scheduler_stack, g_scheduler_stack_size);
@@ -200,17 +229,17 @@ void leave_fiber(Launch& L, bool ending) {
 #endif
 }
 
-[[noreturn]] void end_fiber(Launch& L) {
+[[noreturn]] CUDA_EMU_INTERNAL void end_fiber(Launch& L) {
   L.fibers[L.current].state = State::kDone;
   for (;;) leave_fiber(L, true);  // the scheduler never resumes it
 }
 
-[[noreturn]] void fail_in_fiber(Launch& L, const std::string& what) {
+[[noreturn]] CUDA_EMU_INTERNAL void fail_in_fiber(Launch& L, const std::string& what) {
   if (L.error.empty()) L.error = what;
   end_fiber(L);
 }
 
-std::string describe(const Launch& L) {
+CUDA_EMU_INTERNAL std::string describe(const Launch& L) {
   std::ostringstream os;
   os << "block " << blockIdx.x << " of " << gridDim.x << ", " << L.threads << " threads: ";
   int sync = 0, done = 0;
@@ -223,13 +252,24 @@ std::string describe(const Launch& L) {
   return os.str();
 }
 
-void wait(State s) {
+// Waits at a barrier; `orders_memory`: what each thread did before it happens before what every
+// thread does after it (__syncthreads, __syncwarp; not the barrier inside a shuffle).
+CUDA_EMU_INTERNAL void wait(State s, bool orders_memory = true) {
   Launch& L = *g_launch;
   L.fibers[L.current].state = s;
+#ifdef CUDA_EMU_TSAN
+  void* sync = s == State::kAtSyncthreads ? static_cast<void*>(&L.syncthreads_sync)
+                                          : static_cast<void*>(&L.warp_sync[L.current / kWarp]);
+  if (orders_memory) __tsan_release(sync);
   leave_fiber(L, false);
+  if (orders_memory) __tsan_acquire(sync);
+#else
+  (void)orders_memory;
+  leave_fiber(L, false);
+#endif
 }
 
-void check_full_mask(unsigned mask, const char* what) {
+CUDA_EMU_INTERNAL void check_full_mask(unsigned mask, const char* what) {
   Launch& L = *g_launch;
   const int w = L.current / kWarp;
   const int lanes = lanes_of_warp(L, w);
@@ -244,16 +284,32 @@ void check_full_mask(unsigned mask, const char* what) {
   }
 }
 
-void warp_barrier() {
+CUDA_EMU_INTERNAL void warp_barrier(bool orders_memory) {
   Launch& L = *g_launch;
   ++L.at_warp[L.current / kWarp];
-  wait(State::kAtWarpBarrier);
+  wait(State::kAtWarpBarrier, orders_memory);
+}
+
+// (ThreadSanitizer) What every thread of the block did happens before what the scheduler does
+// next: the block is over, or was abandoned at an error (threads stuck at a barrier included).
+CUDA_EMU_INTERNAL void join_fibers(Launch& L) {
+#ifdef CUDA_EMU_TSAN
+  for (int t = 0; t < L.threads && t < int(g_tsan_fibers.size()); ++t) {
+    __tsan_switch_to_fiber(g_tsan_fibers[t], 0);  // synchronising switches, attribution only: no
+    __tsan_switch_to_fiber(g_tsan_scheduler, 0);  // stack changes
+  }
+#else
+  (void)L;
+#endif
 }
 
 // Runs the block blockIdx.x to its end.
-void run_block(Launch& L, Order o) {
-  ++g_block_serial;
+CUDA_EMU_INTERNAL void run_block(Launch& L, Order o) {
+  // shared memory as a block finds it: not initialised (0xff bytes, NaN)
   if (!L.dynamic.empty()) std::fill(L.dynamic.begin(), L.dynamic.end(), 0xff);
+  if (!L.discovery) {
+    for (const auto& [p, n] : L.statics) std::memset(p, 0xff, n);
+  }
   L.ready.clear();
   std::fill(L.at_warp.begin(), L.at_warp.end(), 0);
   L.at_syncthreads = L.done = 0;
@@ -261,6 +317,10 @@ void run_block(Launch& L, Order o) {
   std::vector<int> all(L.threads);
   std::iota(all.begin(), all.end(), 0);
   for (int t = 0; t < L.threads; ++t) L.fibers[t].sp = fresh_context(t);
+#ifdef CUDA_EMU_TSAN
+  L.warp_sync.assign(L.at_warp.size(), 0);
+  __tsan_release(&L.block_start);  // the launch's set-up happens before the block's threads
+#endif
   enqueue(L, all, o);
   for (;;) {
     while (!L.ready.empty()) {
@@ -269,12 +329,18 @@ void run_block(Launch& L, Order o) {
       L.current = t;
       threadIdx = uint3{unsigned(t), 0, 0};
       enter_fiber(L, t);
-      if (!L.error.empty()) TORCH_CHECK(false, L.error);
+      if (!L.error.empty()) {
+        join_fibers(L);  // (ThreadSanitizer) the message was written by the thread that failed
+        TORCH_CHECK(false, L.error);
+      }
     }
     L.at_syncthreads = L.done = 0;
     for (const auto& f : L.fibers)
       L.at_syncthreads += f.state == State::kAtSyncthreads, L.done += f.state == State::kDone;
-    if (L.done == L.threads) return;
+    if (L.done == L.threads) {
+      join_fibers(L);
+      return;
+    }
     bool released = false;
     for (int w = 0; w * kWarp < L.threads; ++w) {
       if (L.at_warp[w] == 0) continue;
@@ -301,22 +367,22 @@ void run_block(Launch& L, Order o) {
 
 }  // namespace
 
-int lane_id() {
+CUDA_EMU_INTERNAL int lane_id() {
   return g_launch->current % kWarp;
 }
 
-void syncthreads() {
+CUDA_EMU_INTERNAL void syncthreads() {
   Launch& L = *g_launch;
   (void)L;
   wait(State::kAtSyncthreads);
 }
 
-void syncwarp(unsigned mask) {
+CUDA_EMU_INTERNAL void syncwarp(unsigned mask) {
   check_full_mask(mask, "__syncwarp");
-  warp_barrier();
+  warp_barrier(true);
 }
 
-uint64_t shuffle(unsigned mask, uint64_t bits, int src, int /*width*/) {
+CUDA_EMU_INTERNAL uint64_t shuffle(unsigned mask, uint64_t bits, int src, int /*width*/) {
   check_full_mask(mask, "a warp shuffle");
   Launch& L = *g_launch;
   const int t = L.current, w = t / kWarp;
@@ -325,46 +391,40 @@ uint64_t shuffle(unsigned mask, uint64_t bits, int src, int /*width*/) {
   // reading shuffle n: one barrier per shuffle suffices.
   uint64_t* buffer = L.slots.data() + size_t(L.shuffles_done[t]++ % 2) * size_t(L.threads);
   buffer[t] = bits;
-  warp_barrier();  // every lane has published
+  warp_barrier(false);  // every lane has published
   if (src >= lanes_of_warp(L, w)) fail_in_fiber(L, "cuda_emu: a shuffle reads a lane that does not exist");
   return src < 0 ? bits : buffer[w * kWarp + src];
 }
 
-void* dynamic_shared() {
+CUDA_EMU_INTERNAL void* dynamic_shared() {
   Launch& L = *g_launch;
   return L.dynamic.empty() ? nullptr : L.dynamic.data();
 }
 
-void fresh_shared(void* p, size_t n) {
+CUDA_EMU_INTERNAL void fresh_shared(void* p, size_t n) {
   Launch& L = *g_launch;
-  if (L.discovery) {
-    if (std::find(L.statics.begin(), L.statics.end(), p) == L.statics.end()) {
-      L.statics.push_back(p);
-      L.static_bytes += n;
-    }
-    return;
-  }
-  uint64_t& seen = g_fresh[p];
-  if (seen != g_block_serial) {
-    std::memset(p, 0xff, n);
-    seen = g_block_serial;
+  if (!L.discovery) return;  // run_block fills the arrays the discovery run found
+  const auto same = [p](const std::pair<void*, size_t>& a) { return a.first == p; };
+  if (std::find_if(L.statics.begin(), L.statics.end(), same) == L.statics.end()) {
+    L.statics.emplace_back(p, n);
+    L.static_bytes += n;
   }
 }
 
-int smem_optin() {
+CUDA_EMU_INTERNAL int smem_optin() {
   const char* s = std::getenv("CUDA_EMU_SMEM_OPTIN");
   return s ? std::atoi(s) : 232448;  // H100 / H200: 227 KiB
 }
 
-void statics_declared() {
+CUDA_EMU_INTERNAL void statics_declared() {
   Launch& L = *g_launch;
   if (!L.discovery) return;
   end_fiber(L);  // the discovery run ends here, before any of the kernel's work
 }
 
-size_t static_shared_bytes(const void* kernel, KernelBody body, void* closure) {
-  const auto it = g_static_bytes.find(kernel);
-  if (it != g_static_bytes.end()) return it->second;
+CUDA_EMU_INTERNAL size_t static_shared_bytes(const void* kernel, KernelBody body, void* closure) {
+  const auto it = g_statics.find(kernel);
+  if (it != g_statics.end()) return it->second.first;
   TORCH_CHECK(g_launch == nullptr, "cuda_emu: a launch from inside a kernel");
   Launch L;
   L.discovery = true;
@@ -378,31 +438,36 @@ size_t static_shared_bytes(const void* kernel, KernelBody body, void* closure) {
   blockDim = dim3(1);
   gridDim = dim3(1);
   blockIdx = uint3{0, 0, 0};
+#ifdef CUDA_EMU_TSAN
+  g_tsan_scheduler = __tsan_get_current_fiber();
+#endif
   g_launch = &L;
   try {
     run_block(L, Order::kForward);
   } catch (...) {
+    join_fibers(L);
     g_launch = nullptr;
     throw;
   }
   g_launch = nullptr;
-  g_static_bytes[kernel] = L.static_bytes;
+  g_statics[kernel] = {L.static_bytes, L.statics};
   return L.static_bytes;
 }
 
-size_t max_dynamic_shared(const void* kernel, size_t static_bytes) {
+CUDA_EMU_INTERNAL size_t max_dynamic_shared(const void* kernel, size_t static_bytes) {
   const auto it = g_dynamic_limit.find(kernel);
   return it != g_dynamic_limit.end() ? size_t(it->second)
                                      : kDefaultDynamicLimit - std::min(static_bytes, kDefaultDynamicLimit);
 }
 
-bool set_max_dynamic_shared(const void* kernel, size_t static_bytes, int bytes) {
+CUDA_EMU_INTERNAL bool set_max_dynamic_shared(const void* kernel, size_t static_bytes, int bytes) {
   if (bytes < 0 || static_bytes + size_t(bytes) > size_t(smem_optin())) return false;
   g_dynamic_limit[kernel] = bytes;
   return true;
 }
 
-void run(const void* kernel, dim3 grid, dim3 block, size_t smem, size_t static_bytes, KernelBody body, void* closure) {
+CUDA_EMU_INTERNAL void run(const void* kernel, dim3 grid, dim3 block, size_t smem, size_t static_bytes, KernelBody body,
+                           void* closure) {
   TORCH_CHECK(g_launch == nullptr, "cuda_emu: a launch from inside a kernel");
   const int64_t threads = int64_t(block.x) * block.y * block.z;
   TORCH_CHECK(threads >= 1 && threads <= kMaxThreads && block.x <= 1024 && block.y <= 1024 && block.z <= 64,
@@ -428,8 +493,14 @@ void run(const void* kernel, dim3 grid, dim3 block, size_t smem, size_t static_b
   L.slots.assign(2 * threads, 0);
   L.shuffles_done.assign(threads, 0);
   L.dynamic.assign(smem, 0xff);
+  const auto statics = g_statics.find(kernel);
+  TORCH_CHECK(statics != g_statics.end(), "cuda_emu: a launch of a kernel whose shared memory was not measured");
+  L.statics = statics->second.second;
   blockDim = block;
   gridDim = grid;
+#ifdef CUDA_EMU_TSAN
+  g_tsan_scheduler = __tsan_get_current_fiber();
+#endif
   g_launch = &L;
   try {
     for (unsigned b = 0; b < grid.x; ++b) {
@@ -437,6 +508,7 @@ void run(const void* kernel, dim3 grid, dim3 block, size_t smem, size_t static_b
       run_block(L, o);
     }
   } catch (...) {
+    join_fibers(L);
     g_launch = nullptr;
     throw;
   }
@@ -445,11 +517,14 @@ void run(const void* kernel, dim3 grid, dim3 block, size_t smem, size_t static_b
 
 }  // namespace cuda_emu
 
-extern "C" void cuda_emu_fiber_main() {
+extern "C" CUDA_EMU_INTERNAL void cuda_emu_fiber_main() {
 #ifdef CUDA_EMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &cuda_emu::g_scheduler_stack, &cuda_emu::g_scheduler_stack_size);
 #endif
   cuda_emu::Launch& L = *cuda_emu::g_launch;
+#ifdef CUDA_EMU_TSAN
+  __tsan_acquire(&L.block_start);
+#endif
   try {
     L.body(L.closure);
   } catch (const std::exception& e) {

@@ -28,14 +28,23 @@
 // their size, also what cudaFuncGetAttributes reports, comes from a discovery
 // run of the kernel up to its last __shared__ declaration (static_shared_bytes).
 //
-// Built with AddressSanitizer (build.py --asan), a kernel's read or write outside
-// its tensors is reported, as compute-sanitizer's memcheck does on a GPU.
+// Built with AddressSanitizer (build.py --sanitizer asan), a kernel's read or write outside
+// its tensors is reported, as compute-sanitizer's memcheck does on a GPU. Built
+// with ThreadSanitizer (--sanitizer tsan), each thread of a block is a TSan fiber,
+// ordered with the others only by __syncthreads, __syncwarp and the start and end
+// of the block: two threads of a block that touch the same shared or global
+// memory, one of them writing, with no barrier between them, are reported as a
+// data race, as compute-sanitizer's racecheck does (shuffles order nothing; the
+// blocks of a launch are ordered one after another, so races between blocks are
+// not seen).
 //
 // What it does not model: warp-synchronous execution inside a warp (lanes are
-// never in lockstep here, which is the stricter contract since Volta), the
-// memory model beyond barriers (there are no concurrent threads), device math
-// (the host's libm; kernels compiled without __CUDA_ARCH__ take their host
-// branches), timing, and streams (every launch runs to completion at once).
+// never in lockstep here, which is the stricter contract since Volta), memory
+// ordering beyond what the barriers give (no threads run at once; ThreadSanitizer
+// builds check that the barriers order every conflicting access), races between
+// blocks, device math (the host's libm; kernels compiled without __CUDA_ARCH__
+// take their host branches), timing, and streams (every launch runs to
+// completion at once).
 #pragma once
 
 #include <cstddef>
@@ -103,8 +112,8 @@ void syncwarp(unsigned mask);
 uint64_t shuffle(unsigned mask, uint64_t bits, int src_lane, int width);
 int lane_id();
 void* dynamic_shared();
-// Marks the static __shared__ array at p (n bytes) as fresh for the running block: filled with
-// 0xff when the block first reaches its declaration.
+// The static __shared__ array at p (n bytes) is declared here (the rewrite of build.py calls it
+// at each declaration); a discovery run records it, and every block starts with it as 0xff bytes.
 void fresh_shared(void* p, size_t n);
 int smem_optin();
 
