@@ -60,11 +60,12 @@ echo "$?" > "$WORK/cuda-tests.rc"
 tail -n 25 "$WORK/cuda-tests.log"
 [ -s "$WORK/cuda-tests.xml" ] || status=1
 
-# 3. compute-sanitizer on one small case per op family. Without PyTorch's caching allocator:
-# its large segments would hide an access past a small tensor from memcheck.
+# 3. compute-sanitizer on one small case per op family (all families in one process per tool:
+# each process starts torch and CUDA under the tool, the slow part). Without PyTorch's caching
+# allocator: its large segments would hide an access past a small tensor from memcheck.
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 : > "$WORK/sanitizer.txt"
-for family in reward rnd block mppi; do
+for family in all; do
   for tool in memcheck racecheck; do
     if [ -z "$SANITIZER" ]; then echo "$family $tool unavailable 0" >> "$WORK/sanitizer.txt"; continue; fi
     t0=$(date +%s)
