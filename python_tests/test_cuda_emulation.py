@@ -98,9 +98,16 @@ def _sanitizer_environment(name: str) -> dict[str, str]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     try:
-        return module.sanitizer_environment(name)
+        env = module.sanitizer_environment(name)
     except (OSError, RuntimeError) as exc:
         pytest.skip(f"no {name} runtime: {exc}")
+    # the runtime must start under this Python on this kernel (TSan maps fixed address ranges)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch"], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"the {name} runtime does not start here: {_tail(probe.stderr, 3)}")
+    return env
 
 
 @pytest.fixture(scope="module")
