@@ -8,7 +8,10 @@ with ``CDRED_EMULATE_CUDA`` defined: every op then runs its CUDA launcher on CPU
 Load it in a fresh process with ``CDRED_FAST_CUDA_EMULATION_LIBRARY=<path>`` (it registers the
 ``cdred_fast`` ops, so it replaces ``cdred_fast._C`` rather than joining it).
 
-    python tools/cuda_emu/build.py [--build-dir build/cuda_emu]   # prints the library's path
+    python tools/cuda_emu/build.py [--build-dir build/cuda_emu] [--sanitizer asan|tsan]   # prints its path
+
+``--sanitizer`` builds it with AddressSanitizer or ThreadSanitizer (build/cuda_emu_asan,
+build/cuda_emu_tsan); a process runs it with :func:`sanitizer_environment`'s variables.
 
 Rebuilds only what changed (ninja, through ``torch.utils.cpp_extension``).
 """

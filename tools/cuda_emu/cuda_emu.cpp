@@ -60,14 +60,14 @@ cuda_emu_trampoline:
 )");
 
 #if defined(__SANITIZE_ADDRESS__)
-// AddressSanitizer builds (build.py --asan) tell ASan about every stack switch.
+// AddressSanitizer builds (build.py --sanitizer asan) tell ASan about every stack switch.
 extern "C" void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
 extern "C" void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old);
 extern "C" void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
 #define CUDA_EMU_ASAN 1
 #endif
 #if defined(__SANITIZE_THREAD__)
-// ThreadSanitizer builds (build.py --tsan): every thread of a block is a TSan fiber; fibers are
+// ThreadSanitizer builds (build.py --sanitizer tsan): every thread of a block is a TSan fiber; fibers are
 // switched without synchronisation, and the barriers say what happens before what.
 extern "C" void* __tsan_get_current_fiber(void);
 extern "C" void* __tsan_create_fiber(unsigned flags);
