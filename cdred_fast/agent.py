@@ -29,7 +29,6 @@ torch's global RNG.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from typing import Optional
 
 import torch
@@ -38,7 +37,7 @@ from torch import Tensor
 from . import methods
 from .config import CDREDConfig
 from .methods.common import UpdateNoise
-from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
+from .planner import MPPIPlanner, MPPISettings, RolloutFunctions, module_tensors
 from .precision import matmul_precision, matmul_precisions, update_dtype, update_parts, update_products
 from .world_model import WorldModel
 
@@ -202,15 +201,8 @@ class CDREDAgent:
                 bool(t0),
                 eval_mode=bool(eval_mode),
                 generator=generator,
-                graph_tensors=self._graph_tensors(),
+                graph_tensors=module_tensors(self.model),
             )[0]
-
-    def _graph_tensors(self):
-        """With capture_graph, what a recorded plan reads besides its inputs: the model's
-        parameters and buffers (a change of their storage records a new graph)."""
-        if not self.planner.capture_graph:
-            return None
-        return itertools.chain(self.model.parameters(), self.model.buffers())
 
     @contextlib.contextmanager
     def preserve_plan_state(self):

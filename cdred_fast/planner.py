@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -42,6 +43,12 @@ from .ops._checks import FLOAT_DTYPES
 # batch size, eval_mode, generator, graph_key and parameter storage seen, the least recently
 # replayed dropped first.
 MAX_GRAPHS = 16
+
+
+def module_tensors(module: torch.nn.Module) -> Iterable[Tensor]:
+    """The parameters and buffers of ``module``, lazily: the ``graph_tensors`` of
+    :meth:`MPPIPlanner.plan` for a model that is a module (read only when capturing graphs)."""
+    return itertools.chain(module.parameters(), module.buffers())
 
 
 # =============================================================================== settings and the model
@@ -513,9 +520,10 @@ class MPPIPlanner:
         draws ``fns`` takes from it. With ``capture_graph``, ``graph_key`` tells apart plans whose
         ``fns``, ``mask`` or ``discount`` differ (those of the first plan with a key are recorded),
         and ``graph_tensors`` are the tensors the plan reads besides its arguments (the model's
-        parameters): a graph reads their memory, so a plan after one of them got other storage
-        (``model.double()``, ``load_state_dict(..., assign=True)``; not in-place updates such as
-        optimiser steps) records a new graph instead of replaying one that reads freed memory.
+        parameters: :func:`module_tensors`; iterated only with ``capture_graph``). A graph reads
+        their memory, so a plan after one of them got other storage (``model.double()``,
+        ``load_state_dict(..., assign=True)``; not in-place updates such as optimiser steps)
+        records a new graph instead of replaying one that reads freed memory.
         The planner keeps the last :data:`MAX_GRAPHS` graphs.
         """
         B, device = z.shape[0], z.device
@@ -582,6 +590,7 @@ __all__ = [
     "MPPISettings",
     "RolloutFunctions",
     "bootstrap_value",
+    "module_tensors",
     "mppi_plan",
     "policy_rollout",
     "rollout_return",

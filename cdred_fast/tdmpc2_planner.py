@@ -10,7 +10,6 @@ per-task discounts, two-hot reward decoding, episodic termination) and plans thr
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -20,7 +19,7 @@ from torch import Tensor
 from .config import discount_heuristic
 from .layers import symexp, two_hot_inv
 from .ops._checks import FLOAT_DTYPES
-from .planner import MPPIPlanner, MPPISettings, RolloutFunctions
+from .planner import MPPIPlanner, MPPISettings, RolloutFunctions, module_tensors
 
 _MISSING = object()
 API_CHOICES = ("tdmpc2", "tdmpc2-2023", "scalar-reward")
@@ -510,16 +509,9 @@ class Planner:
             mask=mask,
             discount=discount,
             graph_key=task_key,
-            graph_tensors=self._graph_tensors(),
+            graph_tensors=module_tensors(self.model) if isinstance(self.model, torch.nn.Module) else None,
         )
         return action[0] if unbatched else action
-
-    def _graph_tensors(self):
-        """With capture_graph and a torch.nn.Module model, its parameters and buffers (a recorded
-        plan reads their memory: a change of their storage records a new graph)."""
-        if not self._mppi.capture_graph or not isinstance(self.model, torch.nn.Module):
-            return None
-        return itertools.chain(self.model.parameters(), self.model.buffers())
 
     @staticmethod
     def _t0(t0, B: int) -> Union[bool, Tensor]:
