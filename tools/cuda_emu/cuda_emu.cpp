@@ -103,9 +103,8 @@ struct Launch {
   std::vector<Fiber> fibers;
   void* scheduler_sp = nullptr;
   int current = -1;
-  std::vector<int> ready;    // threads to run, the next at the back
-  std::vector<int> at_warp;  // per warp: lanes waiting at a warp barrier
-  int at_syncthreads = 0, done = 0;
+  std::vector<int> ready;               // threads to run, the next at the back
+  std::vector<int> at_warp;             // per warp: lanes waiting at a warp barrier
   std::vector<uint64_t> slots;          // [2][threads]: the values of a thread's even and odd shuffles
   std::vector<uint32_t> shuffles_done;  // per thread: its shuffles so far in this block
   std::vector<unsigned char> dynamic;
@@ -239,12 +238,15 @@ CUDA_EMU_INTERNAL void leave_fiber(Launch& L, bool ending) {
   end_fiber(L);
 }
 
+// How many threads of the block are in state `s`.
+CUDA_EMU_INTERNAL int count(const Launch& L, State s) {
+  return int(std::count_if(L.fibers.begin(), L.fibers.end(), [s](const Fiber& f) { return f.state == s; }));
+}
+
 CUDA_EMU_INTERNAL std::string describe(const Launch& L) {
   std::ostringstream os;
   os << "block " << blockIdx.x << " of " << gridDim.x << ", " << L.threads << " threads: ";
-  int sync = 0, done = 0;
-  for (const auto& f : L.fibers) sync += f.state == State::kAtSyncthreads, done += f.state == State::kDone;
-  os << sync << " at __syncthreads, " << done << " ended";
+  os << count(L, State::kAtSyncthreads) << " at __syncthreads, " << count(L, State::kDone) << " ended";
   for (int w = 0; w * kWarp < L.threads; ++w) {
     if (L.at_warp[w] > 0)
       os << ", warp " << w << ": " << L.at_warp[w] << " of " << lanes_of_warp(L, w) << " lanes at a warp barrier";
@@ -312,7 +314,6 @@ CUDA_EMU_INTERNAL void run_block(Launch& L, Order o) {
   }
   L.ready.clear();
   std::fill(L.at_warp.begin(), L.at_warp.end(), 0);
-  L.at_syncthreads = L.done = 0;
   std::fill(L.shuffles_done.begin(), L.shuffles_done.end(), 0u);
   std::vector<int> all(L.threads);
   std::iota(all.begin(), all.end(), 0);
@@ -334,10 +335,8 @@ CUDA_EMU_INTERNAL void run_block(Launch& L, Order o) {
         TORCH_CHECK(false, L.error);
       }
     }
-    L.at_syncthreads = L.done = 0;
-    for (const auto& f : L.fibers)
-      L.at_syncthreads += f.state == State::kAtSyncthreads, L.done += f.state == State::kDone;
-    if (L.done == L.threads) {
+    const int done = count(L, State::kDone);
+    if (done == L.threads) {
       join_fibers(L);
       return;
     }
@@ -354,7 +353,7 @@ CUDA_EMU_INTERNAL void run_block(Launch& L, Order o) {
     }
     if (released) continue;
     const bool no_warp_waits = std::all_of(L.at_warp.begin(), L.at_warp.end(), [](int n) { return n == 0; });
-    if (L.at_syncthreads > 0 && no_warp_waits && L.done == 0) {
+    if (count(L, State::kAtSyncthreads) > 0 && no_warp_waits && done == 0) {
       std::vector<int> tids(all);
       enqueue(L, tids, o);
       continue;
@@ -372,8 +371,6 @@ CUDA_EMU_INTERNAL int lane_id() {
 }
 
 CUDA_EMU_INTERNAL void syncthreads() {
-  Launch& L = *g_launch;
-  (void)L;
   wait(State::kAtSyncthreads);
 }
 
@@ -382,7 +379,7 @@ CUDA_EMU_INTERNAL void syncwarp(unsigned mask) {
   warp_barrier(true);
 }
 
-CUDA_EMU_INTERNAL uint64_t shuffle(unsigned mask, uint64_t bits, int src, int /*width*/) {
+CUDA_EMU_INTERNAL uint64_t shuffle(unsigned mask, uint64_t bits, int src) {
   check_full_mask(mask, "a warp shuffle");
   Launch& L = *g_launch;
   const int t = L.current, w = t / kWarp;
@@ -422,34 +419,51 @@ CUDA_EMU_INTERNAL void statics_declared() {
   end_fiber(L);  // the discovery run ends here, before any of the kernel's work
 }
 
-CUDA_EMU_INTERNAL size_t static_shared_bytes(const void* kernel, KernelBody body, void* closure) {
-  const auto it = g_statics.find(kernel);
-  if (it != g_statics.end()) return it->second.first;
+namespace {
+
+// Sizes L's per-thread state for blocks of `threads` threads running body(closure).
+CUDA_EMU_INTERNAL void prepare(Launch& L, KernelBody body, void* closure, int threads) {
   TORCH_CHECK(g_launch == nullptr, "cuda_emu: a launch from inside a kernel");
-  Launch L;
-  L.discovery = true;
   L.body = body;
   L.closure = closure;
-  L.threads = 1;
-  L.fibers.resize(1);
-  L.at_warp.assign(1, 0);
-  L.slots.assign(2, 0);
-  L.shuffles_done.assign(1, 0);
-  blockDim = dim3(1);
-  gridDim = dim3(1);
-  blockIdx = uint3{0, 0, 0};
+  L.threads = threads;
+  L.fibers.resize(threads);
+  L.at_warp.assign((threads + kWarp - 1) / kWarp, 0);
+  L.slots.assign(2 * size_t(threads), 0);
+  L.shuffles_done.assign(threads, 0);
+}
+
+// Runs the blocks of `grid` one after another with L as the running launch; at an error the
+// block's threads are joined (ThreadSanitizer) and the error propagates.
+CUDA_EMU_INTERNAL void run_blocks(Launch& L, dim3 grid, dim3 block, Order o) {
+  blockDim = block;
+  gridDim = grid;
 #ifdef CUDA_EMU_TSAN
   g_tsan_scheduler = __tsan_get_current_fiber();
 #endif
   g_launch = &L;
   try {
-    run_block(L, Order::kForward);
+    for (unsigned b = 0; b < grid.x; ++b) {
+      blockIdx = uint3{b, 0, 0};
+      run_block(L, o);
+    }
   } catch (...) {
     join_fibers(L);
     g_launch = nullptr;
     throw;
   }
   g_launch = nullptr;
+}
+
+}  // namespace
+
+CUDA_EMU_INTERNAL size_t static_shared_bytes(const void* kernel, KernelBody body, void* closure) {
+  const auto it = g_statics.find(kernel);
+  if (it != g_statics.end()) return it->second.first;
+  Launch L;
+  L.discovery = true;
+  prepare(L, body, closure, 1);
+  run_blocks(L, dim3(1), dim3(1), Order::kForward);
   g_statics[kernel] = {L.static_bytes, L.statics};
   return L.static_bytes;
 }
@@ -468,7 +482,6 @@ CUDA_EMU_INTERNAL bool set_max_dynamic_shared(const void* kernel, size_t static_
 
 CUDA_EMU_INTERNAL void run(const void* kernel, dim3 grid, dim3 block, size_t smem, size_t static_bytes, KernelBody body,
                            void* closure) {
-  TORCH_CHECK(g_launch == nullptr, "cuda_emu: a launch from inside a kernel");
   const int64_t threads = int64_t(block.x) * block.y * block.z;
   TORCH_CHECK(threads >= 1 && threads <= kMaxThreads && block.x <= 1024 && block.y <= 1024 && block.z <= 64,
               "cuda_emu: invalid launch configuration: block (", block.x, ", ", block.y, ", ", block.z,
@@ -483,36 +496,13 @@ CUDA_EMU_INTERNAL void run(const void* kernel, dim3 grid, dim3 block, size_t sme
               " bytes of static shared memory, above the kernel's limit of ", limit, " bytes of dynamic shared memory",
               raised ? " (set by cudaFuncSetAttribute)"
                      : " (48 KiB in all without cudaFuncSetAttribute(MaxDynamicSharedMemorySize))");
-  const Order o = order();
-  Launch L;
-  L.body = body;
-  L.closure = closure;
-  L.threads = int(threads);
-  L.fibers.resize(threads);
-  L.at_warp.assign((threads + kWarp - 1) / kWarp, 0);
-  L.slots.assign(2 * threads, 0);
-  L.shuffles_done.assign(threads, 0);
-  L.dynamic.assign(smem, 0xff);
   const auto statics = g_statics.find(kernel);
   TORCH_CHECK(statics != g_statics.end(), "cuda_emu: a launch of a kernel whose shared memory was not measured");
+  Launch L;
+  prepare(L, body, closure, int(threads));
+  L.dynamic.assign(smem, 0xff);
   L.statics = statics->second.second;
-  blockDim = block;
-  gridDim = grid;
-#ifdef CUDA_EMU_TSAN
-  g_tsan_scheduler = __tsan_get_current_fiber();
-#endif
-  g_launch = &L;
-  try {
-    for (unsigned b = 0; b < grid.x; ++b) {
-      blockIdx = uint3{b, 0, 0};
-      run_block(L, o);
-    }
-  } catch (...) {
-    join_fibers(L);
-    g_launch = nullptr;
-    throw;
-  }
-  g_launch = nullptr;
+  run_blocks(L, grid, block, order());
 }
 
 }  // namespace cuda_emu

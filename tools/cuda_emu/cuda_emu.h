@@ -108,8 +108,9 @@ bool set_max_dynamic_shared(const void* kernel, size_t static_bytes, int bytes);
 void syncthreads();
 void syncwarp(unsigned mask);
 // The shuffle: publishes `bits` (sizeof(T) <= 8 bytes), waits for the warp, returns the bits
-// lane `src` published (its own when src is outside [0, width) of its segment).
-uint64_t shuffle(unsigned mask, uint64_t bits, int src_lane, int width);
+// lane `src_lane` published (its own for -1: the __shfl_* functions below pass -1 for a source
+// outside the lane's segment of the warp).
+uint64_t shuffle(unsigned mask, uint64_t bits, int src_lane);
 int lane_id();
 void* dynamic_shared();
 // The static __shared__ array at p (n bytes) is declared here (the rewrite of build.py calls it
@@ -170,25 +171,23 @@ template <typename T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
   const int lane = cuda_emu::lane_id();
   const int base = lane - lane % width;
-  return cuda_emu::from_bits<T>(
-      cuda_emu::shuffle(mask, cuda_emu::to_bits(v), base + ((src % width + width) % width), 32));
+  return cuda_emu::from_bits<T>(cuda_emu::shuffle(mask, cuda_emu::to_bits(v), base + ((src % width + width) % width)));
 }
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int lane = cuda_emu::lane_id();
   const int src = lane % width + int(delta) < width ? lane + int(delta) : -1;
-  return cuda_emu::from_bits<T>(cuda_emu::shuffle(mask, cuda_emu::to_bits(v), src, 32));
+  return cuda_emu::from_bits<T>(cuda_emu::shuffle(mask, cuda_emu::to_bits(v), src));
 }
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int lane = cuda_emu::lane_id();
   const int src = lane % width >= int(delta) ? lane - int(delta) : -1;
-  return cuda_emu::from_bits<T>(cuda_emu::shuffle(mask, cuda_emu::to_bits(v), src, 32));
+  return cuda_emu::from_bits<T>(cuda_emu::shuffle(mask, cuda_emu::to_bits(v), src));
 }
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   const int lane = cuda_emu::lane_id();
   const int src = lane ^ lane_mask;
-  return cuda_emu::from_bits<T>(
-      cuda_emu::shuffle(mask, cuda_emu::to_bits(v), src / width == lane / width ? src : -1, 32));
+  return cuda_emu::from_bits<T>(cuda_emu::shuffle(mask, cuda_emu::to_bits(v), src / width == lane / width ? src : -1));
 }
