@@ -12,8 +12,10 @@ threads of a block touching the same memory, one writing, with no barrier betwee
 its racecheck does). The emulator checks itself first: kernels with known defects must be
 reported.
 
-What this cannot see (cuda_emu.h says more): device arithmetic (FMA contraction, expf),
-races between blocks, timing. scripts/gpu_check.sh covers those on a GPU.
+Device arithmetic is modelled in part: the kernels take their device branches and may contract
+a product and a sum into a fused multiply-add, as nvcc does. What this cannot see (cuda_emu.h
+says more): the CUDA math library (expf is the host's), races between blocks, timing.
+scripts/gpu_check.sh covers those on a GPU.
 """
 
 from __future__ import annotations
@@ -33,10 +35,25 @@ from cdred_fast._lib import EMULATION_LIBRARY_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    platform.machine() != "x86_64" or sys.platform != "linux",
-    reason="the CUDA emulator runs on x86-64 Linux only (its fiber switch is x86-64 assembly)",
-)
+
+def _build_module():
+    """tools/cuda_emu/build.py as a module (it imports torch only when it builds)."""
+    spec = importlib.util.spec_from_file_location("cuda_emu_build", ROOT / "tools" / "cuda_emu" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pytestmark = [
+    pytest.mark.skipif(
+        platform.machine() != "x86_64" or sys.platform != "linux",
+        reason="the CUDA emulator runs on x86-64 Linux only (its fiber switch is x86-64 assembly)",
+    ),
+    pytest.mark.skipif(
+        platform.machine() == "x86_64" and not _build_module().host_has_fma(),
+        reason="the CUDA emulator contracts into FMA instructions as nvcc does, and this CPU has none",
+    ),
+]
 
 # Tests of the ops (every kernel, its edge cases and bad inputs) ...
 OP_TESTS = [
@@ -94,11 +111,8 @@ def library() -> str:
 
 def _sanitizer_environment(name: str) -> dict[str, str]:
     """tools/cuda_emu/build.py's environment for its sanitizer builds (skips without the runtime)."""
-    spec = importlib.util.spec_from_file_location("cuda_emu_build", ROOT / "tools" / "cuda_emu" / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     try:
-        env = module.sanitizer_environment(name)
+        env = _build_module().sanitizer_environment(name)
     except (OSError, RuntimeError) as exc:
         pytest.skip(f"no {name} runtime: {exc}")
     # the runtime must start under this Python on this kernel (TSan maps fixed address ranges)
@@ -146,6 +160,10 @@ ops = torch.ops.cuda_emu_selftest
 out["sum"] = ops.sum(x).item()
 out["racy_sum"] = ops.racy_sum(x).item()
 out["dynamic_ok"] = ops.dynamic_shared(x, 256).tolist()
+u = torch.rand(256, generator=torch.Generator().manual_seed(0)) + 0.5
+c = ops.contraction(u, u * u)  # x * x - rounded(x * x): 0 unless the product was contracted
+out["contracted_nonzero"] = int((c[0] != 0).sum())
+out["rounded_nonzero"] = int((c[1] != 0).sum())
 for name, args in [("divergent", (x,)), ("partial_warp", (x,)), ("dynamic_shared", (x, 65536))]:
     try:
         getattr(ops, name)(*args)
@@ -164,6 +182,9 @@ def test_the_emulator_reports_the_defects_it_is_for(library, order):
     assert out["build_info"]["cuda_emulation"] is True and out["build_info"]["extension_loaded"]
     assert out["sum"] == sum(range(64))  # a correct block reduction (shuffles + shared memory)
     assert out["dynamic_ok"] == [1.0] * 64
+    # device arithmetic: a product and a sum contract into an FMA (its result is then the
+    # product's rounding error, non-zero for most x) unless the _rn intrinsics round the product
+    assert out["contracted_nonzero"] > 100 and out["rounded_nonzero"] == 0
     # thread 0 reads the others' shared values without a barrier: when it runs first (forward),
     # it reads shared memory as the block found it (0xff bytes, NaN); in reverse order the
     # others have written first and the race goes unseen, hence the several orders below

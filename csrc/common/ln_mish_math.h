@@ -135,7 +135,7 @@ inline T exp_poly(T x) {
 // whose error grows with |x|) and exp (max 1 ulp) for double.
 template <typename T>
 CDRED_HOST_DEVICE inline T mish_exp(T x) {
-#ifdef __CUDA_ARCH__
+#ifdef CDRED_DEVICE_CODE
   if constexpr (sizeof(T) == 4) {
     return ::expf(x);
   } else {
@@ -148,7 +148,7 @@ CDRED_HOST_DEVICE inline T mish_exp(T x) {
 
 template <typename T>
 CDRED_HOST_DEVICE inline T select_value(bool c, T a, T b) {
-#ifdef __CUDA_ARCH__
+#ifdef CDRED_DEVICE_CODE
   return c ? a : b;  // a predicated select on the GPU
 #else
   return select_bits<T>(c, a, b);

@@ -30,14 +30,14 @@ CDRED_HOST_DEVICE inline T nan_to_zero(T v) {
 // then no FMA instruction to contract to; a host compiler for another
 // architecture may contract (a difference of at most 1 ulp from the reference).
 CDRED_HOST_DEVICE inline float mul_add_rounded(float m, float s, float e) {
-#ifdef __CUDA_ARCH__
+#ifdef CDRED_DEVICE_CODE
   return __fadd_rn(m, __fmul_rn(s, e));
 #else
   return m + s * e;
 #endif
 }
 CDRED_HOST_DEVICE inline double mul_add_rounded(double m, double s, double e) {
-#ifdef __CUDA_ARCH__
+#ifdef CDRED_DEVICE_CODE
   return __dadd_rn(m, __dmul_rn(s, e));
 #else
   return m + s * e;

@@ -61,7 +61,7 @@ CDRED_HOST_DEVICE inline Moments<acc_t> moments_from_sums(acc_t sum, acc_t comp,
 // avx512f clone has FMA instructions to contract to.
 template <typename acc_t>
 CDRED_HOST_DEVICE inline acc_t mul_rounded(acc_t a, acc_t b) {
-#ifdef __CUDA_ARCH__
+#ifdef CDRED_DEVICE_CODE
   if constexpr (sizeof(acc_t) == 4) {
     return __fmul_rn(a, b);
   } else {

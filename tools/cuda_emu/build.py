@@ -144,7 +144,8 @@ def rewrite(path: Path) -> str:
     text = path.read_text()
     rel = path.relative_to(ROOT)
     body = rewrite_shared(mark_statics(rewrite_launches(text), str(rel)))
-    return f'#include "cuda_emu.h"\n#line 1 "{rel}"\n{body}'
+    # device code: the device branches of csrc's math headers (common/macros.h)
+    return f'#define CDRED_EMULATED_DEVICE_CODE 1\n#include "cuda_emu.h"\n#line 1 "{rel}"\n{body}'
 
 
 SANITIZERS = {  # build.py --sanitizer NAME: compiler flag, runtime library, runtime options
@@ -154,9 +155,21 @@ SANITIZERS = {  # build.py --sanitizer NAME: compiler flag, runtime library, run
 }
 
 
+def host_has_fma() -> bool:
+    """Whether this CPU has FMA instructions (the library contracts into them, as nvcc does)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and " fma " in f"{line} " for line in text.splitlines())
+
+
 def build(build_dir: Path, verbose: bool = False, sanitizer: str | None = None) -> Path:
     import torch
     from torch.utils.cpp_extension import load
+
+    if not host_has_fma():
+        raise RuntimeError("the CUDA emulator's library uses FMA instructions (-mfma), which this CPU lacks")
 
     gen = build_dir / "gen"
     gen.mkdir(parents=True, exist_ok=True)
@@ -183,6 +196,10 @@ def build(build_dir: Path, verbose: bool = False, sanitizer: str | None = None) 
             *flag,
             *(["-fno-omit-frame-pointer"] if sanitizer else []),
             "-O2",
+            # as nvcc's --fmad=true: a product and a sum may contract into one fused multiply-add
+            # (the host files are compiled so too, but the emulator's ops never run their kernels)
+            "-mfma",
+            "-ffp-contract=fast",
             "-std=c++20",
             "-fopenmp",
             "-Wno-unused-function",

@@ -42,9 +42,11 @@
 // never in lockstep here, which is the stricter contract since Volta), memory
 // ordering beyond what the barriers give (no threads run at once; ThreadSanitizer
 // builds check that the barriers order every conflicting access), races between
-// blocks, device math (the host's libm; kernels compiled without __CUDA_ARCH__
-// take their host branches), timing, and streams (every launch runs to
-// completion at once).
+// blocks, timing, and streams (every launch runs to completion at once). Device
+// arithmetic is modelled in part: kernel files take the device branches of the
+// shared math headers (CDRED_DEVICE_CODE), products and sums may contract into
+// fused multiply-adds as under nvcc (see __fmul_rn below), but the math library is
+// the host's (glibc's expf is correctly rounded where CUDA's may be 2 ulp off).
 #pragma once
 
 #include <cstddef>
@@ -85,6 +87,29 @@ inline T min(T a, T b) {
 template <typename T>
 inline T max(T a, T b) {
   return a < b ? b : a;
+}
+
+// Device arithmetic. Kernel files are compiled with -mfma -ffp-contract=fast (build.py), so a
+// product followed by a sum may become a fused multiply-add, as nvcc's default --fmad=true
+// makes it on the GPU. The _rn intrinsics are the device's way of forbidding that: their
+// operands and result pass through an empty asm statement, which the compiler cannot see
+// through, so a product is rounded before any sum that uses it.
+template <typename T>
+inline T rounded_value(T v) {
+  asm("" : "+x"(v));
+  return v;
+}
+inline float __fmul_rn(float a, float b) {
+  return rounded_value(rounded_value(a) * rounded_value(b));
+}
+inline float __fadd_rn(float a, float b) {
+  return rounded_value(rounded_value(a) + rounded_value(b));
+}
+inline double __dmul_rn(double a, double b) {
+  return rounded_value(rounded_value(a) * rounded_value(b));
+}
+inline double __dadd_rn(double a, double b) {
+  return rounded_value(rounded_value(a) + rounded_value(b));
 }
 
 namespace cuda_emu {

@@ -51,6 +51,15 @@ __global__ void out_of_bounds_kernel(const float* x, float* out) {
   out[threadIdx.x] = x[threadIdx.x + 1];
 }
 
+// Device arithmetic: row 0 is x * x - y as written (contracted into fma(x, x, -y) as nvcc does),
+// row 1 the same with the product rounded first (__fmul_rn, never contracted).
+__global__ void contraction_kernel(const float* x, const float* y, int64_t n, float* out) {
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    out[i] = x[i] * x[i] - y[i];
+    out[n + i] = __fadd_rn(__fmul_rn(x[i], x[i]), -y[i]);
+  }
+}
+
 __global__ void dynamic_shared_kernel(float* out) {
   extern __shared__ float buf[];
   buf[threadIdx.x] = 1.f;
@@ -99,6 +108,15 @@ at::Tensor dynamic_shared(const at::Tensor& like, int64_t bytes) {
   return out;
 }
 
+// [2, n]: x * x - y contracted as on the GPU, and with the product rounded (see the kernel).
+at::Tensor contraction(const at::Tensor& x, const at::Tensor& y) {
+  TORCH_CHECK(x.numel() == y.numel(), "contraction takes x and y of one size");
+  at::Tensor out = at::empty({2, x.numel()}, x.options());
+  contraction_kernel<<<1, 64, 0, c10::cuda::getCurrentCUDAStream()>>>(x.data_ptr<float>(), y.data_ptr<float>(),
+                                                                      x.numel(), out.data_ptr<float>());
+  return out;
+}
+
 }  // namespace
 }  // namespace cuda_emu_selftest
 
@@ -109,4 +127,5 @@ TORCH_LIBRARY(cuda_emu_selftest, m) {
   m.def("partial_warp(Tensor like) -> Tensor", &cuda_emu_selftest::partial_warp);
   m.def("dynamic_shared(Tensor like, int bytes) -> Tensor", &cuda_emu_selftest::dynamic_shared);
   m.def("out_of_bounds(Tensor x) -> Tensor", &cuda_emu_selftest::out_of_bounds);
+  m.def("contraction(Tensor x, Tensor y) -> Tensor", &cuda_emu_selftest::contraction);
 }
