@@ -134,6 +134,7 @@ class Planner:
             )
         settings = MPPISettings.from_config(cfg, int(_cfg_get(cfg, "action_dim")), iterations, get=_cfg_get)
         self._discounts = self._resolve_discount(discount)  # [gamma] or one per task
+        self._gamma_table = None  # ((device, dtype, discounts), the per-task discounts on the device)
         self._mppi = MPPIPlanner(settings, self._discounts[0], kernels=kernels, capture_graph=capture_graph)
 
         if model is not None:
@@ -400,10 +401,18 @@ class Planner:
         else:
             raise TypeError(f"task must be an int or a tensor of task ids, got {type(task).__name__}")
         n_tasks = self.model._action_masks.shape[0]
-        if int(ids.min()) < 0 or int(ids.max()) >= n_tasks:
+        lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # the one read of the ids on the host
+        if lo < 0 or hi >= n_tasks:
             raise ValueError(f"task ids must be in [0, {n_tasks}), got {ids.tolist()}")
         per_row = ids.numel() > 1
-        return {"given": task, "ids": ids, "per_row": per_row, "B": B, "ids_dev": ids.to(device) if per_row else None}
+        return {
+            "given": task,
+            "ids": ids,
+            "per_row": per_row,
+            "B": B,
+            "ids_dev": ids.to(device) if per_row else None,
+            "id": None if per_row else lo,  # the one task id, as a number
+        }
 
     def _model_task(self, state: Optional[dict], rows: int):
         """The task argument of a model call on ``rows`` rows (problem-major)."""
@@ -414,20 +423,26 @@ class Planner:
         return state["given"]
 
     def _mask_and_discount(self, state: Optional[dict], B: int, device, dtype):
+        """The action mask ``[B, A]`` and the discount (a number, or ``[B]`` for per-row task
+        ids), found without reading device task ids on the host again."""
         if state is None or state["ids"] is None:
             return None, self._discounts[0]
-        ids = state["ids"]
         masks = self.model._action_masks
-        mask = masks[ids.to(masks.device)].to(device=device, dtype=dtype).expand(B, -1)
         if len(self._discounts) == 1:
             gammas = self._discounts * masks.shape[0]
         else:
             gammas = self._discounts
             if len(gammas) != masks.shape[0]:
                 raise ValueError(f"{len(gammas)} discounts for {masks.shape[0]} tasks (model._action_masks)")
-        if state["per_row"]:
-            return mask, torch.tensor([gammas[i] for i in ids.tolist()], device=device, dtype=dtype)
-        return mask, gammas[int(ids[0])]
+        if not state["per_row"]:
+            mask = masks[state["id"]].to(device=device, dtype=dtype).expand(B, -1)
+            return mask, gammas[state["id"]]
+        ids = state["ids_dev"]
+        mask = masks[ids.to(masks.device)].to(device=device, dtype=dtype)
+        key = (device, dtype, tuple(gammas))
+        if self._gamma_table is None or self._gamma_table[0] != key:  # copied to the device once
+            self._gamma_table = (key, torch.tensor(gammas, device=device, dtype=dtype))
+        return mask, self._gamma_table[1][ids]
 
     def _functions(self, state: Optional[dict], dtype) -> RolloutFunctions:
         if self._user_fns is not None:
@@ -499,7 +514,9 @@ class Planner:
         state = self._task_state(task, B, device)
         mask, discount = self._mask_and_discount(state, B, device, dtype)
         # a graph per task assignment: the task ids are read when the functions are built
-        task_key = None if state is None or state["ids"] is None else tuple(state["ids"].tolist())
+        task_key = None
+        if self._mppi.capture_graph and state is not None and state["ids"] is not None:
+            task_key = (state["id"],) if state["id"] is not None else tuple(state["ids"].tolist())
         action = self._mppi.plan(
             self._functions(state, dtype),
             z,

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from testing_utils import needs_cuda
 from torch import nn
 
 import cdred_fast
@@ -440,6 +441,42 @@ def test_multitask_batched_per_problem_tasks():
         planner.plan(torch.randn(3, L), t0=True)
     with pytest.raises(ValueError, match=r"task ids must be in \[0, 3\)"):
         planner.plan(torch.randn(1, L), t0=True, task=5)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_multitask_task_ids_on_the_gpu_are_read_on_the_host_once():
+    """Task ids on the GPU: one host read per plan (validating them), none for the masks and the
+    per-task discounts, which are looked up on the device."""
+    import warnings
+
+    model, cfg = multitask_setup()
+    model = model.cuda()
+    planner = Planner(model, cfg)
+    device = torch.device("cuda")
+    for ids in (torch.tensor([0, 1, 2], device=device), torch.tensor([2], device=device)):
+        B = 3
+        planner._mask_and_discount(planner._task_state(ids, B, device), B, device, torch.float32)  # copies once
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                state = planner._task_state(ids, B, device)
+                mask, discount = planner._mask_and_discount(state, B, device, torch.float32)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) == 1, [str(w.message) for w in syncs]
+        gammas = [tdmpc2_discount(n) for n in cfg.episode_lengths]
+        want = [gammas[i] for i in ids.tolist()]
+        if ids.numel() > 1:
+            torch.testing.assert_close(discount, torch.tensor(want, device=device))
+        else:
+            assert discount == pytest.approx(want[0])
+        torch.testing.assert_close(mask, MASKS[ids.cpu()].float().to(device).expand(B, -1))
+    a = planner.plan(torch.randn(3, L, device=device), t0=True, task=torch.tensor([0, 1, 2], device=device))
+    assert (a[MASKS.to(device) == 0] == 0).all()
 
 
 # =============================================================================== configuration
