@@ -401,18 +401,12 @@ class Planner:
         else:
             raise TypeError(f"task must be an int or a tensor of task ids, got {type(task).__name__}")
         n_tasks = self.model._action_masks.shape[0]
-        lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # the one read of the ids on the host
-        if lo < 0 or hi >= n_tasks:
-            raise ValueError(f"task ids must be in [0, {n_tasks}), got {ids.tolist()}")
+        values = tuple(ids.tolist())  # the one read of the ids on the host
+        if min(values) < 0 or max(values) >= n_tasks:
+            raise ValueError(f"task ids must be in [0, {n_tasks}), got {list(values)}")
         per_row = ids.numel() > 1
-        return {
-            "given": task,
-            "ids": ids,
-            "per_row": per_row,
-            "B": B,
-            "ids_dev": ids.to(device) if per_row else None,
-            "id": None if per_row else lo,  # the one task id, as a number
-        }
+        ids_dev = ids.to(device) if per_row else None
+        return {"given": task, "ids": ids, "values": values, "per_row": per_row, "B": B, "ids_dev": ids_dev}
 
     def _model_task(self, state: Optional[dict], rows: int):
         """The task argument of a model call on ``rows`` rows (problem-major)."""
@@ -435,8 +429,8 @@ class Planner:
             if len(gammas) != masks.shape[0]:
                 raise ValueError(f"{len(gammas)} discounts for {masks.shape[0]} tasks (model._action_masks)")
         if not state["per_row"]:
-            mask = masks[state["id"]].to(device=device, dtype=dtype).expand(B, -1)
-            return mask, gammas[state["id"]]
+            task = state["values"][0]
+            return masks[task].to(device=device, dtype=dtype).expand(B, -1), gammas[task]
         ids = state["ids_dev"]
         mask = masks[ids.to(masks.device)].to(device=device, dtype=dtype)
         key = (device, dtype, tuple(gammas))
@@ -514,9 +508,7 @@ class Planner:
         state = self._task_state(task, B, device)
         mask, discount = self._mask_and_discount(state, B, device, dtype)
         # a graph per task assignment: the task ids are read when the functions are built
-        task_key = None
-        if self._mppi.capture_graph and state is not None and state["ids"] is not None:
-            task_key = (state["id"],) if state["id"] is not None else tuple(state["ids"].tolist())
+        task_key = None if state is None or state["ids"] is None else state["values"]
         action = self._mppi.plan(
             self._functions(state, dtype),
             z,
